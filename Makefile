@@ -1,0 +1,54 @@
+# SafeHub developer commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## Create .venv and install SafeHub with its dev tools
+
+.PHONY: demo
+demo: $(STAMP) ## Run the hub on embedded defaults through the demo scenario
+	$(BIN)/safehub demo
+
+.PHONY: up
+up: $(STAMP) ## Run the hub (embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set)
+	$(BIN)/safehub up
+
+.PHONY: lint
+lint: $(STAMP) ## ruff, mypy, import contracts, schema and proto checks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy safehub services connectors tools
+	$(BIN)/lint-imports
+	$(BIN)/safehub schemas check --against $${SAFEHUB_CONTRACTS_BASE:-main}
+	PATH=$(abspath $(BIN)):$$PATH tools/check_protos.sh
+
+.PHONY: test
+test: lint ## Lint, then run the whole test suite against real parts
+	$(BIN)/pytest -q
+
+.PHONY: protos
+protos: $(STAMP) ## Regenerate gRPC code into safehub/gen
+	$(BIN)/python tools/gen_protos.py
+
+.PHONY: bench
+bench: $(STAMP) ## Run the benchmarks (JSON on stdout)
+	$(BIN)/python bench/bus.py --json
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

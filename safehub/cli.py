@@ -1,0 +1,141 @@
+"""The one command-line entry point: ``safehub …``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from safehub.kernel.errors import SafeHubError
+from safehub.kernel.logging import configure_logging
+from safehub.kernel.settings import HubSettings, load_settings
+
+app = typer.Typer(
+    help="SafeHub: open interoperability hub for school safety.", no_args_is_help=True
+)
+schemas_app = typer.Typer(help="Event contracts (Avro schemas).", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics declared by the hub.", no_args_is_help=True)
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(topics_app, name="topics")
+
+console = Console(width=None if Console().is_terminal else 120)
+err_console = Console(stderr=True)
+
+
+def _settings() -> HubSettings:
+    settings = load_settings(HubSettings)
+    configure_logging(settings.log)
+    return settings
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@schemas_app.command("check")
+def schemas_check(
+    against: Annotated[str, typer.Option(help="git ref to check compatibility against")] = "main",
+    schema_dir: Annotated[Path | None, typer.Option(help="schemas folder")] = None,
+) -> None:
+    """Verify every schema parses, follows the rules and is compatible with ``--against``."""
+    from safehub.contracts.check import check_schemas
+    from safehub.contracts.registry import SCHEMA_DIR
+
+    problems = check_schemas(schema_dir or SCHEMA_DIR, against=against)
+    if not problems:
+        console.print(f"schemas OK (compatible with {against})")
+        return
+    for problem in problems:
+        where = problem.schema + (f".{problem.field}" if problem.field else "")
+        err_console.print(f"[red]✗[/red] {where}: {problem.reason}")
+    raise typer.Exit(1)
+
+
+@schemas_app.command("keep-history")
+def schemas_keep_history(
+    against: Annotated[str, typer.Option(help="git ref holding the previous versions")] = "main",
+) -> None:
+    """Copy the ``--against`` version of each changed event schema into schemas/history/."""
+    from safehub.contracts.check import keep_history
+    from safehub.contracts.registry import SCHEMA_DIR
+
+    for path in keep_history(SCHEMA_DIR, against):
+        console.print(f"kept {path.relative_to(SCHEMA_DIR.parent)}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """Show every declared topic: partitions, key and events."""
+    from safehub.kernel.topics import TOPICS
+
+    table = Table("topic", "partitions", "key", "events")
+    for spec in TOPICS:
+        events = ", ".join(e.rsplit(".", 1)[-1] for e in spec.events) or "(any, raw)"
+        table.add_row(spec.name, str(spec.partitions), spec.key_by.value, events)
+    console.print(table)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the declared topics on the configured broker (idempotent)."""
+    from safehub.kernel.admin import ensure_topics
+    from safehub.kernel.topics import TopicCatalog
+
+    settings = _settings()
+    created = ensure_topics(settings.kafka, TopicCatalog(settings.kafka.topic_prefix))
+    console.print(f"created {len(created)} topics")
+
+
+@app.command()
+def broker(
+    durable: Annotated[
+        Path | None, typer.Option(help="keep data in this folder (tansu on S3 via rclone)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="listen port (default: a free one)")] = None,
+) -> None:
+    """Run the embedded Kafka-protocol broker until interrupted."""
+    from safehub.embedded.broker import EmbeddedBroker
+
+    _settings()
+    with EmbeddedBroker(durable_dir=durable, port=port) as running:
+        console.print(f"broker ready at {running.bootstrap_servers}  (Ctrl-C to stop)")
+        _wait_for_signal()
+
+
+@app.command()
+def up(
+    durable: Annotated[Path | None, typer.Option(help="durable embedded broker folder")] = None,
+) -> None:
+    """Run the hub: embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set, then every service."""
+    from safehub.hub import Hub
+
+    settings = _settings()
+    with Hub(settings, durable_dir=durable) as hub:
+        console.print(f"SafeHub up: broker {hub.bootstrap_servers}  (Ctrl-C to stop)")
+        _wait_for_signal()
+
+
+@app.command()
+def demo() -> None:
+    """Play the demo scenario on embedded defaults and print what happened."""
+    from safehub.demo import run_demo
+
+    settings = _settings()
+    run_demo(settings, console)
+
+
+def main() -> None:
+    """Console-script entry point; SafeHub errors print one clear line and exit 2."""
+    try:
+        app()
+    except SafeHubError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from exc

@@ -1,0 +1,518 @@
+"""The bus: one producer and one consumer shape for every service and connector.
+
+Producer: idempotent, ``acks=all``; ``publish`` returns only after the broker confirmed the
+write (or raises :class:`DeliveryError`); flushed on close. A background thread serves
+delivery reports so many threads can publish at once without waiting on each other.
+
+Consumer: at-least-once. Offsets are stored only after the handler returned, and committed
+after each batch, on partition revocation and on close. Poison-message policy:
+
+* bytes that do not decode (corrupt, unknown schema) go to the dead-letter topic at once;
+* a handler raising :class:`HandlerError` (permanent) goes to the dead-letter topic at once;
+* any other handler exception is retried in place (the partition waits, order is kept) up to
+  ``max_attempts`` with backoff, then goes to the dead-letter topic;
+* the dead-letter write is confirmed before the offset moves; if it fails the consumer stops
+  without committing, so a restart sees the message again.
+
+Dead-letter records keep the original key, bytes and headers and add ``safehub-dlq-*``
+headers (reason, error type, topic, partition, offset, group, time). Reasons come from
+SafeHub errors (whose messages carry no payload data) or name only the exception type.
+Handlers must be idempotent: after a crash, a message can arrive twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from safehub.kernel import tracing
+from safehub.kernel.codec import Codec, Event
+from safehub.kernel.errors import BusError, CodecError, DeliveryError, HandlerError, SafeHubError
+from safehub.kernel.lifecycle import Closing
+from safehub.kernel.settings import KafkaSettings
+from safehub.kernel.topics import TopicCatalog
+
+log = structlog.get_logger(__name__)
+
+H_EVENT_TYPE = "safehub-event-type"
+H_EVENT_ID = "safehub-event-id"
+H_CLASSIFICATION = "safehub-classification"
+H_TENANT = "safehub-tenant"
+H_EXERCISE = "safehub-exercise"
+DLQ_PREFIX = "safehub-dlq-"
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Where the broker stored a message."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def _span_attributes(topic: str, operation: str, event_id: str | None) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.operation.name": operation,
+        "messaging.operation.type": operation,
+        "messaging.destination.name": topic,
+    }
+    if event_id:
+        attributes["messaging.message.id"] = event_id
+    return attributes
+
+
+class EventProducer(Closing):
+    """Publishes events (and raw dead-letter records) with confirmed delivery."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        codec: Codec,
+        catalog: TopicCatalog,
+        *,
+        client_id: str = "safehub",
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        self._kafka = kafka
+        self._codec = codec
+        self._catalog = catalog
+        config = {
+            **kafka.client_config(),
+            "client.id": client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": kafka.linger_ms,
+            "message.timeout.ms": int(kafka.delivery_timeout_s * 1000),
+            "allow.auto.create.topics": False,
+            **(extra_config or {}),
+        }
+        try:
+            self._producer = Producer(config)
+        except KafkaException as exc:
+            raise BusError(f"cannot create producer: {exc}") from exc
+        self._closed = threading.Event()
+        self._poller = threading.Thread(
+            target=self._serve_reports, name="producer-poll", daemon=True
+        )
+        self._poller.start()
+
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    def publish(self, event: Event, *, timeout: float | None = None) -> Delivered:
+        """Encode, send and wait for the broker's confirmation of ``event``."""
+        return self._wait(self.publish_nowait(event), timeout)
+
+    def publish_nowait(self, event: Event) -> Future[Delivered]:
+        """Send ``event``; the future resolves when the broker confirmed it."""
+        envelope = event.get("envelope") or {}
+        event_type = str(envelope.get("event_type"))
+        topic = self._catalog.topic_for(event_type)
+        value = self._codec.encode(event)
+        tenant = envelope.get("tenant") or {}
+        headers: tracing.Headers = [
+            (H_EVENT_TYPE, event_type.encode()),
+            (H_EVENT_ID, str(envelope.get("event_id")).encode()),
+            (H_CLASSIFICATION, ",".join(envelope.get("classification") or ()).encode()),
+            (
+                H_TENANT,
+                "/".join(
+                    str(tenant.get(part) or "") for part in ("state", "district", "school")
+                ).encode(),
+            ),
+            (H_EXERCISE, b"1" if envelope.get("exercise") else b"0"),
+        ]
+        with tracing.tracer().start_as_current_span(
+            f"send {topic}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                **_span_attributes(topic, "send", envelope.get("event_id")),
+                "safehub.event_type": event_type,
+                "messaging.message.body.size": len(value),
+            },
+        ):
+            tracing.inject(headers)
+            return self._send(topic, self._catalog.key_for(event), value, headers)
+
+    def publish_raw(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: tracing.Headers,
+        *,
+        timeout: float | None = None,
+    ) -> Delivered:
+        """Send bytes as they are (dead-letter records, replays) and wait for confirmation."""
+        return self._wait(self._send(topic, key, value, headers), timeout)
+
+    def _send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: tracing.Headers
+    ) -> Future[Delivered]:
+        if value is not None and len(value) > self._kafka.max_message_bytes:
+            # The hub enforces the size limit itself: tansu does not (BROKER.md).
+            raise BusError(
+                f"message for {topic} is {len(value)} bytes, over the "
+                f"{self._kafka.max_message_bytes}-byte limit"
+            )
+        future: Future[Delivered] = Future()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                future.set_exception(DeliveryError(f"delivery to {topic} failed: {err.str()}"))
+            else:
+                future.set_result(
+                    Delivered(str(msg.topic()), msg.partition() or 0, msg.offset() or 0)
+                )
+
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=list[tuple[str, str | bytes | None]](headers),
+                    on_delivery=on_delivery,
+                )
+                return future
+            except BufferError:
+                # Local queue full: let the poll thread drain reports, then try again.
+                time.sleep(0.005)
+            except KafkaException as exc:
+                raise BusError(f"cannot produce to {topic}: {exc}") from exc
+
+    def _wait(self, future: Future[Delivered], timeout: float | None) -> Delivered:
+        try:
+            return future.result(timeout=timeout or self._kafka.delivery_timeout_s + 1.0)
+        except FutureTimeout as exc:
+            raise DeliveryError("broker did not confirm the message in time") from exc
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait for outstanding messages; returns how many are still unconfirmed."""
+        remaining: int = self._producer.flush(timeout)
+        return remaining
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush, then stop the delivery-report thread (idempotent)."""
+        if self._closed.is_set():
+            return
+        remaining = self.flush(timeout)
+        self._closed.set()
+        self._poller.join(timeout=2.0)
+        if remaining:
+            log.error("producer closed with unconfirmed messages", unconfirmed=remaining)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """A fetched Kafka record with the optional parts of librdkafka's Message resolved."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    @classmethod
+    def of(cls, message: Message) -> _Record:
+        raw_headers = message.headers() or []
+        pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+        key, value = message.key(), message.value()
+        return cls(
+            topic=str(message.topic()),
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            key=key.encode() if isinstance(key, str) else key,
+            value=value.encode() if isinstance(value, str) else value,
+            headers=[
+                (name, val.encode() if isinstance(val, str) else val)
+                for name, val in pairs
+                if val is not None
+            ],
+        )
+
+
+@dataclass(frozen=True)
+class ConsumedEvent:
+    """A decoded event with its Kafka coordinates."""
+
+    event: Event
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        """The event's envelope."""
+        envelope: dict[str, Any] = self.event["envelope"]
+        return envelope
+
+    @property
+    def event_type(self) -> str:
+        """Fullname of the event record."""
+        return str(self.envelope["event_type"])
+
+    @property
+    def event_id(self) -> str:
+        """The event's unique id (the deduplication key)."""
+        return str(self.envelope["event_id"])
+
+
+Handler = Callable[[ConsumedEvent], None]
+
+
+@dataclass(frozen=True)
+class PoisonPolicy:
+    """How often a failing handler is retried before its message is dead-lettered."""
+
+    max_attempts: int = 3
+    backoff_s: float = 0.2
+    backoff_max_s: float = 5.0
+
+
+@dataclass
+class ConsumerStats:
+    """Counters a service can expose or a test can assert on."""
+
+    handled: int = 0
+    dead_lettered: int = 0
+    retried: int = 0
+    assigned: set[tuple[str, int]] = field(default_factory=set)
+
+
+class EventConsumer(Closing):
+    """Consumes declared topics in a consumer group, at least once, with a dead-letter topic."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        codec: Codec,
+        catalog: TopicCatalog,
+        *,
+        group_id: str,
+        topics: Iterable[str],
+        handler: Handler,
+        dead_letter: EventProducer,
+        policy: PoisonPolicy | None = None,
+        client_id: str = "safehub",
+        fetch_wait_max_ms: int | None = None,
+        batch_size: int = 500,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        self._codec = codec
+        self._catalog = catalog
+        self._handler = handler
+        self._dead_letter = dead_letter
+        self._policy = policy or PoisonPolicy()
+        self._group_id = group_id
+        self._batch_size = batch_size
+        self._topics = [catalog.name(base) for base in topics]
+        self.stats = ConsumerStats()
+        self._stop = threading.Event()
+        config = {
+            **kafka.client_config(),
+            "client.id": client_id,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": kafka.session_timeout_ms,
+            "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
+            "fetch.wait.max.ms": fetch_wait_max_ms or kafka.fetch_wait_max_ms,
+            "allow.auto.create.topics": False,
+            **(extra_config or {}),
+        }
+        try:
+            self._consumer = Consumer(config)
+            self._consumer.subscribe(
+                self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke
+            )
+        except KafkaException as exc:
+            raise BusError(f"cannot create consumer for group {group_id}: {exc}") from exc
+        self._closed = False
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.stats.assigned.update((tp.topic, tp.partition) for tp in partitions)
+        log.info("partitions assigned", group=self._group_id, count=len(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit(consumer, asynchronous=False)
+        self.stats.assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
+
+    def _commit(self, consumer: Consumer, *, asynchronous: bool) -> None:
+        try:
+            if asynchronous:
+                consumer.commit(asynchronous=True)
+            else:
+                consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("offset commit failed", group=self._group_id, error=str(exc))
+
+    def wait_for_assignment(self, timeout: float = 30.0) -> None:
+        """Poll until this member holds partitions (joins take ~session.timeout/2 on tansu)."""
+        deadline = time.monotonic() + timeout
+        while not self.stats.assigned:
+            if time.monotonic() > deadline:
+                raise BusError(f"group {self._group_id} got no partitions within {timeout} s")
+            self.poll_once(0.1)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current batch (safe from any thread)."""
+        self._stop.set()
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Consume until :meth:`stop` is called or ``stop`` is set."""
+        while not self._stop.is_set() and not (stop and stop.is_set()):
+            self.poll_once(0.1)
+
+    def poll_once(self, timeout: float = 0.1) -> int:
+        """Wait up to ``timeout`` for a message, handle it and whatever else is already fetched.
+
+        Returns the number of messages processed. (``consume(n, timeout)`` would wait for
+        ``n`` messages or the whole timeout: fatal for latency, so it is only used with 0.)
+        """
+        try:
+            first = self._consumer.poll(timeout)
+            if first is None:
+                return 0
+            messages = [first, *self._consumer.consume(self._batch_size - 1, 0)]
+        except KafkaException as exc:
+            raise BusError(f"consume failed for group {self._group_id}: {exc}") from exc
+        done: dict[tuple[str, int], TopicPartition] = {}
+        try:
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer error", group=self._group_id, error=error.str())
+                    continue
+                self._process(message)
+                topic, partition = str(message.topic()), message.partition() or 0
+                done[topic, partition] = TopicPartition(
+                    topic, partition, (message.offset() or 0) + 1
+                )
+        finally:
+            # Only what was handled (or dead-lettered) moves forward, even if we stop mid-batch.
+            if done:
+                self._consumer.store_offsets(offsets=list(done.values()))
+        if done:
+            self._commit(self._consumer, asynchronous=True)
+        return len(done) and len(messages)
+
+    def _process(self, message: Message) -> None:
+        record = _Record.of(message)
+        event_id = next((v.decode() for k, v in record.headers if k == H_EVENT_ID), None)
+        with tracing.tracer().start_as_current_span(
+            f"process {record.topic}",
+            context=tracing.extract(record.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                **_span_attributes(record.topic, "process", event_id),
+                "messaging.consumer.group.name": self._group_id,
+                "messaging.destination.partition.id": str(record.partition),
+                "messaging.kafka.offset": record.offset,
+            },
+        ) as span:
+            try:
+                event = self._codec.decode(record.value or b"")
+            except CodecError as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                self._send_to_dead_letter(record, exc, attempts=0)
+                return
+            consumed = ConsumedEvent(
+                event, record.topic, record.partition, record.offset, record.key, record.headers
+            )
+            span.set_attribute("safehub.event_type", consumed.event_type)
+            self._handle(consumed, record, span)
+
+    def _handle(self, consumed: ConsumedEvent, record: _Record, span: Span) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._handler(consumed)
+                self.stats.handled += 1
+                return
+            except HandlerError as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                self._send_to_dead_letter(record, exc, attempts=attempt)
+                return
+            except Exception as exc:
+                if attempt >= self._policy.max_attempts:
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    self._send_to_dead_letter(record, exc, attempts=attempt)
+                    return
+                self.stats.retried += 1
+                log.warning(
+                    "handler failed, retrying",
+                    group=self._group_id,
+                    topic=record.topic,
+                    offset=record.offset,
+                    attempt=attempt,
+                    error_type=type(exc).__name__,
+                )
+                delay = self._policy.backoff_s * 2 ** (attempt - 1)
+                time.sleep(min(delay, self._policy.backoff_max_s))
+
+    def _send_to_dead_letter(self, record: _Record, exc: BaseException, *, attempts: int) -> None:
+        reason = dead_letter_reason(exc, attempts)
+        headers: tracing.Headers = [
+            (k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)
+        ]
+        headers += [
+            (DLQ_PREFIX + "reason", reason.encode()),
+            (DLQ_PREFIX + "error-type", type(exc).__name__.encode()),
+            (DLQ_PREFIX + "topic", record.topic.encode()),
+            (DLQ_PREFIX + "partition", str(record.partition).encode()),
+            (DLQ_PREFIX + "offset", str(record.offset).encode()),
+            (DLQ_PREFIX + "group", self._group_id.encode()),
+            (DLQ_PREFIX + "attempts", str(attempts).encode()),
+            (DLQ_PREFIX + "at", datetime.now(UTC).isoformat().encode()),
+        ]
+        # Confirmed before the offset moves; a failure here propagates and nothing is committed.
+        self._dead_letter.publish_raw(self._catalog.dead_letter, record.key, record.value, headers)
+        self.stats.dead_lettered += 1
+        log.error(
+            "message dead-lettered",
+            group=self._group_id,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+        )
+
+    def close(self) -> None:
+        """Commit what was handled and leave the group (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._commit(self._consumer, asynchronous=False)
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._consumer.close()
+
+
+def dead_letter_reason(exc: BaseException, attempts: int) -> str:
+    """A reason safe to store: SafeHub error messages carry no payload; others give the type."""
+    detail = str(exc) if isinstance(exc, SafeHubError) else f"unexpected {type(exc).__name__}"
+    if attempts > 1:
+        detail = f"handler failed after {attempts} attempts: {detail}"
+    return detail[:1000]

@@ -1,0 +1,52 @@
+"""One root exception for everything SafeHub raises.
+
+Third-party failures are wrapped (``raise ... from exc``) so callers only ever need to
+catch :class:`SafeHubError` or one of its subclasses. Messages name what was wrong but
+never carry event payloads: they end up in logs and dead-letter headers.
+"""
+
+from __future__ import annotations
+
+
+class SafeHubError(Exception):
+    """Root of every error SafeHub raises."""
+
+
+class ConfigError(SafeHubError):
+    """A setting is missing or has a wrong value (the message names the variable)."""
+
+
+class SchemaError(SafeHubError):
+    """A schema is invalid, unknown or incompatible."""
+
+
+class CodecError(SafeHubError):
+    """A message could not be encoded or decoded."""
+
+
+class CorruptMessageError(CodecError):
+    """The bytes are not a valid single-object-encoded Avro message."""
+
+
+class UnknownSchemaError(CodecError):
+    """The message names a writer schema (by fingerprint) that this hub does not know."""
+
+
+class ClassificationError(CodecError):
+    """An event carries data of a class that its envelope does not declare."""
+
+
+class BusError(SafeHubError):
+    """Producing to or consuming from Kafka failed."""
+
+
+class DeliveryError(BusError):
+    """The broker did not confirm a message within the deadline."""
+
+
+class BrokerError(SafeHubError):
+    """The embedded broker could not be started, checked or stopped."""
+
+
+class HandlerError(SafeHubError):
+    """A consumer handler rejected a message permanently (it goes to the dead-letter topic)."""

@@ -1,0 +1,118 @@
+"""Typed settings, read from the environment once per deployable.
+
+Every deployable declares one :class:`pydantic_settings.BaseSettings` subclass built from the
+sections here. Variables are ``SAFEHUB_*`` (nested sections use ``__``, e.g.
+``SAFEHUB_KAFKA__FETCH_WAIT_MAX_MS``); the Kafka bootstrap list also honours the conventional
+``KAFKA_BOOTSTRAP_SERVERS``. Secrets are :class:`pydantic.SecretStr`: they print masked.
+A wrong value fails at start with :class:`ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from safehub.kernel.errors import ConfigError
+
+ENV_PREFIX = "SAFEHUB_"
+NESTED_DELIMITER = "__"
+
+
+class LogFormat(StrEnum):
+    """How log lines are rendered."""
+
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class KafkaSettings(BaseModel):
+    """Connection and tuning for the Kafka-protocol broker."""
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="host:port list; unset means the embedded broker (safehub up).",
+    )
+    security_protocol: str = Field(
+        default="PLAINTEXT", pattern=r"^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
+    )
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    replication_factor: int = Field(default=1, ge=1, le=5)
+    session_timeout_ms: int = Field(default=6000, ge=1000, le=300_000)
+    heartbeat_interval_ms: int = Field(default=1000, ge=100, le=60_000)
+    fetch_wait_max_ms: int = Field(default=50, ge=1, le=5000)
+    linger_ms: int = Field(default=0, ge=0, le=1000)
+    delivery_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_message_bytes: int = Field(default=1_048_576, ge=1024, le=16 * 1_048_576)
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by producers, consumers and admin clients."""
+        if not self.bootstrap_servers:
+            raise ConfigError(
+                "KAFKA_BOOTSTRAP_SERVERS (or SAFEHUB_KAFKA__BOOTSTRAP_SERVERS) is not set "
+                "and no embedded broker was started"
+            )
+        config: dict[str, Any] = {
+            # librdkafka's own log lines go through our structured logging, not stderr.
+            "logger": logging.getLogger("librdkafka"),
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        return config
+
+
+class LogSettings(BaseModel):
+    """Structured logging."""
+
+    level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    format: LogFormat = LogFormat.CONSOLE
+
+
+class HubSettings(BaseSettings):
+    """Settings every deployable shares; services extend this class with their own section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    service_name: str = Field(default="safehub", pattern=r"^[a-z0-9_.-]+$")
+
+
+SettingsT = TypeVar("SettingsT", bound=HubSettings)
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + NESTED_DELIMITER.join(str(part).upper() for part in loc)
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Read ``cls`` from the environment, failing with the offending variable's name."""
+    try:
+        settings = cls(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_variable_name(err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap and not settings.kafka.bootstrap_servers and "kafka" not in overrides:
+        settings.kafka.bootstrap_servers = bootstrap
+    return settings

@@ -1,0 +1,200 @@
+"""Every topic SafeHub uses, declared once: name, partitions, key and the events it carries.
+
+Keys decide ordering and spread: device and school signals are keyed by school (all
+signals of one school stay in order on one partition), workflow events by incident or case
+(one incident's history stays in order). Emergency signals have their own topic so a panic
+never queues behind the high-volume door-state feed. Partition counts are final: tansu
+cannot add partitions later (BROKER.md), and neither should production without a plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from safehub.kernel.errors import BusError, SafeHubError
+
+
+class KeyBy(StrEnum):
+    """Which envelope field becomes the Kafka key."""
+
+    SCHOOL = "school"
+    INCIDENT = "incident"
+    CASE = "case"
+    INCIDENT_OR_SCHOOL = "incident_or_school"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its base name (before the deployment prefix), layout and contents."""
+
+    name: str
+    partitions: int
+    key_by: KeyBy
+    events: tuple[str, ...]
+    doc: str
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+_E = "safehub.events."
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        "safehub.alerts.v1",
+        12,
+        KeyBy.SCHOOL,
+        (_E + "PanicAlert", _E + "CameraAlert", _E + "SrpActionRequested"),
+        "Life-safety signals from schools: panic buttons, camera analytics, staff SRP actions.",
+    ),
+    TopicSpec(
+        "safehub.doors.v1",
+        12,
+        KeyBy.SCHOOL,
+        (_E + "DoorLockState",),
+        "Door lock states reported by access-control systems (high volume).",
+    ),
+    TopicSpec(
+        "safehub.door-commands.v1",
+        12,
+        KeyBy.SCHOOL,
+        (_E + "LockCommand",),
+        "Lock/unlock commands to access-control connectors.",
+    ),
+    TopicSpec(
+        "safehub.incidents.v1",
+        12,
+        KeyBy.INCIDENT,
+        (_E + "IncidentOpened", _E + "IncidentChanged", _E + "IncidentCleared"),
+        "Incident lifecycle and SRP state, one key per incident.",
+    ),
+    TopicSpec(
+        "safehub.dispatch.v1",
+        12,
+        KeyBy.INCIDENT,
+        (_E + "CadDispatch", _E + "CadStatusUpdate"),
+        "EIDO dispatches to 911 CAD and status updates coming back.",
+    ),
+    TopicSpec(
+        "safehub.notifications.v1",
+        12,
+        KeyBy.INCIDENT_OR_SCHOOL,
+        (_E + "NotificationRequested", _E + "DeliveryReceipt", _E + "NotificationAcknowledged"),
+        "Notification requests and per-recipient delivery and acknowledgement receipts.",
+    ),
+    TopicSpec(
+        "safehub.reunification.v1",
+        6,
+        KeyBy.INCIDENT,
+        (_E + "ReunificationStatus",),
+        "Family reunification hand-offs and accounting.",
+    ),
+    TopicSpec(
+        "safehub.tips.v1",
+        6,
+        KeyBy.CASE,
+        (_E + "TipSubmitted", _E + "TipUpdated"),
+        "Anonymous tips (tipster identity never leaves the tip service in clear).",
+    ),
+    TopicSpec(
+        "safehub.cases.v1",
+        6,
+        KeyBy.CASE,
+        (_E + "ThreatCaseOpened", _E + "ThreatCaseUpdated"),
+        "Behavioural threat assessment (BTAM) cases.",
+    ),
+    TopicSpec(
+        "safehub.referrals.v1",
+        6,
+        KeyBy.CASE,
+        (_E + "Referral",),
+        "Mental-health referrals to community partners.",
+    ),
+    TopicSpec(
+        "safehub.disclosures.v1",
+        6,
+        KeyBy.CASE,
+        (_E + "RecordDisclosure",),
+        "FERPA record disclosures (34 CFR 99.32 record of each).",
+    ),
+    TopicSpec(
+        "safehub.roster.v1",
+        6,
+        KeyBy.SCHOOL,
+        (_E + "RosterChange",),
+        "Roster changes from student information systems.",
+    ),
+    TopicSpec(
+        "safehub.deadletter.v1",
+        3,
+        KeyBy.SCHOOL,
+        (),
+        "Messages that could not be decoded or handled: original bytes, reason and "
+        "coordinates in headers.",
+    ),
+)
+
+DEAD_LETTER = "safehub.deadletter.v1"
+
+
+class TopicCatalog:
+    """The declared topics under one deployment prefix (tests use a unique prefix each)."""
+
+    def __init__(self, prefix: str = "", specs: Iterable[TopicSpec] = TOPICS) -> None:
+        self.prefix = prefix
+        self.specs = {spec.name: spec for spec in specs}
+        self._by_event: dict[str, TopicSpec] = {}
+        for spec in self.specs.values():
+            for event_type in spec.events:
+                if event_type in self._by_event:
+                    raise SafeHubError(f"{event_type} is declared on two topics")
+                self._by_event[event_type] = spec
+
+    def name(self, base: str) -> str:
+        """The full topic name for a declared base name."""
+        if base not in self.specs:
+            raise BusError(f"topic {base!r} is not declared in safehub.kernel.topics")
+        return self.prefix + base
+
+    @property
+    def dead_letter(self) -> str:
+        """Full name of the dead-letter topic."""
+        return self.name(DEAD_LETTER)
+
+    def spec_for(self, event_type: str) -> TopicSpec:
+        """The topic that carries ``event_type``."""
+        try:
+            return self._by_event[event_type]
+        except KeyError:
+            raise BusError(f"no topic declared for event type {event_type!r}") from None
+
+    def topic_for(self, event_type: str) -> str:
+        """Full topic name for ``event_type``."""
+        return self.prefix + self.spec_for(event_type).name
+
+    def key_for(self, event: Mapping[str, Any]) -> bytes:
+        """The Kafka key of ``event`` according to its topic's key rule."""
+        envelope = event["envelope"]
+        spec = self.spec_for(envelope["event_type"])
+        school = (envelope.get("tenant") or {}).get("school")
+        key: str | None
+        match spec.key_by:
+            case KeyBy.SCHOOL:
+                key = school
+            case KeyBy.INCIDENT:
+                key = envelope.get("incident_id")
+            case KeyBy.CASE:
+                key = envelope.get("case_id")
+            case KeyBy.INCIDENT_OR_SCHOOL:
+                key = envelope.get("incident_id") or school
+        if not key:
+            raise BusError(
+                f"{envelope['event_type']} needs envelope {spec.key_by.value} id to be keyed "
+                f"on {spec.name}"
+            )
+        return str(key).encode()
+
+    def all_names(self) -> list[str]:
+        """Full names of every declared topic."""
+        return [self.prefix + name for name in self.specs]

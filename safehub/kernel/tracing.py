@@ -1,0 +1,92 @@
+"""OpenTelemetry set-up and W3C trace context in Kafka headers.
+
+The standard ``OTEL_*`` variables are honoured (service name, resource attributes, sampler,
+``OTEL_SDK_DISABLED``, and OTLP export when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set). The bus
+injects ``traceparent``/``tracestate`` into every message and the consumer extracts them, so
+producer and consumer spans are parent and child in one trace (the confluent-kafka
+instrumentation only links them). Span attributes carry identifiers, never payload data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+Headers = list[tuple[str, bytes]]
+
+TRACER_NAME = "safehub"
+
+
+class _HeaderGetter(Getter[Sequence[tuple[str, bytes | str | None]]]):
+    def get(self, carrier: Sequence[tuple[str, bytes | str | None]], key: str) -> list[str] | None:
+        values = [
+            value.decode("latin-1") if isinstance(value, bytes) else value
+            for name, value in carrier
+            if name.lower() == key and value is not None
+        ]
+        return values or None
+
+    def keys(self, carrier: Sequence[tuple[str, bytes | str | None]]) -> list[str]:
+        return [name for name, _ in carrier]
+
+
+class _HeaderSetter(Setter[Headers]):
+    def set(self, carrier: Headers, key: str, value: str) -> None:
+        carrier[:] = [(name, val) for name, val in carrier if name != key]
+        carrier.append((key, value.encode("latin-1")))
+
+
+HEADER_GETTER = _HeaderGetter()
+HEADER_SETTER = _HeaderSetter()
+
+
+def inject(headers: Headers, context: Context | None = None) -> Headers:
+    """Add the W3C trace context of ``context`` (default: current) to ``headers``."""
+    propagate.inject(headers, context=context, setter=HEADER_SETTER)
+    return headers
+
+
+def extract(headers: Sequence[tuple[str, bytes | str | None]] | None) -> Context:
+    """The trace context carried in Kafka ``headers`` (empty context if none)."""
+    return propagate.extract(headers or [], getter=HEADER_GETTER)
+
+
+def setup_tracing(
+    service_name: str, extra_processors: Iterable[SpanProcessor] = ()
+) -> TracerProvider | None:
+    """Install a tracer provider for this process (idempotent per process).
+
+    Returns None when ``OTEL_SDK_DISABLED=true``. Exports over OTLP only when an endpoint is
+    configured, so a laptop run needs no collector.
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        for processor in extra_processors:
+            current.add_span_processor(processor)
+        return current
+    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    provider = TracerProvider(resource=resource)
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    for processor in extra_processors:
+        provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer() -> trace.Tracer:
+    """The SafeHub tracer (resolved at call time, so set-up order does not matter)."""
+    return trace.get_tracer(TRACER_NAME)
