@@ -45,7 +45,7 @@ TOPICS: tuple[TopicSpec, ...] = (
         "safehub.alerts.v1",
         12,
         KeyBy.SCHOOL,
-        (_E + "PanicAlert", _E + "CameraAlert", _E + "SrpActionRequested"),
+        (_E + "PanicAlert", _E + "PanicCancelled", _E + "CameraAlert", _E + "SrpActionRequested"),
         "Life-safety signals from schools: panic buttons, camera analytics, staff SRP actions.",
     ),
     TopicSpec(
@@ -66,8 +66,13 @@ TOPICS: tuple[TopicSpec, ...] = (
         "safehub.incidents.v1",
         12,
         KeyBy.INCIDENT,
-        (_E + "IncidentOpened", _E + "IncidentChanged", _E + "IncidentCleared"),
-        "Incident lifecycle and SRP state, one key per incident.",
+        (
+            _E + "IncidentOpened",
+            _E + "IncidentChanged",
+            _E + "IncidentCleared",
+            _E + "LockdownProgress",
+        ),
+        "Incident lifecycle, SRP state and lockdown progress, one key per incident.",
     ),
     TopicSpec(
         "safehub.dispatch.v1",

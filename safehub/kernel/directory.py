@@ -1,0 +1,168 @@
+"""The hub's directory: tenancy (state → district → school → building → room), doors, and
+the client systems allowed to call the gateway with their scopes.
+
+Loaded from one JSON file (``SAFEHUB_DIRECTORY_FILE``); the gateway uses it to refuse
+unknown places and to authorise callers, the incidents service to know which doors a
+lockdown must lock. A client belongs to one district and may be limited to some schools:
+a district-A door vendor can never act for district B.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from safehub.kernel.errors import ConfigError, SafeHubError
+
+
+class Scope(StrEnum):
+    """What a client system may do at the gateway."""
+
+    PANIC = "panic"
+    CAMERA = "camera"
+    DOORS = "doors"
+    SRP = "srp"
+    CONNECTOR = "connector"
+
+
+class Door(BaseModel):
+    """A door under access control."""
+
+    id: str
+    name: str = ""
+    exterior: bool = False
+
+
+class Building(BaseModel):
+    """A building, numbered as responders know it."""
+
+    id: str
+    name: str = ""
+    rooms: list[str] = Field(default_factory=list)
+    doors: list[Door] = Field(default_factory=list)
+
+
+class School(BaseModel):
+    """A school and where it is."""
+
+    id: str
+    name: str
+    address: str = ""
+    latitude: float | None = None
+    longitude: float | None = None
+    psap_id: str = Field(description="the 911 centre (PSAP) that serves this school")
+    buildings: list[Building] = Field(default_factory=list)
+
+    def building(self, building_id: str) -> Building | None:
+        """The building with this id, if any."""
+        return next((b for b in self.buildings if b.id == building_id), None)
+
+
+class District(BaseModel):
+    """A school district (a tenant)."""
+
+    id: str
+    name: str
+    schools: list[School] = Field(default_factory=list)
+
+
+class Client(BaseModel):
+    """A vendor or school system with a client certificate (CN = id)."""
+
+    id: str
+    district: str
+    schools: list[str] = Field(default_factory=list, description="empty: every school")
+    scopes: set[Scope]
+
+
+class UnknownPlaceError(SafeHubError):
+    """A school, building or room that is not in the directory."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Directory(BaseModel):
+    """Everything the hub knows about places and client systems."""
+
+    state: str
+    districts: list[District]
+    clients: list[Client] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Directory:
+        schools = [s.id for d in self.districts for s in d.schools]
+        if len(schools) != len(set(schools)):
+            raise ValueError("school ids must be unique across districts")
+        return self
+
+    @classmethod
+    def load(cls, path: Path) -> Directory:
+        """Read and validate a directory file (ConfigError names the file and the problem)."""
+        try:
+            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, ValidationError) as exc:
+            raise ConfigError(f"directory file {path} is invalid: {exc}") from exc
+
+    def district_of(self, school_id: str) -> District:
+        """The district a school belongs to."""
+        for district in self.districts:
+            if any(s.id == school_id for s in district.schools):
+                return district
+        raise UnknownPlaceError("place.school_id", f"unknown school {school_id!r}")
+
+    def school(self, school_id: str) -> School:
+        """A school by id (UnknownPlaceError if absent)."""
+        district = self.district_of(school_id)
+        return next(s for s in district.schools if s.id == school_id)
+
+    def check_place(self, school_id: str, building: str | None, room: str | None) -> School:
+        """Validate a place; building and room are checked when given."""
+        school = self.school(school_id)
+        if building:
+            found = school.building(building)
+            if found is None:
+                raise UnknownPlaceError(
+                    "place.building", f"school {school_id!r} has no building {building!r}"
+                )
+            if room and found.rooms and room not in found.rooms:
+                raise UnknownPlaceError(
+                    "place.room", f"building {building!r} of {school_id!r} has no room {room!r}"
+                )
+        elif room:
+            raise UnknownPlaceError("place.building", "a room needs its building")
+        return school
+
+    def client(self, client_id: str) -> Client | None:
+        """A client system by certificate CN."""
+        return next((c for c in self.clients if c.id == client_id), None)
+
+    def may(self, client: Client, scope: Scope, school_id: str) -> bool:
+        """True if ``client`` holds ``scope`` for ``school_id`` (same district, allowed school)."""
+        if scope not in client.scopes:
+            return False
+        try:
+            district = self.district_of(school_id)
+        except UnknownPlaceError:
+            return False
+        return district.id == client.district and (
+            not client.schools or school_id in client.schools
+        )
+
+    def doors(self, school_id: str, building: str | None, *, exterior_only: bool) -> list[Door]:
+        """Doors of a building (or of the whole school when building is None)."""
+        school = self.school(school_id)
+        buildings = [b for b in school.buildings if building in (None, b.id)]
+        return [d for b in buildings for d in b.doors if d.exterior or not exterior_only]
+
+    def tenant(self, school_id: str) -> dict[str, str | None]:
+        """The envelope tenant path of a school."""
+        return {
+            "state": self.state,
+            "district": self.district_of(school_id).id,
+            "school": school_id,
+        }
