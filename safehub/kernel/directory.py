@@ -18,6 +18,11 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from safehub.kernel.errors import ConfigError, SafeHubError
 
 
+def default_directory_file() -> Path:
+    """The demo directory of a source checkout (deployments set the variable instead)."""
+    return Path(__file__).resolve().parents[2] / "deploy" / "directory" / "demo.json"
+
+
 class Scope(StrEnum):
     """What a client system may do at the gateway."""
 

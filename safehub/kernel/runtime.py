@@ -15,9 +15,11 @@ producer.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -63,12 +65,15 @@ class Runtime(Closing, Generic[SettingsT]):
         extra_config: dict[str, Any] | None = None,
         start: bool = True,
     ) -> EventConsumer:
-        """A consumer in ``group_id`` whose loop runs in its own thread until stop."""
+        """A consumer in ``group_id`` whose loop runs in its own thread until stop.
+
+        The group id gets the deployment's topic prefix, like the topics it reads.
+        """
         consumer = EventConsumer(
             self.settings.kafka,
             self.codec,
             self.catalog,
-            group_id=group_id,
+            group_id=self.catalog.prefix + group_id,
             topics=topics,
             handler=handler,
             dead_letter=self.producer,
@@ -146,4 +151,7 @@ def run(
         runtime.install_signal_handlers()
         setup(runtime)
         log.info("ready", service=name)
+        ready_file = os.environ.get("SAFEHUB_READY_FILE")
+        if ready_file:  # readiness for supervisors and probes: setup finished
+            Path(ready_file).write_text(str(os.getpid()), encoding="utf-8")
         runtime.wait()

@@ -1,0 +1,1 @@
+"""incidents: correlates school signals into incidents with SRP state (the emergency core)."""

@@ -1,0 +1,5 @@
+"""``python -m services.incidents``."""
+
+from services.incidents.service import main
+
+main()

@@ -1,0 +1,169 @@
+"""The incidents service: school signals in, incidents (with SRP state and lock commands) out.
+
+Three loops share one :class:`IncidentBook` under a lock:
+
+* **journal**: reads the incidents topic from the beginning (all partitions, no group) and
+  keeps following it. The book is rebuilt from it before any signal is handled, so the state
+  after a restart (or on another worker) is exactly the state before it. On tansu the end of
+  the topic is taken from the fetch responses' high watermark, never from ListOffsets.
+* **alerts** (group ``incidents-alerts``): panics, panic cancellations, camera alerts, SRP
+  actions and CAD status updates, with a short fetch wait: this is the 911 path.
+* **doors** (group ``incidents-doors``): the high-volume door feed, only to fold forced or
+  held-open doors into an incident under way; its own thread so it never delays a panic.
+
+A handler publishes what the book decided (lock command first, then the incident event,
+each confirmed by the broker) and only then folds it in. A crash in between leaves the
+signal uncommitted; on redelivery the deterministic ids make the outcome the same.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+import structlog
+from confluent_kafka import Consumer, TopicPartition
+
+from safehub.kernel.bus import ConsumedEvent
+from safehub.kernel.directory import Directory
+from safehub.kernel.errors import BusError, CodecError, HandlerError
+from safehub.kernel.runtime import Runtime, run
+from services.incidents.model import IncidentBook, Rejected
+from services.incidents.settings import IncidentsSettings
+
+log = structlog.get_logger(__name__)
+
+INCIDENTS_TOPIC = "safehub.incidents.v1"
+
+
+class Journal:
+    """Follows the incidents topic and folds it into the book."""
+
+    def __init__(
+        self, runtime: Runtime[IncidentsSettings], book: IncidentBook, lock: threading.Lock
+    ):
+        self._runtime = runtime
+        self._book = book
+        self._lock = lock
+        kafka = runtime.settings.kafka
+        self._topic = runtime.catalog.name(INCIDENTS_TOPIC)
+        self._consumer = Consumer(
+            {
+                **kafka.client_config(),
+                "group.id": f"incidents-journal-{uuid.uuid4().hex[:8]}",  # never commits
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+                "allow.auto.create.topics": False,
+            }
+        )
+        partitions = runtime.catalog.specs[INCIDENTS_TOPIC].partitions
+        self._partitions = [TopicPartition(self._topic, p, 0) for p in range(partitions)]
+        self._consumer.assign(self._partitions)
+        self._positions = {p: 0 for p in range(partitions)}
+        runtime.on_close(self._consumer.close)
+
+    def _poll(self, timeout: float) -> int:
+        first = self._consumer.poll(timeout)
+        messages = [first, *self._consumer.consume(499, 0)] if first is not None else []
+        applied = 0
+        for message in messages:
+            if message.error() is not None:
+                continue
+            self._positions[message.partition() or 0] = (message.offset() or 0) + 1
+            try:
+                event = self._runtime.codec.decode(message.value() or b"")
+            except CodecError:
+                # Not ours to dead-letter (we are not its consumer group); skip and say so.
+                log.error("undecodable record on the incidents topic", offset=message.offset())
+                continue
+            with self._lock:
+                self._book.apply(event)
+            applied += 1
+        return applied
+
+    def catch_up(self, timeout: float = 60.0) -> int:
+        """Read until every partition reached its high watermark (from fetch responses)."""
+        deadline = time.monotonic() + timeout
+        applied = 0
+        while True:
+            applied += self._poll(0.05)
+            if self._at_end():
+                return applied
+            if time.monotonic() > deadline:
+                raise BusError(f"incidents journal did not catch up within {timeout} s")
+
+    def _at_end(self) -> bool:
+        for tp in self._partitions:
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0 or self._positions[tp.partition] < high:
+                return False
+        return True
+
+    def follow(self) -> None:
+        """Keep folding new incident events (from this and other workers) until stop."""
+        while not self._runtime.stop.is_set():
+            self._poll(0.1)
+
+
+def setup(runtime: Runtime[IncidentsSettings]) -> None:
+    """Rebuild the book, then start the journal, alerts and doors loops."""
+    # A CPU-busy thread (the door feed) must not hold the GIL for 5 ms while a panic waits.
+    sys.setswitchinterval(0.0005)
+    section = runtime.settings.incidents
+    book = IncidentBook(
+        Directory.load(section.directory_file),
+        correlation_window=timedelta(seconds=section.correlation_window_s),
+        cancel_window=timedelta(seconds=section.cancel_window_s),
+        camera_min_confidence=section.camera_min_confidence,
+    )
+    lock = threading.Lock()
+    journal = Journal(runtime, book, lock)
+    started = time.monotonic()
+    applied = journal.catch_up()
+    log.info(
+        "incident book rebuilt",
+        events=applied,
+        incidents=len(book.incidents),
+        ms=round((time.monotonic() - started) * 1000),
+    )
+    runtime.spawn(journal.follow, name="incidents-journal")
+
+    def handle(consumed: ConsumedEvent) -> None:
+        with lock:
+            try:
+                outputs = book.decide(consumed.event)
+            except Rejected as exc:
+                raise HandlerError(str(exc)) from exc
+            for event in outputs:
+                runtime.producer.publish(event)
+            for event in outputs:
+                book.apply(event)
+        for event in outputs:
+            log.info(
+                "incident event",
+                type=event["envelope"]["event_type"].rsplit(".", 1)[-1],
+                incident_id=event["envelope"]["incident_id"],
+                version=event.get("version"),
+                exercise=event["envelope"]["exercise"],
+            )
+
+    runtime.consumer(
+        "incidents-alerts",
+        ["safehub.alerts.v1", "safehub.dispatch.v1"],
+        handle,
+        fetch_wait_max_ms=section.alerts_fetch_wait_ms,
+    )
+    runtime.consumer(
+        "incidents-doors",
+        ["safehub.doors.v1"],
+        handle,
+        fetch_wait_max_ms=section.doors_fetch_wait_ms,
+    )
+
+
+def main() -> None:
+    """Run the incidents service until SIGTERM."""
+    run("incidents", IncidentsSettings, setup)

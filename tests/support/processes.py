@@ -1,0 +1,91 @@
+"""Running hub components as real processes (so tests can SIGTERM or kill -9 them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from safehub.kernel.settings import KafkaSettings
+from tests.support.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Component:
+    """``python -m <module>`` with the test's broker and topic prefix."""
+
+    def __init__(
+        self,
+        module: str,
+        kafka: KafkaSettings,
+        prefix: str,
+        workdir: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.module = module
+        self.workdir = workdir
+        self.ready_file = workdir / f"{module}.ready"
+        self.log_file = workdir / f"{module}.log"
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers or "",
+            "SAFEHUB_KAFKA__TOPIC_PREFIX": prefix,
+            "SAFEHUB_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "SAFEHUB_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
+            "SAFEHUB_READY_FILE": str(self.ready_file),
+            "SAFEHUB_LOG__FORMAT": "json",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait: bool = True, timeout: float = 60.0) -> Component:
+        self.ready_file.unlink(missing_ok=True)
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if wait:
+            wait_until(self._ready, timeout=timeout, what=f"{self.module} ready")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"{self.module} exited with {self.process.returncode}:\n{self.tail()}"
+            )
+        return self.ready_file.exists()
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """kill -9: no drain, no commit."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM: drain (commit, flush) and exit."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode if self.process else None
+
+    def __enter__(self) -> Component:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

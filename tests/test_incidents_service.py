@@ -1,0 +1,197 @@
+"""The incidents service as a real process on a real broker: correlation, SRP, restarts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from safehub.kernel.bus import EventProducer
+from safehub.kernel.codec import Codec
+from safehub.kernel.envelope import new_event
+from safehub.kernel.settings import KafkaSettings
+from safehub.kernel.topics import TopicCatalog
+from tests.support.kafka import read_all, read_topic
+from tests.support.processes import Component
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.kafka
+
+LINCOLN = {"state": "US-TX", "district": "dist-north-isd", "school": "sch-lincoln-hs"}
+
+
+def _panic(at: datetime, room: str = "214", exercise: bool = False) -> dict[str, Any]:
+    return new_event(
+        "PanicAlert",
+        source="test",
+        tenant=LINCOLN,
+        building="B",
+        room=room,
+        occurred_at=at,
+        exercise=exercise,
+        payload={
+            "device_id": "badge-1",
+            "device_kind": "WEARABLE",
+            "panic_type": "ACTIVE_ASSAILANT",
+            "silent": True,
+            "reporter_role": "TEACHER",
+            "activated_by": None,
+            "floor": None,
+            "latitude": None,
+            "longitude": None,
+            "location_text": None,
+        },
+    )
+
+
+def _camera(at: datetime) -> dict[str, Any]:
+    return new_event(
+        "CameraAlert",
+        source="test",
+        tenant=LINCOLN,
+        building="B",
+        room="corridor-2",
+        occurred_at=at,
+        payload={
+            "camera_id": "cam-B2-07",
+            "vendor_alert_id": "v1",
+            "analytic": "WEAPON",
+            "confidence": 0.93,
+            "clip_url": None,
+            "snapshot_url": None,
+        },
+    )
+
+
+def _srp(action: str, at: datetime, exercise: bool = False) -> dict[str, Any]:
+    return new_event(
+        "SrpActionRequested",
+        source="test",
+        tenant=LINCOLN,
+        building="B",
+        occurred_at=at,
+        exercise=exercise,
+        payload={
+            "request_id": f"r-{action}-{at.timestamp()}",
+            "action": action,
+            "evacuate_location": None,
+            "shelter_hazard": None,
+            "shelter_strategy": None,
+            "requested_by": "staff-principal",
+            "requested_by_role": "ADMINISTRATOR",
+            "message": None,
+        },
+    )
+
+
+def _decoded(kafka: KafkaSettings, codec: Codec, topic: str, expect: int) -> list[dict[str, Any]]:
+    return [codec.decode(r.value()) for r in read_topic(kafka, topic, expect=expect, timeout=30)]
+
+
+@pytest.fixture
+def incidents(
+    kafka: KafkaSettings, catalog: TopicCatalog, tmp_path: Path
+) -> Callable[..., Component]:
+    made: list[Component] = []
+
+    def make(**env: str) -> Component:
+        component = Component("services.incidents", kafka, catalog.prefix, tmp_path, env=env)
+        made.append(component)
+        return component
+
+    yield make
+    for component in made:
+        component.kill()
+
+
+def test_three_correlated_signals_yield_one_incident_and_state_survives_restart(
+    kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, incidents: Callable[..., Component]
+) -> None:
+    now = datetime.now(UTC)
+    topic = catalog.topic_for("safehub.events.IncidentOpened")
+    service = incidents().start()
+    with EventProducer(kafka, codec, catalog) as producer:
+        panic = _panic(now)
+        producer.publish(panic)
+        producer.publish(_camera(now + timedelta(seconds=2)))
+        events = _decoded(kafka, codec, topic, expect=2)
+        assert [e["envelope"]["event_type"] for e in events] == [
+            "safehub.events.IncidentOpened",
+            "safehub.events.IncidentChanged",
+        ]
+        incident_id = events[0]["incident_id"]
+        assert events[0]["dispatchable"] is True
+        assert events[0]["envelope"]["room"] == "214"
+        assert events[0]["envelope"]["causation_id"] == panic["envelope"]["event_id"]
+
+        # Restart: the book comes back from the incidents topic, so the third signal
+        # (an SRP LOCKDOWN) joins the same incident instead of opening a new one.
+        service.stop()
+        service.start()
+        producer.publish(_srp("LOCKDOWN", now + timedelta(seconds=4)))
+        events = _decoded(kafka, codec, topic, expect=3)
+    assert {e["incident_id"] for e in events} == {incident_id}
+    assert events[-1]["version"] == 3
+    assert events[-1]["srp_action"] == "LOCKDOWN"
+    assert len(events[-1]["correlated_event_ids"]) == 3
+    (command,) = _decoded(kafka, codec, catalog.topic_for("safehub.events.LockCommand"), expect=1)
+    assert command["scope"] == "ALL" and command["envelope"]["incident_id"] == incident_id
+
+
+def test_drill_lockdown_is_not_dispatchable_and_invalid_transition_is_dead_lettered(
+    kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, incidents: Callable[..., Component]
+) -> None:
+    now = datetime.now(UTC)
+    incidents().start()
+    with EventProducer(kafka, codec, catalog) as producer:
+        producer.publish(_srp("LOCKDOWN", now, exercise=True))
+        producer.publish(_srp("HOLD", now + timedelta(seconds=1), exercise=True))  # invalid
+    (opened,) = _decoded(kafka, codec, catalog.topic_for("safehub.events.IncidentOpened"), expect=1)
+    assert opened["envelope"]["exercise"] is True and opened["dispatchable"] is False
+    assert opened["summary"].startswith("EXERCISE")
+    (letter,) = read_topic(kafka, catalog.dead_letter, expect=1)
+    reason = dict(letter.headers())["safehub-dlq-reason"].decode()
+    assert "LOCKDOWN → HOLD is not allowed" in reason
+
+
+BURST = 600
+
+
+def test_kill_9_in_a_burst_loses_no_incident_and_duplicates_none(
+    kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, incidents: Callable[..., Component]
+) -> None:
+    # Every panic its own incident: a tiny correlation window, timestamps a second apart.
+    service = incidents(SAFEHUB_INCIDENTS__CORRELATION_WINDOW_S="0.001").start()
+    topic = catalog.topic_for("safehub.events.IncidentOpened")
+    now = datetime.now(UTC)
+    panics = [_panic(now + timedelta(seconds=i)) for i in range(BURST)]
+    with EventProducer(kafka, codec, catalog) as producer:
+        futures = [producer.publish_nowait(p) for p in panics]
+        for future in futures:
+            future.result(10)
+        # Kill as soon as some, not all, incidents are out.
+        wait_until(
+            lambda: len(read_topic(kafka, topic, expect=5, timeout=0.5)) >= 5,
+            what="first incidents",
+        )
+        service.kill()
+        before_restart = len(read_all(kafka, topic))
+        assert before_restart < BURST, "the kill must land in the middle of the burst"
+        service.start()
+        wait_until(
+            lambda: len(read_topic(kafka, topic, expect=BURST, timeout=1)) >= BURST,
+            timeout=60,
+            what="every panic's incident",
+        )
+        service.stop()  # drain: anything still to come is out before we count
+    events = [codec.decode(r.value()) for r in read_all(kafka, topic)]
+    per_panic = Counter(e["envelope"]["causation_id"] for e in events)
+    expected = {p["envelope"]["event_id"] for p in panics}
+    lost = expected - set(per_panic)
+    assert not lost, f"{len(lost)} panics lost ({before_restart} incidents before the kill)"
+    assert set(per_panic) == expected
+    assert max(per_panic.values()) == 1, "a panic opened two incidents"
