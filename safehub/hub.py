@@ -20,6 +20,7 @@ from typing import Self
 
 import structlog
 
+from safehub.embedded.broker import EmbeddedBroker
 from safehub.kernel.admin import ensure_topics
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.lifecycle import Closing
@@ -49,7 +50,7 @@ class Hub(Closing):
         self._components = list(components)
         self._env = dict(env or {})
         self._grace_s = grace_s
-        self._broker: object | None = None
+        self._broker: EmbeddedBroker | None = None
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.catalog = TopicCatalog(settings.kafka.topic_prefix)
 
@@ -61,8 +62,6 @@ class Hub(Closing):
     def __enter__(self) -> Self:
         try:
             if not self.settings.kafka.bootstrap_servers:
-                from safehub.embedded.broker import EmbeddedBroker
-
                 broker = EmbeddedBroker(durable_dir=self._durable_dir)
                 broker.start()
                 self._broker = broker
@@ -114,4 +113,4 @@ class Hub(Closing):
             self.stop_component(module)
         broker, self._broker = self._broker, None
         if broker is not None:
-            broker.stop()  # type: ignore[attr-defined]
+            broker.stop()
