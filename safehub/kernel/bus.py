@@ -123,19 +123,7 @@ class EventProducer(Closing):
         event_type = str(envelope.get("event_type"))
         topic = self._catalog.topic_for(event_type)
         value = self._codec.encode(event)
-        tenant = envelope.get("tenant") or {}
-        headers: tracing.Headers = [
-            (H_EVENT_TYPE, event_type.encode()),
-            (H_EVENT_ID, str(envelope.get("event_id")).encode()),
-            (H_CLASSIFICATION, ",".join(envelope.get("classification") or ()).encode()),
-            (
-                H_TENANT,
-                "/".join(
-                    str(tenant.get(part) or "") for part in ("state", "district", "school")
-                ).encode(),
-            ),
-            (H_EXERCISE, b"1" if envelope.get("exercise") else b"0"),
-        ]
+        headers = event_headers(event)
         with tracing.tracer().start_as_current_span(
             f"send {topic}",
             kind=SpanKind.PRODUCER,
@@ -474,19 +462,16 @@ class EventConsumer(Closing):
 
     def _send_to_dead_letter(self, record: _Record, exc: BaseException, *, attempts: int) -> None:
         reason = dead_letter_reason(exc, attempts)
-        headers: tracing.Headers = [
-            (k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)
-        ]
-        headers += [
-            (DLQ_PREFIX + "reason", reason.encode()),
-            (DLQ_PREFIX + "error-type", type(exc).__name__.encode()),
-            (DLQ_PREFIX + "topic", record.topic.encode()),
-            (DLQ_PREFIX + "partition", str(record.partition).encode()),
-            (DLQ_PREFIX + "offset", str(record.offset).encode()),
-            (DLQ_PREFIX + "group", self._group_id.encode()),
-            (DLQ_PREFIX + "attempts", str(attempts).encode()),
-            (DLQ_PREFIX + "at", datetime.now(UTC).isoformat().encode()),
-        ]
+        headers = dead_letter_headers(
+            record.headers,
+            exc,
+            reason=reason,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            group=self._group_id,
+            attempts=attempts,
+        )
         # Confirmed before the offset moves; a failure here propagates and nothing is committed.
         self._dead_letter.publish_raw(self._catalog.dead_letter, record.key, record.value, headers)
         self.stats.dead_lettered += 1
@@ -516,3 +501,51 @@ def dead_letter_reason(exc: BaseException, attempts: int) -> str:
     if attempts > 1:
         detail = f"handler failed after {attempts} attempts: {detail}"
     return detail[:1000]
+
+
+def event_headers(event: Event) -> tracing.Headers:
+    """The ``safehub-*`` headers every published event carries (trace context is added later)."""
+    envelope = event.get("envelope") or {}
+    tenant = envelope.get("tenant") or {}
+    return [
+        (H_EVENT_TYPE, str(envelope.get("event_type")).encode()),
+        (H_EVENT_ID, str(envelope.get("event_id")).encode()),
+        (H_CLASSIFICATION, ",".join(envelope.get("classification") or ()).encode()),
+        (
+            H_TENANT,
+            "/".join(
+                str(tenant.get(part) or "") for part in ("state", "district", "school")
+            ).encode(),
+        ),
+        (H_EXERCISE, b"1" if envelope.get("exercise") else b"0"),
+    ]
+
+
+def dead_letter_headers(
+    headers: Iterable[tuple[str, bytes]],
+    exc: BaseException,
+    *,
+    reason: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    group: str,
+    attempts: int,
+) -> tracing.Headers:
+    """The original headers (minus stale ``safehub-dlq-*``) plus this failure's ``safehub-dlq-*``.
+
+    Shared by the bus consumer and the stream (faust) agents, so every dead-letter record
+    reads the same whoever wrote it.
+    """
+    kept: tracing.Headers = [(k, v) for k, v in headers if not k.startswith(DLQ_PREFIX)]
+    return [
+        *kept,
+        (DLQ_PREFIX + "reason", reason.encode()),
+        (DLQ_PREFIX + "error-type", type(exc).__name__.encode()),
+        (DLQ_PREFIX + "topic", topic.encode()),
+        (DLQ_PREFIX + "partition", str(partition).encode()),
+        (DLQ_PREFIX + "offset", str(offset).encode()),
+        (DLQ_PREFIX + "group", group.encode()),
+        (DLQ_PREFIX + "attempts", str(attempts).encode()),
+        (DLQ_PREFIX + "at", datetime.now(UTC).isoformat().encode()),
+    ]

@@ -1,9 +1,9 @@
 """The hub's directory: tenancy (state → district → school → building → room), doors, and
 the client systems allowed to call the gateway with their scopes.
 
-Loaded from one JSON file (``SAFEHUB_DIRECTORY_FILE``); the gateway uses it to refuse
-unknown places and to authorise callers, the incidents service to know which doors a
-lockdown must lock. A client belongs to one district and may be limited to some schools:
+Loaded from one JSON file (``SAFEHUB_<SECTION>__DIRECTORY_FILE`` per deployable). The
+gateway uses it to refuse unknown places and to authorise callers, the incidents service to
+name places. A client belongs to one district and may be limited to some schools:
 a district-A door vendor can never act for district B.
 """
 

@@ -144,6 +144,9 @@ def run(
     setup: Callable[[Runtime[SettingsT]], None],
 ) -> None:
     """Entry point of a deployable: settings, logging, tracing, setup, wait, drain."""
+    ready_file = os.environ.get("SAFEHUB_READY_FILE")
+    if ready_file:  # a file left by a previous run must not make this one look ready
+        Path(ready_file).unlink(missing_ok=True)
     settings = load_settings(settings_cls)
     configure_logging(settings.log)
     tracing.setup_tracing(f"safehub-{name}")
@@ -151,7 +154,6 @@ def run(
         runtime.install_signal_handlers()
         setup(runtime)
         log.info("ready", service=name)
-        ready_file = os.environ.get("SAFEHUB_READY_FILE")
         if ready_file:  # readiness for supervisors and probes: setup finished
             Path(ready_file).write_text(str(os.getpid()), encoding="utf-8")
         runtime.wait()

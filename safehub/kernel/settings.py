@@ -43,6 +43,7 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = Field(default=None, description="CA bundle for SSL listeners")
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
     replication_factor: int = Field(default=1, ge=1, le=5)
     session_timeout_ms: int = Field(default=6000, ge=1000, le=300_000)
@@ -71,6 +72,8 @@ class KafkaSettings(BaseModel):
             config["sasl.username"] = self.sasl_username
         if self.sasl_password:
             config["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
         return config
 
 

@@ -519,8 +519,8 @@ class RequestSrpActionRequest(_message.Message):
     requested_by: _builtins.str
     """Staff id of the person requesting the action."""
     evacuate_to: _builtins.str
-    """EVACUATE only: where to evacuate to (for example "North parking lot"). Empty when no
-    location is specified.
+    """EVACUATE only: where to evacuate to (for example "North parking lot"). Required for
+    EVACUATE, empty for every other action.
     """
     shelter_hazard: _srp_pb2.ShelterHazard.ValueType
     """SHELTER only: the hazard. Required for SHELTER."""
@@ -588,3 +588,99 @@ class RequestSrpActionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__incident_hint) -> _WhichOneofReturnType__incident_hint | None: ...
 
 Global___RequestSrpActionResponse: _TypeAlias = RequestSrpActionResponse  # noqa: Y015
+
+@_typing.final
+class CancelPanicRequest(_message.Message):
+    """Cancels a panic alert (for example a button pressed by mistake)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_EVENT_ID_FIELD_NUMBER: _builtins.int
+    PLACE_FIELD_NUMBER: _builtins.int
+    PANIC_CLIENT_EVENT_ID_FIELD_NUMBER: _builtins.int
+    PANIC_EVENT_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CANCELLED_BY_FIELD_NUMBER: _builtins.int
+    EXERCISE_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    client_event_id: _builtins.str
+    """Caller-chosen unique id of this cancellation (for example a UUID); retries reuse it. It must
+    differ from the client_event_id of the panic being cancelled.
+    """
+    panic_client_event_id: _builtins.str
+    """The client_event_id this caller used in the ReportPanic request being cancelled."""
+    panic_event_id: _builtins.str
+    """The event_id the hub returned for the panic being cancelled."""
+    device_id: _builtins.str
+    """Id of the button, wearable or app installation that raised the panic."""
+    reason: _builtins.str
+    """Why the panic is cancelled, in plain language (for example "pressed by mistake"). Required."""
+    cancelled_by: _builtins.str
+    """Staff id of the person who cancelled it; empty when a device or system cancels it."""
+    exercise: _builtins.bool
+    """True when the panic being cancelled was raised during a drill."""
+    @_builtins.property
+    def place(self) -> _place_pb2.Place:
+        """Where the panic was raised: the school_id of the panic (required), building and room when
+        known.
+        """
+
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the panic was cancelled on the device; the hub's receive time when unset."""
+
+    def __init__(
+        self,
+        *,
+        client_event_id: _builtins.str = ...,
+        place: _place_pb2.Place | None = ...,
+        panic_client_event_id: _builtins.str = ...,
+        panic_event_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        cancelled_by: _builtins.str = ...,
+        exercise: _builtins.bool = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "panic", b"panic", "panic_client_event_id", b"panic_client_event_id", "panic_event_id", b"panic_event_id", "place", b"place"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_by", b"cancelled_by", "client_event_id", b"client_event_id", "device_id", b"device_id", "exercise", b"exercise", "occurred_at", b"occurred_at", "panic", b"panic", "panic_client_event_id", b"panic_client_event_id", "panic_event_id", b"panic_event_id", "place", b"place", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_panic: _TypeAlias = _typing.Literal["panic_client_event_id", "panic_event_id"]  # noqa: Y015
+    _WhichOneofArgType_panic: _TypeAlias = _typing.Literal["panic", b"panic"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_panic) -> _WhichOneofReturnType_panic | None: ...
+
+Global___CancelPanicRequest: _TypeAlias = CancelPanicRequest  # noqa: Y015
+
+@_typing.final
+class CancelPanicResponse(_message.Message):
+    """The hub's answer to CancelPanic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    PANIC_EVENT_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Hub-assigned id of the accepted PanicCancelled event."""
+    duplicate: _builtins.bool
+    """True when the request was a retry of an already accepted client_event_id."""
+    panic_event_id: _builtins.str
+    """The event_id of the panic being cancelled (derived from panic_client_event_id when that was
+    given).
+    """
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        duplicate: _builtins.bool = ...,
+        panic_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "event_id", b"event_id", "panic_event_id", b"panic_event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelPanicResponse: _TypeAlias = CancelPanicResponse  # noqa: Y015

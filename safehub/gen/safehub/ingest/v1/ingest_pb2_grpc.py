@@ -63,6 +63,11 @@ class IngestServiceStub:
                 request_serializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.RequestSrpActionRequest.SerializeToString,
                 response_deserializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.RequestSrpActionResponse.FromString,
                 _registered_method=True)
+        self.CancelPanic = channel.unary_unary(
+                '/safehub.ingest.v1.IngestService/CancelPanic',
+                request_serializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.CancelPanicRequest.SerializeToString,
+                response_deserializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.CancelPanicResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -117,6 +122,16 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelPanic(self, request, context):
+        """Cancels a panic alert raised by mistake. The panic is named either by the client_event_id
+        the same caller used to report it or by the event_id the hub returned. Dispatch is never held
+        back waiting for a cancellation: a cancellation that arrives after the alert reached the PSAP
+        becomes a cancellation update to the 911 centre.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +159,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.RequestSrpAction,
                     request_deserializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.RequestSrpActionRequest.FromString,
                     response_serializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.RequestSrpActionResponse.SerializeToString,
+            ),
+            'CancelPanic': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelPanic,
+                    request_deserializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.CancelPanicRequest.FromString,
+                    response_serializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.CancelPanicResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -285,6 +305,33 @@ class IngestService:
             '/safehub.ingest.v1.IngestService/RequestSrpAction',
             safehub_dot_ingest_dot_v1_dot_ingest__pb2.RequestSrpActionRequest.SerializeToString,
             safehub_dot_ingest_dot_v1_dot_ingest__pb2.RequestSrpActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelPanic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/safehub.ingest.v1.IngestService/CancelPanic',
+            safehub_dot_ingest_dot_v1_dot_ingest__pb2.CancelPanicRequest.SerializeToString,
+            safehub_dot_ingest_dot_v1_dot_ingest__pb2.CancelPanicResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,12 @@ class IngestServiceStub:
     """Requests a Standard Response Protocol action (HOLD, SECURE, LOCKDOWN, EVACUATE, SHELTER) or
     the ALL CLEAR that ends it, for a school or one of its buildings.
     """
+    CancelPanic: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.CancelPanicRequest, _ingest_pb2.CancelPanicResponse]
+    """Cancels a panic alert raised by mistake. The panic is named either by the client_event_id
+    the same caller used to report it or by the event_id the hub returned. Dispatch is never held
+    back waiting for a cancellation: a cancellation that arrives after the alert reached the PSAP
+    becomes a cancellation update to the 911 centre.
+    """
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -96,6 +102,12 @@ class IngestServiceAsyncStub(IngestServiceStub):
     RequestSrpAction: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RequestSrpActionRequest, _ingest_pb2.RequestSrpActionResponse]  # type: ignore[assignment]
     """Requests a Standard Response Protocol action (HOLD, SECURE, LOCKDOWN, EVACUATE, SHELTER) or
     the ALL CLEAR that ends it, for a school or one of its buildings.
+    """
+    CancelPanic: _aio.UnaryUnaryMultiCallable[_ingest_pb2.CancelPanicRequest, _ingest_pb2.CancelPanicResponse]  # type: ignore[assignment]
+    """Cancels a panic alert raised by mistake. The panic is named either by the client_event_id
+    the same caller used to report it or by the event_id the hub returned. Dispatch is never held
+    back waiting for a cancellation: a cancellation that arrives after the alert reached the PSAP
+    becomes a cancellation update to the 911 centre.
     """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -157,6 +169,18 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ingest_pb2.RequestSrpActionResponse, _abc.Awaitable[_ingest_pb2.RequestSrpActionResponse]]:
         """Requests a Standard Response Protocol action (HOLD, SECURE, LOCKDOWN, EVACUATE, SHELTER) or
         the ALL CLEAR that ends it, for a school or one of its buildings.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelPanic(
+        self,
+        request: _ingest_pb2.CancelPanicRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.CancelPanicResponse, _abc.Awaitable[_ingest_pb2.CancelPanicResponse]]:
+        """Cancels a panic alert raised by mistake. The panic is named either by the client_event_id
+        the same caller used to report it or by the event_id the hub returned. Dispatch is never held
+        back waiting for a cancellation: a cancellation that arrives after the alert reached the PSAP
+        becomes a cancellation update to the 911 centre.
         """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,44 @@
+# The SafeHub image: every deployable (`python -m services.<name>`,
+# `python -m connectors.<name>`) and the `safehub` CLI, for deploy/helm/safehub.
+#
+# Build from the repository root; the EIDO facts file comes from shared/ beside it, given
+# as a named build context:
+#   docker build --build-context shared=../shared -t safehub:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md constraints.txt ./
+# schemas/ goes into the wheel (safehub/_contracts/schemas), where the codec finds it.
+COPY schemas/ schemas/
+COPY safehub/ safehub/
+COPY services/ services/
+COPY connectors/ connectors/
+RUN pip install --only-binary=:all: -c constraints.txt . \
+    && python -c "import safehub.cli, services.gateway, connectors.psap_cad"
+
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN groupadd --system --gid 10001 safehub \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin safehub
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /opt/safehub
+COPY deploy/directory/ deploy/directory/
+COPY --from=shared standards/nena-eido/eido-required-fields.json standards/nena-eido/
+# Installed packages cannot find a checkout's deploy/ folder: name the files here (the
+# Helm chart mounts the real directory and sets these again).
+ENV SAFEHUB_GATEWAY__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
+    SAFEHUB_INCIDENTS__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
+    SAFEHUB_DOORSTATE__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
+    SAFEHUB_PSAP_CAD__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
+    SAFEHUB_ACCESS_CONTROL_SIM__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
+    SAFEHUB_PSAP_CAD__EIDO_RULES_FILE=/opt/safehub/standards/nena-eido/eido-required-fields.json
+USER 10001:10001
+CMD ["safehub", "--help"]

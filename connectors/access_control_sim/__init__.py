@@ -1,0 +1,1 @@
+"""A door access-control vendor simulator that attaches to the gateway as a connector."""

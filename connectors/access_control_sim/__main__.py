@@ -1,0 +1,5 @@
+"""``python -m connectors.access_control_sim``."""
+
+from connectors.access_control_sim.service import main
+
+main()

@@ -1,0 +1,21 @@
+"""The access-control simulator deployable (``python -m connectors.access_control_sim``)."""
+
+from __future__ import annotations
+
+from connectors.access_control_sim.settings import AccessControlSimSettings
+from connectors.access_control_sim.sim import AccessControlSim
+from safehub.kernel.runtime import Runtime, run
+
+NAME = "access_control_sim"
+
+
+def setup(runtime: Runtime[AccessControlSimSettings]) -> None:
+    """Run the simulator in a runtime thread; stop it on drain."""
+    sim = AccessControlSim.from_settings(runtime.settings.access_control_sim, stop=runtime.stop)
+    runtime.on_close(sim.close)
+    runtime.spawn(sim.run, name="access-control-sim")
+
+
+def main() -> None:
+    """Entry point."""
+    run(NAME, AccessControlSimSettings, setup)

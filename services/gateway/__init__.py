@@ -1,0 +1,1 @@
+"""The gateway: the hub's mTLS gRPC front door for school systems and vendor connectors."""

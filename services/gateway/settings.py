@@ -1,0 +1,99 @@
+"""Settings of the gateway (section ``gateway``, variables ``SAFEHUB_GATEWAY__*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+
+from safehub.kernel.directory import default_directory_file
+from safehub.kernel.errors import ConfigError
+from safehub.kernel.settings import HubSettings
+
+#: The demo directory of a source checkout; installed deployments name their own file.
+DEMO_DIRECTORY = default_directory_file()
+
+
+class GatewaySection(BaseModel):
+    """Where the gateway listens, its TLS material, its directory and its limits."""
+
+    host: str = Field(default="127.0.0.1", description="interface to listen on")
+    port: int = Field(default=50051, ge=0, le=65535, description="0: pick a free port")
+    port_file: Path | None = Field(
+        default=None, description="write the bound port here once listening (for port 0)"
+    )
+    tls_cert_file: Path | None = Field(default=None, description="server certificate (PEM)")
+    tls_key_file: Path | None = Field(default=None, description="server private key (PEM)")
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle that signs client certificates (PEM)"
+    )
+    dev_pki_dir: Path | None = Field(
+        default=None,
+        description="development only: issue the server certificate from a DevPki here "
+        "when the tls_* files are not set",
+    )
+    directory_file: Path | None = Field(
+        default=None, description="the hub directory (default: the demo directory of a checkout)"
+    )
+    dedupe_window: int = Field(
+        default=100_000, ge=1, le=10_000_000, description="accepted event ids remembered"
+    )
+    max_workers: int = Field(default=64, ge=4, le=1024, description="gRPC worker threads")
+    max_connector_sessions: int = Field(
+        default=16,
+        ge=1,
+        le=512,
+        description="concurrent Attach streams; each holds a worker thread, so keep it well "
+        "below max_workers",
+    )
+    grace_s: float = Field(default=5.0, ge=0, le=120, description="drain time on SIGTERM")
+    max_clock_skew_s: float = Field(
+        default=300.0, gt=0, le=86_400, description="how far in the future occurred_at may be"
+    )
+    max_stream_items: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="items per StreamDoorStates call"
+    )
+    max_message_bytes: int = Field(
+        default=1_048_576, ge=4096, le=16 * 1_048_576, description="largest request message"
+    )
+    door_commands_group: str = Field(
+        default="gateway-door-commands",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="consumer group of the door-commands topic; every gateway replica that "
+        "holds connector sessions needs its own",
+    )
+    door_commands_fetch_wait_ms: int = Field(default=10, ge=1, le=5000)
+    hello_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="time a connector has to send its Hello"
+    )
+    ping_interval_s: float = Field(default=15.0, gt=0, le=600)
+    ping_misses: int = Field(
+        default=3, ge=1, le=100, description="unanswered pings before a connector is dropped"
+    )
+    lock_command_deadline_s: float = Field(
+        default=60.0, gt=0, le=3600, description="deadline given to connectors for a LockCommand"
+    )
+    pending_commands: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="forwarded commands remembered"
+    )
+
+    @model_validator(mode="after")
+    def _sessions_leave_workers(self) -> GatewaySection:
+        if self.max_connector_sessions > self.max_workers // 2:
+            raise ValueError("max_connector_sessions must be at most half of max_workers")
+        return self
+
+    def resolved_directory_file(self) -> Path:
+        """The directory file to load; ConfigError naming the variable if there is none."""
+        path = self.directory_file or DEMO_DIRECTORY
+        if not path.is_file():
+            raise ConfigError(
+                f"directory file {path} does not exist: set SAFEHUB_GATEWAY__DIRECTORY_FILE"
+            )
+        return path
+
+
+class GatewaySettings(HubSettings):
+    """The gateway's settings."""
+
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
