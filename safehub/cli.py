@@ -113,13 +113,24 @@ def broker(
 @app.command()
 def up(
     durable: Annotated[Path | None, typer.Option(help="durable embedded broker folder")] = None,
+    run_dir: Annotated[Path, typer.Option(help="certificates, logs and stores of this run")] = Path(
+        "var/run"
+    ),
 ) -> None:
     """Run the hub: embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set, then every service."""
     from safehub.hub import Hub
 
     settings = _settings()
-    with Hub(settings, durable_dir=durable) as hub:
-        console.print(f"SafeHub up: broker {hub.bootstrap_servers}  (Ctrl-C to stop)")
+    with Hub(settings, run_dir=run_dir.resolve(), durable_dir=durable) as hub:
+        table = Table("endpoint", "address")
+        table.add_row("Kafka", hub.bootstrap_servers)
+        table.add_row("gateway (gRPC, mTLS)", hub.gateway_address)
+        table.add_row("door states (HTTP)", hub.doorstate_url)
+        table.add_row("CAD simulator (HTTPS)", hub.cad_simulator_url)
+        table.add_row("dev CA / client certs", str(hub.pki.root))
+        table.add_row("logs", str(hub.run_dir / "logs"))
+        console.print(table)
+        console.print("SafeHub is up (Ctrl-C to stop)")
         _wait_for_signal()
 
 

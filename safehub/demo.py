@@ -1,176 +1,369 @@
-"""``safehub demo``: the hub on embedded defaults through a realistic scenario.
+"""``safehub demo``: the whole hub on embedded defaults through a realistic scenario.
 
-Scenario (grows with every capability): Lincoln High School, building B. Door controllers
-report their states; a teacher presses a silent panic button in room 214; a camera in the
-same corridor flags a weapon; the principal calls a LOCKDOWN. Everything is published
-through the kernel's bus and read back by an audit tail that prints the events in order,
-with their trace ids. A corrupt message from a misbehaving vendor lands on the dead-letter
-topic with its reason while the tail keeps going.
+Lincoln High School (Northville ISD), building B.
+
+1. **Drill.** The principal's app calls a LOCKDOWN *exercise*: the doors of building B lock,
+   every step is marked as an exercise, and nothing reaches 911. ALL CLEAR ends the drill.
+2. **Real emergency.** A teacher presses a silent panic badge in room 214; seconds later a
+   camera in the corridor flags a weapon. One incident: the 911 centre's CAD receives a
+   NENA EIDO (ALRPANS, building B, room 214) and then an update. The principal calls
+   LOCKDOWN: the door vendor's connector locks every door and confirms. CAD reports units
+   en route and on scene. ALL CLEAR ends it.
+
+Everything goes through the real parts: gRPC with mTLS into the gateway, Kafka, the
+incidents and doorstate services, the psap_cad connector over HTTPS to the CAD simulator
+and back. At the end the incident's events are printed in order with timestamps, and the
+demo checks what must hold (one incident, drill never at CAD, doors confirmed) and fails
+loudly if it does not.
 """
 
 from __future__ import annotations
 
+import json
+import ssl
+import tempfile
 import threading
 import time
+import urllib.request
 import uuid
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from opentelemetry import trace
+import grpc
+from confluent_kafka import Consumer, TopicPartition
+from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
+from safehub.gen.safehub.common.v1 import place_pb2, srp_pb2
+from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.hub import Hub
-from safehub.kernel import tracing
-from safehub.kernel.bus import ConsumedEvent, EventConsumer, EventProducer
-from safehub.kernel.codec import Codec
-from safehub.kernel.envelope import new_event
+from safehub.kernel.codec import Codec, Event
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.settings import HubSettings
-from safehub.kernel.topics import TOPICS, TopicCatalog
 
-SCHOOL: dict[str, str | None] = {
-    "state": "US-TX",
-    "district": "dist-north-isd",
-    "school": "sch-lincoln-hs",
-}
+SCHOOL = "sch-lincoln-hs"
+WATCHED = (
+    "safehub.alerts.v1",
+    "safehub.incidents.v1",
+    "safehub.dispatch.v1",
+    "safehub.door-commands.v1",
+    "safehub.doors.v1",
+)
 
 
-def _scenario(source: str) -> list[dict[str, Any]]:
-    """The events of the scenario, in the order they happen."""
-    doors = [
-        new_event(
-            "DoorLockState",
-            source="acme-access",
-            building="B",
-            tenant=SCHOOL,
-            payload={"door_id": door, "state": "UNLOCKED", "exterior": exterior},
+class Journal:
+    """Reads the watched topics from the start, in a thread, for the final report."""
+
+    def __init__(self, hub: Hub, codec: Codec) -> None:
+        self.events: list[tuple[datetime, str, Event]] = []
+        self._codec = codec
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                **hub.settings.kafka.client_config(),
+                "group.id": f"demo-journal-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 20,
+            }
         )
-        for door, exterior in (("B-east-entry", True), ("B-214", False))
-    ]
-    panic = new_event(
-        "PanicAlert",
-        source="centegix-like-badges",
-        building="B",
-        room="214",
-        tenant=SCHOOL,
-        payload={
-            "device_id": "badge-0042",
-            "device_kind": "WEARABLE",
-            "reporter_role": "TEACHER",
-            "panic_type": "ACTIVE_ASSAILANT",
-            "silent": True,
-        },
-    )
-    camera = new_event(
-        "CameraAlert",
-        source="vision-analytics",
-        building="B",
-        room="corridor-2",
-        tenant=SCHOOL,
-        payload={
-            "camera_id": "cam-B2-07",
-            "vendor_alert_id": "va-77120",
-            "analytic": "WEAPON",
-            "confidence": 0.93,
-            "clip_url": "https://vms.example/clips/8812",
-        },
-    )
-    lockdown = new_event(
-        "SrpActionRequested",
-        source=source,
-        building="B",
-        tenant=SCHOOL,
-        payload={
-            "request_id": "req-1",
-            "action": "LOCKDOWN",
-            "requested_by": "staff-principal-01",
-            "requested_by_role": "ADMINISTRATOR",
-        },
-    )
-    return [*doors, panic, camera, lockdown]
+        self._consumer.assign(
+            [
+                TopicPartition(hub.catalog.name(base), p, 0)
+                for base in WATCHED
+                for p in range(hub.catalog.specs[base].partitions)
+            ]
+        )
+        self._prefix = hub.catalog.prefix
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self._consumer.poll(0.1)
+            if message is None or message.error() is not None:
+                continue
+            event = self._codec.decode(message.value() or b"")
+            topic = str(message.topic()).removeprefix(self._prefix)
+            self.events.append((datetime.now(UTC), topic, event))
+
+    def wait_for(self, what: str, match: Callable[[Event], bool], timeout: float = 30) -> Event:
+        """The first event matching ``match`` (waits for it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, _, event in list(self.events):
+                if match(event):
+                    return event
+            time.sleep(0.02)
+        raise SafeHubError(f"demo: {what} did not happen within {timeout} s")
+
+    def close(self) -> None:
+        """Stop reading."""
+        self._stop.set()
+        self._thread.join()
+        self._consumer.close()
 
 
-def _fill_defaults(event: dict[str, Any], codec: Codec) -> dict[str, Any]:
-    """Fill fields this scenario leaves out with their schema defaults."""
-    from safehub.contracts.registry import load_schemas
+def _is(event_type: str, **fields: Any) -> Callable[[Event], bool]:
+    def match(event: Event) -> bool:
+        if event["envelope"]["event_type"] != "safehub.events." + event_type:
+            return False
+        return all(event.get(k, event["envelope"].get(k)) == v for k, v in fields.items())
 
-    schema = load_schemas()[event["envelope"]["event_type"]]
-    for field in schema["fields"]:
-        if field["name"] not in event and "default" in field:
-            event[field["name"]] = field["default"]
-    return event
+    return match
+
+
+class Clients:
+    """gRPC stubs of the school systems, each with its own client certificate."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._channels: list[grpc.Channel] = []
+
+    def ingest(self, client_id: str) -> ingest_pb2_grpc.IngestServiceStub:
+        pair = self._hub.pki.client(client_id)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self._hub.pki.ca.cert.read_bytes(),
+            private_key=pair.key.read_bytes(),
+            certificate_chain=pair.cert.read_bytes(),
+        )
+        channel = grpc.secure_channel(self._hub.gateway_address, credentials)
+        self._channels.append(channel)
+        return ingest_pb2_grpc.IngestServiceStub(channel)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+def _cad_incidents(hub: Hub) -> list[dict[str, Any]]:
+    context = ssl.create_default_context(cafile=str(hub.pki.ca.cert))
+    with urllib.request.urlopen(  # noqa: S310 - fixed https URL of our own simulator
+        f"{hub.cad_simulator_url}/sim/incidents", context=context, timeout=5
+    ) as response:
+        data = json.load(response)
+    return list(data["incidents"] if isinstance(data, dict) else data)
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def _place(building: str, room: str = "") -> place_pb2.Place:
+    return place_pb2.Place(school_id=SCHOOL, building=building, room=room)
+
+
+def _srp(
+    stub: ingest_pb2_grpc.IngestServiceStub, action: srp_pb2.SrpAction.ValueType, *, exercise: bool
+) -> str:
+    response = stub.RequestSrpAction(
+        ingest_pb2.RequestSrpActionRequest(
+            client_event_id=str(uuid.uuid4()),
+            action=action,
+            place=_place("B"),
+            requested_by="staff-principal-01",
+            exercise=exercise,
+        ),
+        timeout=5,
+    )
+    return str(response.event_id)
 
 
 def run_demo(settings: HubSettings, console: Console) -> None:
-    """Run the scenario end to end and print the audit tail."""
+    """Run the scenario end to end, print the incident's record, verify what must hold."""
     settings.kafka.topic_prefix = settings.kafka.topic_prefix or f"demo{uuid.uuid4().hex[:6]}."
-    settings.kafka.fetch_wait_max_ms = 10
-    tracing.setup_tracing("safehub-demo")
-    codec = Codec.from_contracts()
-    seen: list[tuple[datetime, ConsumedEvent, str]] = []
     started = time.monotonic()
-    with Hub(settings) as hub:
+    codec = Codec.from_contracts()
+    run_dir = Path(tempfile.mkdtemp(prefix="safehub-demo-"))
+    console.print(f"[bold]SafeHub demo[/bold] — starting the hub (run dir {run_dir})")
+    with Hub(settings, run_dir=run_dir) as hub:
         console.print(
-            f"[bold]SafeHub demo[/bold]: broker {hub.bootstrap_servers}, {len(TOPICS)} topics"
+            f"hub up in {time.monotonic() - started:.1f} s: broker {hub.bootstrap_servers}, "
+            f"gateway {hub.gateway_address} (mTLS), CAD simulator {hub.cad_simulator_url}"
         )
-        catalog: TopicCatalog = hub.catalog
-        with EventProducer(settings.kafka, codec, catalog, client_id="demo") as producer:
-            tail = EventConsumer(
-                settings.kafka,
-                codec,
-                catalog,
-                group_id=f"{catalog.prefix}audit-tail",
-                topics=[s.name for s in TOPICS if s.events],
-                handler=lambda c: seen.append(
-                    (
-                        datetime.now().astimezone(),
-                        c,
-                        format(trace.get_current_span().get_span_context().trace_id, "032x"),
-                    ),
-                ),
-                dead_letter=producer,
-            )
-            tail.wait_for_assignment()
-            stop = threading.Event()
-            worker = threading.Thread(target=tail.run, args=(stop,), daemon=True)
-            worker.start()
-            events = [_fill_defaults(e, codec) for e in _scenario("staff-app")]
-            with tracing.tracer().start_as_current_span("demo scenario"):
-                for event in events[:3]:
-                    producer.publish(event)
-                # A vendor sends garbage: it must not stop anything.
-                producer.publish_raw(
-                    catalog.topic_for("safehub.events.PanicAlert"),
-                    b"sch-lincoln-hs",
-                    b"<alarm>not our wire format</alarm>",
-                    [],
-                )
-                for event in events[3:]:
-                    producer.publish(event)
-            deadline = time.monotonic() + 30
-            while len(seen) < len(events) or tail.stats.dead_lettered < 1:
-                if time.monotonic() > deadline:
-                    raise SafeHubError("demo: events did not come back within 30 s")
-                time.sleep(0.02)
-            stop.set()
-            worker.join()
-            tail.close()
+        journal = Journal(hub, codec)
+        clients = Clients(hub)
+        try:
+            incident_id = _scenario(hub, journal, clients, console)
+        finally:
+            clients.close()
+            journal.close()
+        cad = _cad_incidents(hub)
+    _report(journal, incident_id, cad, console)
+    console.print(f"[green]demo finished in {time.monotonic() - started:.1f} s[/green]")
 
-    table = Table("received", "topic", "event", "where", "trace")
-    for at, consumed, trace_id in seen:
-        env = consumed.envelope
-        where = "/".join(x for x in (env["tenant"]["school"], env["building"], env["room"]) if x)
+
+def _scenario(hub: Hub, journal: Journal, clients: Clients, console: Console) -> str:
+    staff = clients.ingest("staff-app-lincoln")
+    badges = clients.ingest("panic-badges-north")
+    cameras = clients.ingest("vision-analytics-north")
+
+    console.rule("1. Drill: LOCKDOWN exercise in building B")
+    _srp(staff, srp_pb2.SRP_ACTION_LOCKDOWN, exercise=True)
+    drill = journal.wait_for("drill incident", _is("IncidentOpened", exercise=True))
+    progress = journal.wait_for(
+        "drill doors locked",
+        _is("LockdownProgress", incident_id=drill["incident_id"], complete=True),
+    )
+    console.print(f"drill: {len(progress['doors_confirmed'])} doors locked and confirmed")
+    _srp(staff, srp_pb2.SRP_ACTION_ALL_CLEAR, exercise=True)
+    journal.wait_for("drill all clear", _is("IncidentCleared", incident_id=drill["incident_id"]))
+    console.print("drill: ALL CLEAR; nothing was sent to 911")
+
+    console.rule("2. Real: silent panic in B-214, weapon on camera, LOCKDOWN")
+    panic = badges.ReportPanic(
+        ingest_pb2.ReportPanicRequest(
+            client_event_id=str(uuid.uuid4()),
+            place=_place("B", "214"),
+            device_id="badge-0042",
+            reporter_role=ingest_pb2.REPORTER_ROLE_TEACHER,
+            panic_type=ingest_pb2.PANIC_TYPE_ACTIVE_ASSAILANT,
+            silent=True,
+            occurred_at=_now(),
+        ),
+        timeout=5,
+    )
+    pressed = time.monotonic()
+    opened = journal.wait_for(
+        "incident opened",
+        lambda e: (
+            _is("IncidentOpened", exercise=False)(e) and panic.event_id in e["correlated_event_ids"]
+        ),
+    )
+    incident_id = str(opened["incident_id"])
+    dispatch = journal.wait_for("EIDO at CAD", _is("CadDispatch", incident_id=incident_id))
+    console.print(
+        f"panic → EIDO at the CAD simulator ({dispatch['apco_incident_type']}) seen by the "
+        f"demo after {(time.monotonic() - pressed) * 1000:.0f} ms"
+    )
+    cameras.ReportCameraAlert(
+        ingest_pb2.ReportCameraAlertRequest(
+            client_event_id=str(uuid.uuid4()),
+            place=_place("B", "corridor-2"),
+            camera_id="cam-B2-07",
+            analytic=ingest_pb2.CAMERA_ANALYTIC_WEAPON,
+            confidence=0.93,
+            clip_url="https://vms.example/clips/8812",
+            occurred_at=_now(),
+        ),
+        timeout=5,
+    )
+    journal.wait_for("weapon correlated", _is("IncidentChanged", incident_id=incident_id))
+    _srp(staff, srp_pb2.SRP_ACTION_LOCKDOWN, exercise=False)
+    progress = journal.wait_for(
+        "doors locked", _is("LockdownProgress", incident_id=incident_id, complete=True)
+    )
+    console.print(f"lockdown: {len(progress['doors_confirmed'])} doors locked and confirmed")
+    journal.wait_for(
+        "units on scene", _is("CadStatusUpdate", incident_id=incident_id, status="ResourcesOnscene")
+    )
+    console.print("CAD: units en route, then on scene")
+    _srp(staff, srp_pb2.SRP_ACTION_ALL_CLEAR, exercise=False)
+    journal.wait_for("all clear", _is("IncidentCleared", incident_id=incident_id))
+    journal.wait_for(
+        "CAD told of the all clear",
+        lambda e: _is("CadDispatch", incident_id=incident_id)(e) and e["status"] == "Closed",
+    )
+    console.print("ALL CLEAR: incident closed at CAD")
+    return incident_id
+
+
+def _belongs(event: Event, incident_id: str, signal_ids: set[str], commands: set[str]) -> bool:
+    envelope = event["envelope"]
+    if envelope.get("incident_id") == incident_id or envelope["event_id"] in signal_ids:
+        return True
+    return event.get("command_id") in commands and envelope["event_type"].endswith("LockState")
+
+
+def _report(
+    journal: Journal, incident_id: str, cad: list[dict[str, Any]], console: Console
+) -> None:
+    events = journal.events
+    signal_ids = {
+        i
+        for _, _, e in events
+        if e["envelope"].get("incident_id") == incident_id
+        for i in e.get("correlated_event_ids") or ()
+    } | {
+        str(e["envelope"]["causation_id"])
+        for _, _, e in events
+        if e["envelope"].get("incident_id") == incident_id and e["envelope"].get("causation_id")
+    }
+    commands = {
+        str(e["command_id"])
+        for _, _, e in events
+        if e["envelope"]["event_type"].endswith("LockCommand")
+        and e["envelope"].get("incident_id") == incident_id
+    }
+    mine = sorted(
+        ((e["envelope"]["recorded_at"], topic, e) for _, topic, e in events
+         if _belongs(e, incident_id, signal_ids, commands)),
+        key=lambda row: row[0],
+    )  # fmt: skip
+    table = Table(title=f"incident {incident_id}", show_lines=False)
+    for column in ("recorded (UTC)", "topic", "event", "where", "detail"):
+        table.add_column(column)
+    for recorded, topic, event in mine:
+        envelope = event["envelope"]
+        where = "/".join(x for x in (envelope["building"], envelope["room"]) if x)
         table.add_row(
-            at.strftime("%H:%M:%S.%f")[:-3],
-            consumed.topic.removeprefix(catalog.prefix),
-            consumed.event_type.rsplit(".", 1)[-1],
+            recorded.strftime("%H:%M:%S.%f")[:-3],
+            topic.removeprefix("safehub.").removesuffix(".v1"),
+            envelope["event_type"].rsplit(".", 1)[-1],
             where,
-            trace_id[:12],
+            _detail(event),
         )
     console.print(table)
-    console.print(
-        f"dead-lettered: {tail.stats.dead_lettered} (corrupt vendor message, "
-        f"kept with its reason on {catalog.dead_letter.removeprefix(catalog.prefix)})"
-    )
-    console.print(f"[green]demo finished in {time.monotonic() - started:.1f} s[/green]")
+    drills_at_cad = [c for c in cad if "EXERCISE" in json.dumps(c).upper()]
+    checks = {
+        "exactly one CAD incident for the real emergency": len(cad) == 1,
+        "no drill ever reached CAD": not drills_at_cad,
+        "panic and weapon folded into one incident": sum(
+            1 for _, _, e in mine if e["envelope"]["event_type"].endswith("IncidentOpened")
+        )
+        == 1,
+        "every door of building B confirmed locked": any(
+            e["envelope"]["event_type"].endswith("LockdownProgress") and e["complete"]
+            for _, _, e in mine
+        ),
+    }
+    for name, ok in checks.items():
+        console.print(("[green]✓[/green] " if ok else "[red]✗[/red] ") + name)
+    if not all(checks.values()):
+        raise SafeHubError("demo: a check failed (see above)")
+
+
+def _detail(event: Event) -> str:
+    kind = event["envelope"]["event_type"].rsplit(".", 1)[-1]
+    match kind:
+        case "PanicAlert":
+            return f"{event['panic_type']} silent={event['silent']} device {event['device_id']}"
+        case "CameraAlert":
+            return f"{event['analytic']} {event['confidence']:.0%} {event['camera_id']}"
+        case "SrpActionRequested":
+            return f"{event['action']} by {event['requested_by']}"
+        case "IncidentOpened" | "IncidentChanged":
+            reason = event.get("change_reason") or event["summary"]
+            return f"v{event['version']} {event['state']} {event['incident_type']}: {reason}"[:110]
+        case "IncidentCleared":
+            return f"v{event['version']} {event['outcome']}"
+        case "CadDispatch":
+            return (
+                f"EIDO v{event['incident_version']} {event['apco_incident_type']} {event['status']}"
+            )
+        case "CadStatusUpdate":
+            units = ", ".join(u["unit_id"] for u in event["units"])
+            return f"{event['status']} {units}".strip()
+        case "LockCommand":
+            return f"{event['scope']} → {event['target']}"
+        case "DoorLockState":
+            return f"{event['door_id']} {event['state']}"
+        case "LockdownProgress":
+            return f"{len(event['doors_confirmed'])}/{len(event['doors_expected'])} confirmed" + (
+                ", deadline passed" if event["deadline_passed"] else ""
+            )
+    return ""

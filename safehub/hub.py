@@ -1,26 +1,33 @@
 """The hub supervisor behind ``safehub up`` and ``safehub demo``.
 
 Starts the embedded broker unless ``KAFKA_BOOTSTRAP_SERVERS`` names a real cluster, creates
-the declared topics, then runs each service and connector as its own process
-(``python -m services.<name>`` / ``python -m connectors.<name>``), exactly as they run on
-Kubernetes. The kernel never imports a service; it only knows their module names.
-On exit, services get SIGTERM (they drain: flush producers, commit offsets, stop gRPC with
-grace), then the broker stops.
+the declared topics, issues development certificates, then runs each service and connector
+as its own process (``python -m services.<name>``), exactly as they run on Kubernetes,
+waiting for each to report ready. Without a configured CAD it also runs the CAD simulator
+(a stand-in for the 911 centre) so the hub works on a laptop.
+
+The kernel never imports a service; it only knows their module names and the variables
+they read. On exit, components get SIGTERM (they drain: flush producers, commit offsets,
+stop gRPC with grace) in reverse start order, then the broker stops.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
 
 import structlog
 
 from safehub.embedded.broker import EmbeddedBroker
+from safehub.embedded.pki import DevPki
 from safehub.kernel.admin import ensure_topics
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.lifecycle import Closing
@@ -29,44 +36,101 @@ from safehub.kernel.topics import TopicCatalog
 
 log = structlog.get_logger(__name__)
 
-#: Module names of the deployables ``safehub up`` runs, in start order.
-DEFAULT_COMPONENTS: tuple[str, ...] = ()
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Deployables ``safehub up`` runs, in start order (consumers before the gateway that feeds them).
+DEFAULT_COMPONENTS: tuple[str, ...] = (
+    "services.incidents",
+    "services.doorstate",
+    "connectors.psap_cad",
+    "services.gateway",
+    "connectors.access_control_sim",
+)
+
+CAD_SIMULATOR = "connectors.psap_cad.simulator"
+
+
+def free_port() -> int:
+    """A free loopback port (released at once; the component binds it right after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Ports:
+    """Loopback ports of the hub's endpoints."""
+
+    gateway: int = field(default_factory=free_port)
+    cad_callback: int = field(default_factory=free_port)
+    cad_simulator: int = field(default_factory=free_port)
+    doorstate_web: int = field(default_factory=free_port)
 
 
 class Hub(Closing):
-    """Broker + topics + component processes, as one context manager."""
+    """Broker + topics + PKI + component processes, as one context manager."""
 
     def __init__(
         self,
         settings: HubSettings,
         *,
+        run_dir: Path,
         durable_dir: Path | None = None,
         components: Sequence[str] = DEFAULT_COMPONENTS,
+        cad_simulator: bool = True,
+        cad_auto: bool = True,
         env: Mapping[str, str] | None = None,
-        grace_s: float = 10.0,
+        grace_s: float = 15.0,
     ) -> None:
         self.settings = settings
+        self.run_dir = run_dir
         self._durable_dir = durable_dir
         self._components = list(components)
+        self._cad_simulator = cad_simulator
+        self._cad_auto = cad_auto
         self._env = dict(env or {})
         self._grace_s = grace_s
         self._broker: EmbeddedBroker | None = None
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.catalog = TopicCatalog(settings.kafka.topic_prefix)
+        self.ports = Ports()
+        self.pki = DevPki(run_dir / "pki")
+        self.cad_token = secrets.token_urlsafe(24)
 
     @property
     def bootstrap_servers(self) -> str:
         """Where the broker listens."""
         return self.settings.kafka.bootstrap_servers or ""
 
-    def __enter__(self) -> Self:
+    @property
+    def gateway_address(self) -> str:
+        """host:port of the gateway's gRPC endpoint (mTLS)."""
+        return f"127.0.0.1:{self.ports.gateway}"
+
+    @property
+    def cad_simulator_url(self) -> str:
+        """Base URL of the CAD simulator."""
+        return f"https://127.0.0.1:{self.ports.cad_simulator}"
+
+    @property
+    def doorstate_url(self) -> str:
+        """Base URL of the door-state query API."""
+        return f"http://127.0.0.1:{self.ports.doorstate_web}"
+
+    def __enter__(self) -> Hub:
         try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             if not self.settings.kafka.bootstrap_servers:
-                broker = EmbeddedBroker(durable_dir=self._durable_dir)
+                broker = EmbeddedBroker(
+                    durable_dir=self._durable_dir, run_dir=self.run_dir / "broker"
+                )
                 broker.start()
                 self._broker = broker
                 self.settings.kafka.bootstrap_servers = broker.bootstrap_servers
             ensure_topics(self.settings.kafka, self.catalog)
+            if self._cad_simulator and "connectors.psap_cad" in self._components:
+                self._start_cad_simulator()
             for component in self._components:
                 self.start_component(component)
         except BaseException:
@@ -74,37 +138,134 @@ class Hub(Closing):
             raise
         return self
 
-    def component_env(self) -> dict[str, str]:
+    # -- environment of each component -------------------------------------------------------
+
+    def base_env(self) -> dict[str, str]:
         """Environment every component process gets."""
         return {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "SAFEHUB_KAFKA__TOPIC_PREFIX": self.settings.kafka.topic_prefix,
+            "SAFEHUB_KAFKA__SESSION_TIMEOUT_MS": str(self.settings.kafka.session_timeout_ms),
+            "SAFEHUB_KAFKA__HEARTBEAT_INTERVAL_MS": str(self.settings.kafka.heartbeat_interval_ms),
+            "SAFEHUB_LOG__LEVEL": self.settings.log.level,
+            "SAFEHUB_LOG__FORMAT": self.settings.log.format.value,
             **self._env,
         }
 
-    def start_component(self, module: str) -> subprocess.Popen[bytes]:
-        """Start ``python -m module`` (e.g. ``services.incidents``)."""
-        if module in self.processes and self.processes[module].poll() is None:
-            raise SafeHubError(f"{module} is already running")
-        process = subprocess.Popen(
-            [sys.executable, "-m", module], env=self.component_env(), start_new_session=True
-        )
-        self.processes[module] = process
-        log.info("component started", component=module, pid=process.pid)
+    def component_env(self, module: str) -> dict[str, str]:
+        """The variables ``module`` reads, pointing at this hub's ports and certificates."""
+        server = self.pki.server()
+        ca = str(self.pki.ca.cert)
+        match module:
+            case "services.gateway":
+                return {
+                    "SAFEHUB_GATEWAY__PORT": str(self.ports.gateway),
+                    "SAFEHUB_GATEWAY__TLS_CERT_FILE": str(server.cert),
+                    "SAFEHUB_GATEWAY__TLS_KEY_FILE": str(server.key),
+                    "SAFEHUB_GATEWAY__TLS_CA_FILE": ca,
+                }
+            case "services.doorstate":
+                return {"SAFEHUB_DOORSTATE__WEB_PORT": str(self.ports.doorstate_web)}
+            case "connectors.psap_cad":
+                return {
+                    "SAFEHUB_PSAP_CAD__CAD_URL": f"{self.cad_simulator_url}/eido/v1/incidents",
+                    "SAFEHUB_PSAP_CAD__CA_BUNDLE": ca,
+                    "SAFEHUB_PSAP_CAD__LISTEN_PORT": str(self.ports.cad_callback),
+                    "SAFEHUB_PSAP_CAD__LISTEN_CERT": str(server.cert),
+                    "SAFEHUB_PSAP_CAD__LISTEN_KEY": str(server.key),
+                    "SAFEHUB_PSAP_CAD__INBOUND_TOKEN": self.cad_token,
+                    "SAFEHUB_PSAP_CAD__LEDGER_URL": f"sqlite:///{self.run_dir}/psap_cad.db",
+                }
+            case "connectors.access_control_sim":
+                client = self.pki.client("acme-access-north")
+                return {
+                    "SAFEHUB_ACCESS_CONTROL_SIM__CLIENT_ID": "acme-access-north",
+                    "SAFEHUB_ACCESS_CONTROL_SIM__GATEWAY_ADDRESS": self.gateway_address,
+                    "SAFEHUB_ACCESS_CONTROL_SIM__TLS_CERT_FILE": str(client.cert),
+                    "SAFEHUB_ACCESS_CONTROL_SIM__TLS_KEY_FILE": str(client.key),
+                    "SAFEHUB_ACCESS_CONTROL_SIM__TLS_CA_FILE": ca,
+                }
+        return {}
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        if name in self.processes and self.processes[name].poll() is None:
+            raise SafeHubError(f"{name} is already running")
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as out:
+            process = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=dict(env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes[name] = process
+        log.info("component started", component=name, pid=process.pid, log=str(log_path))
         return process
+
+    def _start_cad_simulator(self) -> None:
+        server = self.pki.server()
+        argv = [
+            sys.executable, "-m", CAD_SIMULATOR,
+            "--port", str(self.ports.cad_simulator),
+            "--cert", str(server.cert), "--key", str(server.key),
+            "--ca", str(self.pki.ca.cert),
+            "--callback", f"https://127.0.0.1:{self.ports.cad_callback}/eido/v1/status",
+        ]  # fmt: skip
+        if self._cad_auto:
+            argv.append("--auto")
+        env = {**self.base_env(), "SAFEHUB_SIM_CALLBACK_TOKEN": self.cad_token}
+        self._spawn(CAD_SIMULATOR, argv, env)
+        self._wait_for_port(CAD_SIMULATOR, self.ports.cad_simulator)
+
+    def start_component(self, module: str, *, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start ``python -m module`` and (by default) wait until it reports ready."""
+        ready = self.run_dir / "ready" / module
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        ready.unlink(missing_ok=True)
+        env = {**self.base_env(), **self.component_env(module), "SAFEHUB_READY_FILE": str(ready)}
+        process = self._spawn(module, [sys.executable, "-m", module], env)
+        if wait:
+            self._wait(module, ready.exists)
+        return process
+
+    def _wait(self, name: str, ready: Callable[[], bool], timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise SafeHubError(
+                    f"{name} exited with code {process.returncode}; see "
+                    f"{self.run_dir / 'logs' / (name + '.log')}"
+                )
+            if time.monotonic() > deadline:
+                raise SafeHubError(f"{name} was not ready within {timeout} s")
+            time.sleep(0.05)
+
+    def _wait_for_port(self, name: str, port: int) -> None:
+        def answers() -> bool:
+            with socket.socket() as sock:
+                sock.settimeout(0.2)
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        self._wait(name, answers)
 
     def stop_component(self, module: str, *, kill: bool = False) -> int | None:
         """SIGTERM (drain) or SIGKILL (crash) one component and wait for it."""
         process = self.processes.get(module)
         if process is None or process.poll() is not None:
             return process.returncode if process else None
-        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
         try:
             return process.wait(timeout=self._grace_s)
         except subprocess.TimeoutExpired:
             log.warning("component did not drain in time, killing", component=module)
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             return process.wait(timeout=5)
 
     def close(self) -> None:

@@ -1,0 +1,528 @@
+"""Building NENA-STA-021 EIDOs (JSON) from SafeHub incidents.
+
+An EIDO here is one document per dispatched incident version: the hub (for the school
+district) as the informational agency, the PSAP as the dispatching agency, the incident with
+its APCO ANS 2.103.2 type and IncidentStatus-Common status, the location by value as
+PIDF-LO (civic address of the school with building, floor and room, plus a WGS 84 point when
+known), the alarms behind it and a plain-language note with the SRP action in force. Every
+component carries the Prologue (``$id``, ``lastUpdateTimeStamp``,
+``updatedByAgencyReference``); references are ``{"$ref": <$id>}`` within the document.
+
+Ids and timestamps derive from the incident and its version only, so a re-send after a crash
+is the same document. Exercises never produce an EIDO: :class:`ExerciseDispatchError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from connectors.psap_cad.signals import SignalFacts
+from safehub.kernel.directory import Directory, School, UnknownPlaceError
+from safehub.kernel.errors import SafeHubError
+
+EIDO_VERSION = "1.0"
+
+#: SafeHub IncidentState → NENA IncidentStatus-Common. Every open state is "Active": CAD
+#: learns of RESPONDING from its own units, so that state must not become an update.
+STATUS_BY_STATE: Mapping[str, str] = {
+    "UNCONFIRMED": "Active",
+    "CONFIRMED": "Active",
+    "RESPONDING": "Active",
+    "UNKNOWN": "Active",
+    "ALL_CLEAR": "Closed",
+    "CLOSED": "Closed",
+    "CANCELLED": "Cancelled",
+}
+
+#: SafeHub IncidentType → APCO code when the alerts behind it do not say more.
+APCO_BY_TYPE: Mapping[str, str] = {
+    "ACTIVE_ASSAILANT": "ACTSHOOT",
+    "WEAPON": "WEAPON",
+    "INTRUDER": "TRESPASS",
+    "FIGHT": "FIGHT",
+    "MEDICAL": "SICK",
+    "FIRE": "ALRF",
+    "HAZMAT": "HAZMAT",
+    "WEATHER": "HAZ",
+    "THREAT": "THREATS",
+    "MISSING_PERSON": "PERMISS",
+    # An unclassified dispatchable incident comes from a panic device (Alyssa's Law path):
+    # "panic/duress alarm" says that much without claiming silent or audible.
+    "OTHER": "ALMH",
+}
+
+#: Camera analytic → APCO code for incidents the hub could not classify further.
+APCO_BY_ANALYTIC: Mapping[str, str] = {
+    "WEAPON": "WEAPON",
+    "GUNSHOT": "SHOOT",
+    "FIGHT": "FIGHT",
+    "INTRUSION": "TRESPASS",
+}
+
+#: 0..10, 10 highest (EIDO incidentCommonPriorityNumber).
+PRIORITY_BY_CODE: Mapping[str, int] = {
+    "ACTSHOOT": 10,
+    "SHOOT": 10,
+    "WEAPON": 9,
+    "ALRPANS": 9,
+    "ALRPANA": 9,
+    "ALMH": 9,
+    "ALRF": 8,
+    "ALRMED": 8,
+    "SICK": 7,
+    "HAZMAT": 8,
+}
+
+SRP_PLAIN: Mapping[str, str] = {
+    "HOLD": "HOLD: in your room or area, clear the halls",
+    "SECURE": "SECURE: get inside, lock outside doors",
+    "LOCKDOWN": "LOCKDOWN: locks, lights, out of sight",
+    "EVACUATE": "EVACUATE",
+    "SHELTER": "SHELTER",
+    "ALL_CLEAR": "ALL CLEAR",
+}
+
+NS_PIDF = "urn:ietf:params:xml:ns:pidf"
+NS_DM = "urn:ietf:params:xml:ns:pidf:data-model"
+NS_GP = "urn:ietf:params:xml:ns:pidf:geopriv10"
+NS_GBP = "urn:ietf:params:xml:ns:pidf:geopriv10:basicPolicy"
+NS_CA = "urn:ietf:params:xml:ns:pidf:geopriv10:civicAddr"
+NS_GML = "http://www.opengis.net/gml"
+for _prefix, _uri in (
+    ("", NS_PIDF),
+    ("dm", NS_DM),
+    ("gp", NS_GP),
+    ("gbp", NS_GBP),
+    ("ca", NS_CA),
+    ("gml", NS_GML),
+):
+    ET.register_namespace(_prefix, _uri)
+
+#: RFC 5139 civicAddress elements, in schema order.
+# fmt: off
+CIVIC_ORDER = (
+    "country", "A1", "A2", "A3", "A4", "A5", "A6", "PRM", "POM", "PRD", "POD", "STS", "HNO",
+    "HNS", "LMK", "LOC", "FLR", "NAM", "PC", "BLD", "UNIT", "ROOM", "SEAT", "PLC", "PCN",
+    "POBOX", "ADDCODE", "RD", "RDSEC", "RDBR", "RDSUBBR",
+)
+# fmt: on
+
+_ID_NAMESPACE = uuid.UUID("0b6c7d0e-4a4f-4c1e-9a52-7f3f2b1f6e21")
+_STREET = re.compile(r"^(?P<hno>\d+[A-Za-z]?)\s+(?P<rd>.+)$")
+_STATE_ZIP = re.compile(r"^(?P<a1>[A-Za-z]{2})(?:\s+(?P<pc>\d{5}(?:-\d{4})?))?$")
+
+
+class ExerciseDispatchError(SafeHubError):
+    """An exercise (drill) was about to become an EIDO: refused, it must never reach 911."""
+
+
+@dataclass(frozen=True)
+class IncidentSnapshot:
+    """What CAD needs to know of one incident version (from the incident events)."""
+
+    incident_id: str
+    version: int
+    tenant: Mapping[str, str | None]
+    building: str | None
+    room: str | None
+    incident_type: str
+    status: str
+    srp_action: str | None
+    evacuate_location: str | None
+    shelter_hazard: str | None
+    shelter_strategy: str | None
+    correlated_event_ids: tuple[str, ...]
+    summary: str
+    updated_at: datetime
+    exercise: bool = False
+    dispatchable: bool = True
+    note: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> IncidentSnapshot:
+        """The snapshot of an IncidentOpened or IncidentChanged event."""
+        envelope = event["envelope"]
+        note = event.get("change_reason")
+        return cls(
+            incident_id=str(event["incident_id"]),
+            version=int(event["version"]),
+            tenant=dict(envelope["tenant"]),
+            building=envelope.get("building"),
+            room=envelope.get("room"),
+            incident_type=str(event["incident_type"]),
+            status=STATUS_BY_STATE.get(str(event["state"]), "Active"),
+            srp_action=event.get("srp_action"),
+            evacuate_location=event.get("evacuate_location"),
+            shelter_hazard=event.get("shelter_hazard"),
+            shelter_strategy=event.get("shelter_strategy"),
+            correlated_event_ids=tuple(sorted(event.get("correlated_event_ids") or ())),
+            summary=str(event.get("summary") or ""),
+            updated_at=_utc(envelope["occurred_at"]),
+            exercise=bool(envelope.get("exercise")),
+            dispatchable=bool(event.get("dispatchable")),
+            note=str(note) if note else None,
+        )
+
+    def cleared(self, event: Mapping[str, Any]) -> IncidentSnapshot:
+        """This incident as an IncidentCleared event ends it (Cancelled for a false alarm)."""
+        envelope = event["envelope"]
+        outcome = str(event.get("outcome"))
+        return replace(
+            self,
+            version=int(event["version"]),
+            status="Cancelled" if outcome == "FALSE_ALARM" else "Closed",
+            srp_action="ALL_CLEAR",
+            updated_at=_utc(envelope["occurred_at"]),
+            exercise=self.exercise or bool(envelope.get("exercise")),
+            note=str(event.get("message") or "") or None,
+        )
+
+    def relevant(self) -> dict[str, Any]:
+        """The dispatch-relevant content: a change in anything else is not sent to CAD."""
+        return {
+            "school": self.tenant.get("school"),
+            "building": self.building,
+            "room": self.room,
+            "incident_type": self.incident_type,
+            "status": self.status,
+            "srp_action": self.srp_action,
+            "evacuate_location": self.evacuate_location,
+            "shelter_hazard": self.shelter_hazard,
+            "shelter_strategy": self.shelter_strategy,
+            "correlated_event_ids": list(self.correlated_event_ids),
+        }
+
+    def fingerprint(self) -> str:
+        """A digest of :meth:`relevant`."""
+        canonical = json.dumps(self.relevant(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the ledger keeps the last delivered snapshot)."""
+        data = asdict(self)
+        data["updated_at"] = self.updated_at.isoformat()
+        data["correlated_event_ids"] = list(self.correlated_event_ids)
+        data["tenant"] = dict(self.tenant)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> IncidentSnapshot:
+        """The inverse of :meth:`to_json`."""
+        values = dict(data)
+        values["updated_at"] = datetime.fromisoformat(values["updated_at"])
+        values["correlated_event_ids"] = tuple(values["correlated_event_ids"])
+        return cls(**values)
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    # Avro timestamp-micros may arrive as an integer of microseconds.
+    return datetime.fromtimestamp(int(value) / 1_000_000, tz=UTC)
+
+
+def _timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def apco_code(incident_type: str, signals: Sequence[SignalFacts]) -> str:
+    """The APCO ANS 2.103.2 incident type for CAD, refined by the alerts behind the incident.
+
+    A panic device's own emergency decides between the alarm codes (silent ALRPANS,
+    audible ALRPANA, medical ALRMED); a specific hub classification (active assailant,
+    weapon, fire …) wins over a generic panic.
+    """
+    panics = [s for s in signals if s.kind == "panic"]
+    if incident_type == "MEDICAL":
+        return "ALRMED" if panics else "SICK"
+    if incident_type == "OTHER":
+        if panics:
+            return "ALRPANS" if any(p.silent for p in panics) else "ALRPANA"
+        for camera in (s for s in signals if s.kind == "camera"):
+            code = APCO_BY_ANALYTIC.get(camera.analytic or "")
+            if code:
+                return code
+    return APCO_BY_TYPE.get(incident_type, "ALMH")
+
+
+def civic_address(address: str, state: str) -> dict[str, str]:
+    """RFC 5139 civic fields of a one-line US address ("1200 Lincoln Ave, Northville, TX").
+
+    What does not parse is kept whole as LOC, so nothing the directory says is lost.
+    """
+    civic: dict[str, str] = {"country": "US"}
+    if state.upper().startswith("US-"):
+        civic["A1"] = state[3:].upper()
+    parts = [p.strip() for p in address.split(",") if p.strip()]
+    if len(parts) >= 3:
+        street, city, region = parts[0], parts[-2], parts[-1]
+        street_match = _STREET.match(street)
+        region_match = _STATE_ZIP.match(region)
+        if street_match and region_match:
+            civic["A1"] = region_match["a1"].upper()
+            civic["A3"] = city
+            civic["HNO"] = street_match["hno"]
+            civic["RD"] = street_match["rd"]
+            if region_match["pc"]:
+                civic["PC"] = region_match["pc"]
+            return civic
+    if address:
+        civic["LOC"] = address
+    return civic
+
+
+def pidf_lo(
+    entity: str,
+    civic: Mapping[str, str],
+    points: Iterable[tuple[str, float, float, str]],
+    *,
+    retention_expiry: datetime,
+) -> str:
+    """A PIDF-LO document: one device with the civic address, one per (id, lat, lon, method)."""
+    presence = ET.Element(f"{{{NS_PIDF}}}presence", {"entity": entity})
+
+    def device(device_id: str, method: str) -> ET.Element:
+        dev = ET.SubElement(presence, f"{{{NS_DM}}}device", {"id": device_id})
+        geopriv = ET.SubElement(dev, f"{{{NS_GP}}}geopriv")
+        info = ET.SubElement(geopriv, f"{{{NS_GP}}}location-info")
+        rules = ET.SubElement(geopriv, f"{{{NS_GP}}}usage-rules")
+        ET.SubElement(rules, f"{{{NS_GBP}}}retransmission-allowed").text = "true"
+        ET.SubElement(rules, f"{{{NS_GBP}}}retention-expiry").text = _timestamp(retention_expiry)
+        ET.SubElement(geopriv, f"{{{NS_GP}}}method").text = method
+        return info
+
+    info = device("civic", "Manual")
+    address = ET.SubElement(
+        info, f"{{{NS_CA}}}civicAddress", {"{http://www.w3.org/XML/1998/namespace}lang": "en"}
+    )
+    for name in CIVIC_ORDER:
+        if civic.get(name):
+            ET.SubElement(address, f"{{{NS_CA}}}{name}").text = civic[name]
+    for device_id, latitude, longitude, method in points:
+        info = device(device_id, method)
+        point = ET.SubElement(info, f"{{{NS_GML}}}Point", {"srsName": "urn:ogc:def:crs:EPSG::4326"})
+        ET.SubElement(point, f"{{{NS_GML}}}pos").text = f"{latitude:.6f} {longitude:.6f}"
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(presence, encoding="unicode")
+
+
+@dataclass(frozen=True)
+class BuiltEido:
+    """An EIDO and the facts about it the connector records."""
+
+    document: dict[str, Any]
+    eido_id: str
+    psap_id: str
+    apco_code: str
+    status: str
+
+    def body(self) -> bytes:
+        """The JSON bytes sent to CAD."""
+        return json.dumps(self.document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+UNKNOWN_PSAP = "unknown"
+
+
+class EidoBuilder:
+    """Builds EIDOs for one hub from its directory."""
+
+    def __init__(self, directory: Directory, hub_id: str) -> None:
+        self.directory = directory
+        self.hub_id = hub_id
+
+    def _urn(self, kind: str, *parts: object) -> str:
+        name = uuid.uuid5(_ID_NAMESPACE, "\x1f".join(str(p) for p in parts))
+        return f"urn:emergency:uid:{kind}:{name}:{self.hub_id}"
+
+    def school(self, snapshot: IncidentSnapshot) -> School | None:
+        """The incident's school in the directory, if it is there."""
+        school_id = snapshot.tenant.get("school")
+        if not school_id:
+            return None
+        try:
+            return self.directory.school(school_id)
+        except UnknownPlaceError:
+            return None
+
+    def psap_of(self, snapshot: IncidentSnapshot) -> str:
+        """The PSAP serving the incident's school (``unknown`` if the school is not listed)."""
+        school = self.school(snapshot)
+        return school.psap_id if school else UNKNOWN_PSAP
+
+    def build(self, snapshot: IncidentSnapshot, signals: Sequence[SignalFacts] = ()) -> BuiltEido:
+        """The EIDO of ``snapshot`` (raises :class:`ExerciseDispatchError` for an exercise)."""
+        if snapshot.exercise:
+            raise ExerciseDispatchError(
+                f"incident {snapshot.incident_id} is an exercise: no EIDO is ever built for it"
+            )
+        school = self.school(snapshot)
+        psap_id = school.psap_id if school else UNKNOWN_PSAP
+        district_id = snapshot.tenant.get("district") or "unknown"
+        stamp = _timestamp(snapshot.updated_at)
+        hub_agency = f"urn:safehub:{self.hub_id}:agency:{district_id}"
+        psap_agency = f"urn:safehub:{self.hub_id}:psap:{psap_id}"
+        incident_uid = f"urn:emergency:uid:incidentid:{snapshot.incident_id}:{self.hub_id}"
+        eido_id = self._urn("eidoid", snapshot.incident_id, snapshot.version)
+        location_id = self._urn("locationid", snapshot.incident_id, snapshot.version)
+        notes_id = self._urn("notesid", snapshot.incident_id, snapshot.version)
+        code = apco_code(snapshot.incident_type, signals)
+
+        def prologue(component_id: str) -> dict[str, Any]:
+            return {
+                "$id": component_id,
+                "lastUpdateTimeStamp": stamp,
+                "updatedByAgencyReference": {"$ref": hub_agency},
+            }
+
+        district_name = self._district_name(district_id)
+        agencies = [
+            {
+                **prologue(hub_agency),
+                "agencyRoleDescriptionRegistryText": ["Informational"],
+                "agencyType": ["other"],
+                "agencyJcard": _jcard(f"{district_name} (SafeHub {self.hub_id})"),
+            },
+            {
+                **prologue(psap_agency),
+                "agencyRoleDescriptionRegistryText": ["Dispatching"],
+                "agencyType": ["psap"],
+                "agencyJcard": _jcard(psap_id),
+                "incidentOwningAgencyIndicator": True,
+            },
+        ]
+        incident: dict[str, Any] = {
+            **prologue(incident_uid),
+            "incidentTypeCommonRegistryText": code,
+            "incidentTypeInternalText": snapshot.incident_type,
+            "incidentTrackingIdentifier": snapshot.incident_id,
+            "incidentStatusCommonRegistryText": [snapshot.status],
+            "incidentCommonPriorityNumber": PRIORITY_BY_CODE.get(code, 7),
+            "locationReference": [{"$ref": location_id}],
+            "notesReference": [{"$ref": notes_id}],
+        }
+        document: dict[str, Any] = {
+            **prologue(eido_id),
+            "eidoVersion": EIDO_VERSION,
+            "issuingElementIdentification": self.hub_id,
+            "agencyComponent": agencies,
+            "incidentComponent": incident,
+            "locationComponent": [
+                {
+                    **prologue(location_id),
+                    "locationTypeDescriptionRegistryText": "CurrentIncident",
+                    "locationDescriptionText": self._place_text(snapshot, school, signals),
+                    "locationByValue": self._pidf(snapshot, school, signals),
+                }
+            ],
+            "notesComponent": [
+                {**prologue(notes_id), "notesActionComments": _notes_html(snapshot)}
+            ],
+        }
+        alarms = [
+            {
+                **prologue(self._urn("alarmid", snapshot.incident_id, s.event_id)),
+                "csaaAlarmInformation": f"{code}: {s.describe()} (SafeHub signal {s.event_id})",
+                **({"alarmUrl": s.clip_url} if s.clip_url else {}),
+            }
+            for s in signals
+        ]
+        if not alarms:
+            alarms = [
+                {
+                    **prologue(self._urn("alarmid", snapshot.incident_id, "incident")),
+                    "csaaAlarmInformation": (
+                        f"{code}: SafeHub incident {snapshot.incident_id} "
+                        f"({snapshot.incident_type.lower()}), "
+                        f"{len(snapshot.correlated_event_ids)} correlated signal(s)"
+                    ),
+                }
+            ]
+        document["alarmsSensorsComponent"] = alarms
+        return BuiltEido(document, eido_id, psap_id, code, snapshot.status)
+
+    def _district_name(self, district_id: str) -> str:
+        for district in self.directory.districts:
+            if district.id == district_id:
+                return district.name
+        return district_id
+
+    def _place_text(
+        self, snapshot: IncidentSnapshot, school: School | None, signals: Sequence[SignalFacts]
+    ) -> str:
+        parts = [school.name if school else f"school {snapshot.tenant.get('school')}"]
+        if school and school.address:
+            parts.append(school.address)
+        if snapshot.building:
+            building = school.building(snapshot.building) if school else None
+            label = f"Building {snapshot.building}"
+            if building and building.name and building.name != label:
+                label += f" ({building.name})"
+            parts.append(label)
+        floor = next((s.floor for s in signals if s.floor), None)
+        if floor:
+            parts.append(f"Floor {floor}")
+        if snapshot.room:
+            parts.append(f"Room {snapshot.room}")
+        return ", ".join(parts)
+
+    def _pidf(
+        self, snapshot: IncidentSnapshot, school: School | None, signals: Sequence[SignalFacts]
+    ) -> str:
+        state = snapshot.tenant.get("state") or self.directory.state
+        civic = civic_address(school.address if school else "", state)
+        civic["NAM"] = school.name if school else f"school {snapshot.tenant.get('school')}"
+        if snapshot.building:
+            civic["BLD"] = snapshot.building
+        if snapshot.room:
+            civic["ROOM"] = snapshot.room
+        floor = next((s.floor for s in signals if s.floor), None)
+        if floor:
+            civic["FLR"] = floor
+        points: list[tuple[str, float, float, str]] = []
+        for s in signals:
+            if s.latitude is not None and s.longitude is not None:
+                points.append((f"device-{len(points) + 1}", s.latitude, s.longitude, "GPS"))
+        if school and school.latitude is not None and school.longitude is not None:
+            points.append(("school", school.latitude, school.longitude, "Manual"))
+        return pidf_lo(
+            f"pres:{snapshot.incident_id}@{self.hub_id}",
+            civic,
+            points,
+            retention_expiry=snapshot.updated_at + timedelta(days=1),
+        )
+
+
+def _jcard(name: str) -> list[Any]:
+    return ["vcard", [["version", {}, "text", "4.0"], ["fn", {}, "text", name]]]
+
+
+def _notes_html(snapshot: IncidentSnapshot) -> str:
+    """The plain-language note, as the HTML5 fragment notesActionComments carries."""
+    lines = [snapshot.summary or f"SafeHub incident {snapshot.incident_id}"]
+    if snapshot.srp_action:
+        action = SRP_PLAIN.get(snapshot.srp_action, snapshot.srp_action)
+        if snapshot.srp_action == "EVACUATE" and snapshot.evacuate_location:
+            action += f" to {snapshot.evacuate_location}"
+        if snapshot.srp_action == "SHELTER" and (
+            snapshot.shelter_hazard or snapshot.shelter_strategy
+        ):
+            hazard = (snapshot.shelter_hazard or "hazard").lower()
+            strategy = (snapshot.shelter_strategy or "").lower().replace("_", " ")
+            action += f" for {hazard}" + (f", {strategy}" if strategy else "")
+        lines.append(f"School SRP action in force: {action}.")
+    if snapshot.status == "Cancelled":
+        lines.append("CANCELLED by the school: false alarm.")
+    elif snapshot.status == "Closed":
+        lines.append("The school has given the ALL CLEAR.")
+    if snapshot.note:
+        lines.append(snapshot.note)
+    return "".join(f"<p>{html.escape(line)}</p>" for line in lines)

@@ -1,0 +1,394 @@
+"""The delivery ledger: what was sent to CAD, per incident and version, surviving restarts.
+
+The bus delivers at least once, so after a crash an incident event can come back. The ledger
+makes the connector idempotent by (incident id, version): each version gets one decision
+(sent, unchanged, exercise, …); a version already decided, or older than one already
+handled, is skipped. For each dispatched incident it keeps the CAD incident id, the last
+delivered snapshot (to tell whether a new version changes anything CAD cares about, and to
+build the final update on IncidentCleared) and the status CAD last reported. It also keeps
+the facts of recent alerts and the ids of the status updates that came from CAD (to
+recognise incident changes caused by CAD, which must not echo back).
+
+SQLite file by default (WAL: a committed write survives a kill -9), PostgreSQL by URL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from connectors.psap_cad.eido import IncidentSnapshot
+from connectors.psap_cad.signals import SignalFacts
+from safehub.kernel.errors import ConfigError, SafeHubError
+from safehub.kernel.lifecycle import Closing
+
+log = structlog.get_logger(__name__)
+
+
+class LedgerError(SafeHubError):
+    """The ledger could not be read or written."""
+
+
+class Decision:
+    """What the connector decided for one incident version."""
+
+    SENT = "sent"
+    UNCHANGED = "unchanged"
+    CAD_ORIGINATED = "cad-originated"
+    EXERCISE = "exercise"
+    NOT_DISPATCHABLE = "not-dispatchable"
+    NOT_DISPATCHED = "not-dispatched"
+
+
+@dataclass(frozen=True)
+class DispatchedIncident:
+    """The ledger's record of an incident that reached CAD."""
+
+    incident_id: str
+    psap_id: str
+    cad_incident_id: str | None
+    last_version: int
+    sent_version: int
+    fingerprint: str
+    snapshot: IncidentSnapshot
+    status: str
+    cad_status: str | None
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One row of the decision history."""
+
+    incident_id: str
+    version: int
+    decision: str
+    eido_id: str | None
+    cad_incident_id: str | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Ledger(Closing):
+    """The ledger tables behind one SQLAlchemy engine (thread-safe: a connection per call)."""
+
+    def __init__(self, url: str, *, table_prefix: str = "psap_cad_") -> None:
+        try:
+            parsed = make_url(url)
+        except Exception as exc:
+            raise ConfigError(f"ledger URL is invalid: {type(exc).__name__}") from exc
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database or ""
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            # Consumer threads and the inbound server share the pool.
+            connect_args = {"check_same_thread": False, "timeout": 30}
+        self._engine: Engine = create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._dialect = parsed.get_backend_name()
+        metadata = MetaData()
+        self.incidents = Table(
+            f"{table_prefix}incidents",
+            metadata,
+            Column("incident_id", String(200), primary_key=True),
+            Column("psap_id", String(200), nullable=False),
+            Column("cad_incident_id", String(200)),
+            Column("last_version", BigInteger, nullable=False),
+            Column("sent_version", BigInteger, nullable=False),
+            Column("fingerprint", String(64), nullable=False),
+            Column("snapshot", Text, nullable=False),
+            Column("status", String(40), nullable=False),
+            Column("cad_status", String(40)),
+            Column("updated_at", DateTime(timezone=True), nullable=False),
+        )
+        self.decisions = Table(
+            f"{table_prefix}decisions",
+            metadata,
+            Column("incident_id", String(200), primary_key=True),
+            Column("version", BigInteger, primary_key=True),
+            Column("decision", String(40), nullable=False),
+            Column("eido_id", String(300)),
+            Column("cad_incident_id", String(200)),
+            Column("decided_at", DateTime(timezone=True), nullable=False),
+        )
+        self.signals = Table(
+            f"{table_prefix}signals",
+            metadata,
+            Column("event_id", String(100), primary_key=True),
+            Column("facts", Text, nullable=False),
+            Column("recorded_at", DateTime(timezone=True), nullable=False),
+        )
+        self.inbound = Table(
+            f"{table_prefix}inbound",
+            metadata,
+            Column("event_id", String(100), primary_key=True),
+            Column("incident_id", String(200), nullable=False),
+            Column("cad_incident_id", String(200), nullable=False),
+            Column("status", String(40), nullable=False),
+            Column("received_at", DateTime(timezone=True), nullable=False),
+        )
+        try:
+            metadata.create_all(self._engine)
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"cannot open the ledger: {type(exc).__name__}") from exc
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _insert(self, table: Table) -> Any:
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        if self._dialect == "sqlite":
+            return sqlite.insert(table)
+        raise ConfigError(f"ledger backend {self._dialect!r} is not supported")
+
+    def _decide(
+        self,
+        conn: Connection,
+        incident_id: str,
+        version: int,
+        decision: str,
+        *,
+        eido_id: str | None = None,
+        cad_incident_id: str | None = None,
+    ) -> None:
+        conn.execute(
+            self._insert(self.decisions)
+            .values(
+                incident_id=incident_id,
+                version=version,
+                decision=decision,
+                eido_id=eido_id,
+                cad_incident_id=cad_incident_id,
+                decided_at=_now(),
+            )
+            .on_conflict_do_nothing(index_elements=["incident_id", "version"])
+        )
+
+    # -- incidents ---------------------------------------------------------------------------
+
+    def decision(self, incident_id: str, version: int) -> str | None:
+        """The decision already taken for this incident version, if any."""
+        query = select(self.decisions.c.decision).where(
+            self.decisions.c.incident_id == incident_id, self.decisions.c.version == version
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else str(row[0])
+
+    def dispatched(self, incident_id: str) -> DispatchedIncident | None:
+        """The incident's dispatch record, if it ever reached CAD."""
+        query = select(self.incidents).where(self.incidents.c.incident_id == incident_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _dispatched(row)
+
+    def dispatched_by_cad_id(self, cad_incident_id: str) -> DispatchedIncident | None:
+        """The incident CAD knows as ``cad_incident_id``."""
+        query = select(self.incidents).where(self.incidents.c.cad_incident_id == cad_incident_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _dispatched(row)
+
+    def record_decision(self, incident_id: str, version: int, decision: str) -> None:
+        """A version that was not sent (exercise, not dispatchable, unchanged …)."""
+        with self._engine.begin() as conn:
+            self._decide(conn, incident_id, version, decision)
+            conn.execute(
+                self.incidents.update()
+                .where(
+                    self.incidents.c.incident_id == incident_id,
+                    self.incidents.c.last_version < version,
+                )
+                .values(last_version=version, updated_at=_now())
+            )
+
+    def record_baseline(self, incident_id: str, snapshot: IncidentSnapshot, decision: str) -> None:
+        """CAD already knows this content (it caused it): make it the comparison baseline."""
+        with self._engine.begin() as conn:
+            self._decide(conn, incident_id, snapshot.version, decision)
+            conn.execute(
+                self.incidents.update()
+                .where(
+                    self.incidents.c.incident_id == incident_id,
+                    self.incidents.c.last_version < snapshot.version,
+                )
+                .values(
+                    last_version=snapshot.version,
+                    fingerprint=snapshot.fingerprint(),
+                    snapshot=json.dumps(snapshot.to_json()),
+                    updated_at=_now(),
+                )
+            )
+
+    def record_delivery(
+        self,
+        snapshot: IncidentSnapshot,
+        *,
+        psap_id: str,
+        cad_incident_id: str | None,
+        eido_id: str,
+    ) -> None:
+        """``snapshot`` reached CAD: one transaction for the incident row and the decision."""
+        values = {
+            "psap_id": psap_id,
+            "cad_incident_id": cad_incident_id,
+            "last_version": snapshot.version,
+            "sent_version": snapshot.version,
+            "fingerprint": snapshot.fingerprint(),
+            "snapshot": json.dumps(snapshot.to_json()),
+            "status": snapshot.status,
+            "updated_at": _now(),
+        }
+        with self._engine.begin() as conn:
+            self._decide(
+                conn,
+                snapshot.incident_id,
+                snapshot.version,
+                Decision.SENT,
+                eido_id=eido_id,
+                cad_incident_id=cad_incident_id,
+            )
+            insert = self._insert(self.incidents).values(incident_id=snapshot.incident_id, **values)
+            conn.execute(insert.on_conflict_do_update(index_elements=["incident_id"], set_=values))
+
+    def history(self, incident_id: str | None = None) -> list[DecisionRecord]:
+        """Decisions in (incident, version) order, for one incident or all."""
+        query = select(self.decisions).order_by(
+            self.decisions.c.incident_id, self.decisions.c.version
+        )
+        if incident_id is not None:
+            query = query.where(self.decisions.c.incident_id == incident_id)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            DecisionRecord(
+                str(r["incident_id"]),
+                int(r["version"]),
+                str(r["decision"]),
+                r["eido_id"],
+                r["cad_incident_id"],
+            )
+            for r in rows
+        ]
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def put_signal(self, facts: SignalFacts) -> None:
+        """Remember an alert's facts (a repeat of the same event changes nothing)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                self._insert(self.signals)
+                .values(
+                    event_id=facts.event_id,
+                    facts=json.dumps(facts.to_json()),
+                    recorded_at=_now(),
+                )
+                .on_conflict_do_nothing(index_elements=["event_id"])
+            )
+
+    def signals_for(self, event_ids: Sequence[str]) -> list[SignalFacts]:
+        """The known facts among ``event_ids``, in the order given."""
+        if not event_ids:
+            return []
+        query = select(self.signals.c.event_id, self.signals.c.facts).where(
+            self.signals.c.event_id.in_(list(event_ids))
+        )
+        with self._engine.connect() as conn:
+            found = {str(r[0]): str(r[1]) for r in conn.execute(query)}
+        return [
+            SignalFacts.from_json(json.loads(found[event_id]))
+            for event_id in event_ids
+            if event_id in found
+        ]
+
+    def prune_signals(self, before: datetime) -> int:
+        """Forget alert facts recorded before ``before``; returns how many."""
+        with self._engine.begin() as conn:
+            result = conn.execute(self.signals.delete().where(self.signals.c.recorded_at < before))
+        return int(result.rowcount or 0)
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    def record_inbound(
+        self, event_id: str, incident_id: str, cad_incident_id: str, status: str
+    ) -> None:
+        """A status update from CAD, published as ``event_id``; CAD's status is remembered."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                self._insert(self.inbound)
+                .values(
+                    event_id=event_id,
+                    incident_id=incident_id,
+                    cad_incident_id=cad_incident_id,
+                    status=status,
+                    received_at=_now(),
+                )
+                .on_conflict_do_nothing(index_elements=["event_id"])
+            )
+            conn.execute(
+                self.incidents.update()
+                .where(self.incidents.c.incident_id == incident_id)
+                .values(cad_status=status, updated_at=_now())
+            )
+
+    def inbound_ids(self, event_ids: Iterable[str]) -> set[str]:
+        """Which of ``event_ids`` are status updates that came from CAD."""
+        ids = [e for e in event_ids if e]
+        if not ids:
+            return set()
+        query = select(self.inbound.c.event_id).where(self.inbound.c.event_id.in_(ids))
+        with self._engine.connect() as conn:
+            return {str(r[0]) for r in conn.execute(query)}
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._engine.dispose()
+
+
+def _dispatched(row: Any) -> DispatchedIncident:
+    return DispatchedIncident(
+        incident_id=str(row["incident_id"]),
+        psap_id=str(row["psap_id"]),
+        cad_incident_id=row["cad_incident_id"],
+        last_version=int(row["last_version"]),
+        sent_version=int(row["sent_version"]),
+        fingerprint=str(row["fingerprint"]),
+        snapshot=IncidentSnapshot.from_json(json.loads(row["snapshot"])),
+        status=str(row["status"]),
+        cad_status=row["cad_status"],
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL + NORMAL: a committed transaction survives a process crash (not a power cut)
+    # without an fsync per dispatch on the 911 path.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

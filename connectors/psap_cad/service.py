@@ -1,0 +1,480 @@
+"""The PSAP/CAD connector: dispatchable incidents to 911 CAD as EIDOs, CAD status back.
+
+Outbound: consumes the incidents topic (group ``psap-cad``, 10 ms fetch wait: this is the
+Alyssa's Law path). For each dispatchable IncidentOpened / IncidentChanged / IncidentCleared
+it builds the EIDO, POSTs it to the school's PSAP until CAD takes it (never dead-lettered,
+see :mod:`.cad_client`), publishes ``CadDispatch`` and records the delivery in the ledger.
+A version is sent only if something CAD cares about changed (type, SRP action, place,
+status, cancellation, correlated signals) and the change did not come from CAD itself.
+Exercises and non-dispatchable incidents are never sent (logged, recorded).
+
+It also reads the alerts topic (group ``psap-cad-signals``) to learn what device or camera
+fired, for the APCO code and the alarm component.
+
+Inbound: ``POST /eido/v1/status`` over HTTPS with a bearer token; CAD posts status-update
+EIDOs there. Each is validated, mapped to ``CadStatusUpdate`` and published on the dispatch
+topic before the 202.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from aiohttp import web
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlalchemy.exc import SQLAlchemyError
+
+from connectors.psap_cad.cad_client import CadClient, DispatchInterrupted
+from connectors.psap_cad.eido import (
+    BuiltEido,
+    EidoBuilder,
+    ExerciseDispatchError,
+    IncidentSnapshot,
+)
+from connectors.psap_cad.eido_validate import EidoValidator
+from connectors.psap_cad.ledger import Decision, DispatchedIncident, Ledger, LedgerError
+from connectors.psap_cad.settings import PsapCadSettings
+from connectors.psap_cad.signals import SignalFacts, facts_of
+from connectors.psap_cad.tls_server import ServerThread, server_ssl_context
+from safehub.kernel import tracing
+from safehub.kernel.bus import ConsumedEvent, EventConsumer
+from safehub.kernel.directory import Directory
+from safehub.kernel.envelope import EVENT_NAMESPACE, event_id_for, new_event
+from safehub.kernel.errors import BusError, ConfigError
+from safehub.kernel.runtime import Runtime, run
+
+log = structlog.get_logger(__name__)
+
+NAME = "psap_cad"
+INCIDENTS_TOPIC = "safehub.incidents.v1"
+ALERTS_TOPIC = "safehub.alerts.v1"
+OPENED = EVENT_NAMESPACE + "IncidentOpened"
+CHANGED = EVENT_NAMESPACE + "IncidentChanged"
+CLEARED = EVENT_NAMESPACE + "IncidentCleared"
+STATUS_PATH = "/eido/v1/status"
+
+#: Both dispatch-topic events may carry the EIDO (student and health data in notes).
+DISPATCH_CLASSIFICATION = ("INTERNAL", "STUDENT_RECORD", "HEALTH")
+#: EidoIncidentStatus symbols (anything else maps to Unknown).
+KNOWN_STATUSES = frozenset(
+    {
+        "Active",
+        "Cancelled",
+        "Closed",
+        "FireUnderControl",
+        "NewLocation",
+        "ReOpened",
+        "ResourcesAssigned",
+        "ResourcesEnroute",
+        "ResourcesOnscene",
+        "StructureCleared",
+    }
+)
+SIGNAL_RETENTION = timedelta(days=7)
+#: Delivery retries may hold a partition for as long as CAD is down.
+MAX_POLL_INTERVAL_MS = 24 * 3600 * 1000
+
+
+class PsapCadConnector:
+    """The connector's parts, wired to one runtime."""
+
+    def __init__(self, runtime: Runtime[PsapCadSettings]) -> None:
+        self.runtime = runtime
+        self.config = runtime.settings.psap_cad
+        self.directory = Directory.load(self.config.directory_file)
+        self.validator = EidoValidator.from_file(self.config.eido_rules_file)
+        self.builder = EidoBuilder(self.directory, self.config.hub_id)
+        self.ledger = Ledger(self.config.ledger_url)
+        self.cad = CadClient(self.config, runtime.stop)
+        self.inbound: ServerThread | None = None
+        self.incident_consumer: EventConsumer | None = None
+        self.signal_consumer: EventConsumer | None = None
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the inbound endpoint, then the consumers (alerts first: they feed dispatches)."""
+        config = self.config
+        if config.listen_cert is None or config.listen_key is None:
+            raise ConfigError(
+                "SAFEHUB_PSAP_CAD__LISTEN_CERT and SAFEHUB_PSAP_CAD__LISTEN_KEY must be set: "
+                "CAD status updates are accepted over HTTPS only"
+            )
+        if not config.inbound_token.get_secret_value():
+            raise ConfigError("SAFEHUB_PSAP_CAD__INBOUND_TOKEN must be set")
+        self.runtime.on_close(self.ledger.close)
+        pruned = self.ledger.prune_signals(datetime.now(UTC) - SIGNAL_RETENTION)
+        if pruned:
+            log.info("old alert facts pruned", count=pruned)
+        app = web.Application()
+        app.router.add_post(STATUS_PATH, self._status_endpoint)
+        self.inbound = ServerThread(
+            app,
+            host=config.listen_host,
+            port=config.listen_port,
+            ssl_context=server_ssl_context(
+                config.listen_cert, config.listen_key, config.listen_client_ca
+            ),
+            name="psap-cad-inbound",
+        )
+        port = self.inbound.start()
+        self.runtime.on_close(self.inbound.close)
+        if config.port_file is not None:
+            config.port_file.parent.mkdir(parents=True, exist_ok=True)
+            temporary = config.port_file.with_suffix(".tmp")
+            temporary.write_text(str(port))
+            temporary.replace(config.port_file)  # atomic: a reader never sees half a number
+        log.info("inbound endpoint listening", host=config.listen_host, port=port)
+        fast = {"max.poll.interval.ms": MAX_POLL_INTERVAL_MS}
+        self.signal_consumer = self.runtime.consumer(
+            f"{config.group_id}-signals",
+            [ALERTS_TOPIC],
+            self.handle_signal,
+            fetch_wait_max_ms=10,
+        )
+        self.incident_consumer = self.runtime.consumer(
+            config.group_id,
+            [INCIDENTS_TOPIC],
+            self.handle_incident,
+            fetch_wait_max_ms=10,
+            extra_config=fast,
+            start=False,
+        )
+        consumer = self.incident_consumer
+        self.runtime.spawn(lambda: self._consume_incidents(consumer), name="consume-psap-cad")
+
+    def _consume_incidents(self, consumer: EventConsumer) -> None:
+        try:
+            consumer.run(self.runtime.stop)
+        except DispatchInterrupted as exc:
+            # Not committed: the next run of the connector sends it (same Idempotency-Key).
+            log.warning(
+                "stopped with a dispatch undelivered; it is resent on restart", why=str(exc)
+            )
+        finally:
+            self.cad.close()
+
+    # -- alerts --------------------------------------------------------------------------------
+
+    def handle_signal(self, consumed: ConsumedEvent) -> None:
+        """Keep the facts of panic, camera and SRP alerts (exercises included: harmless)."""
+        facts = facts_of(consumed.event)
+        if facts is not None:
+            self.ledger.put_signal(facts)
+
+    # -- incidents -----------------------------------------------------------------------------
+
+    def handle_incident(self, consumed: ConsumedEvent) -> None:
+        """Decide and, when due, deliver one incident event to CAD."""
+        if consumed.event_type not in (OPENED, CHANGED, CLEARED):
+            return
+        event = consumed.event
+        incident_id = str(event["incident_id"])
+        version = int(event["version"])
+        bound = log.bind(incident_id=incident_id, version=version, event_id=consumed.event_id)
+        decided = self.ledger.decision(incident_id, version)
+        if decided is not None:
+            bound.info("incident version already handled, skipped", decision=decided)
+            return
+        previous = self.ledger.dispatched(incident_id)
+        if previous is not None and version <= previous.last_version:
+            bound.info("older incident version, skipped", latest=previous.last_version)
+            return
+        if consumed.envelope.get("exercise") or (
+            consumed.event_type == CLEARED and event.get("outcome") == "DRILL_COMPLETE"
+        ):
+            self.ledger.record_decision(incident_id, version, Decision.EXERCISE)
+            bound.info("exercise incident: never sent to 911/CAD")
+            return
+        if consumed.event_type == CLEARED:
+            if previous is None:
+                self.ledger.record_decision(incident_id, version, Decision.NOT_DISPATCHED)
+                bound.info("cleared incident was never dispatched: nothing to tell CAD")
+                return
+            snapshot = previous.snapshot.cleared(event)
+        else:
+            snapshot = IncidentSnapshot.from_event(event)
+            # A cancellation still goes to a CAD that already has the incident.
+            if not snapshot.dispatchable and (previous is None or snapshot.status != "Cancelled"):
+                self.ledger.record_decision(incident_id, version, Decision.NOT_DISPATCHABLE)
+                bound.info("incident not dispatchable: not sent to CAD")
+                return
+        psap_id = self.builder.psap_of(snapshot)
+        if self.config.psaps and psap_id not in self.config.psaps:
+            return
+        if previous is not None:
+            if snapshot.fingerprint() == previous.fingerprint:
+                self.ledger.record_decision(incident_id, version, Decision.UNCHANGED)
+                bound.info("no dispatch-relevant change: not sent")
+                return
+            if self._cad_originated(consumed, snapshot, previous):
+                self.ledger.record_baseline(incident_id, snapshot, Decision.CAD_ORIGINATED)
+                bound.info("change came from CAD: not echoed back")
+                return
+        self._dispatch(consumed, snapshot, previous)
+
+    def _cad_originated(
+        self, consumed: ConsumedEvent, snapshot: IncidentSnapshot, previous: DispatchedIncident
+    ) -> bool:
+        causation = consumed.envelope.get("causation_id")
+        if causation and self.ledger.inbound_ids([str(causation)]):
+            return True
+        # A status CAD itself reported (e.g. Closed) that came back through the incident.
+        new, old = snapshot.relevant(), previous.snapshot.relevant()
+        changed = {key for key in new if new[key] != old[key]}
+        return changed == {"status"} and snapshot.status == previous.cad_status
+
+    def _dispatch(
+        self,
+        consumed: ConsumedEvent,
+        snapshot: IncidentSnapshot,
+        previous: DispatchedIncident | None,
+    ) -> None:
+        bound = log.bind(incident_id=snapshot.incident_id, version=snapshot.version)
+        signals = self._signals(snapshot, first=previous is None)
+        try:
+            built = self.builder.build(snapshot, signals)
+        except ExerciseDispatchError:
+            self.ledger.record_decision(snapshot.incident_id, snapshot.version, Decision.EXERCISE)
+            bound.error("exercise reached the EIDO builder: refused")
+            return
+        problems = self.validator.problems(built.document)
+        if problems:
+            # Sent all the same: a CAD may still use a flawed EIDO; nothing is worse than none.
+            bound.error("built EIDO does not validate", problems=problems)
+        url = self.config.endpoint_for(built.psap_id)
+        started = time.monotonic()
+        with tracing.tracer().start_as_current_span(
+            "psap_cad dispatch",
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "safehub.incident_id": snapshot.incident_id,
+                "safehub.incident_version": snapshot.version,
+                "safehub.psap_id": built.psap_id,
+                "safehub.apco_code": built.apco_code,
+                "safehub.eido_status": built.status,
+            },
+        ):
+            accepted = self.cad.deliver(
+                url, built.body(), incident_id=snapshot.incident_id, version=snapshot.version
+            )
+        cad_id = accepted.cad_incident_id or (previous.cad_incident_id if previous else None)
+        self._until_done(
+            lambda: self._publish_dispatch(consumed, snapshot, built), "publish CadDispatch"
+        )
+        self._until_done(
+            lambda: self.ledger.record_delivery(
+                snapshot, psap_id=built.psap_id, cad_incident_id=cad_id, eido_id=built.eido_id
+            ),
+            "record delivery",
+        )
+        bound.info(
+            "dispatched to CAD",
+            psap_id=built.psap_id,
+            cad_incident_id=cad_id,
+            apco_code=built.apco_code,
+            status=built.status,
+            http_status=accepted.status_code,
+            attempts=accepted.attempts,
+            took_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    def _signals(self, snapshot: IncidentSnapshot, *, first: bool) -> list[SignalFacts]:
+        ids = list(snapshot.correlated_event_ids)
+        found = self.ledger.signals_for(ids)
+        if found or not ids or not first or self.config.signal_wait_ms <= 0:
+            return found
+        # The alert and the incident travel on different topics: give the alert a moment.
+        deadline = time.monotonic() + self.config.signal_wait_ms / 1000
+        while not found and time.monotonic() < deadline and not self.runtime.stop.is_set():
+            time.sleep(0.005)
+            found = self.ledger.signals_for(ids)
+        return found
+
+    def _publish_dispatch(
+        self, consumed: ConsumedEvent, snapshot: IncidentSnapshot, built: BuiltEido
+    ) -> None:
+        event = new_event(
+            "CadDispatch",
+            source=NAME,
+            tenant=snapshot.tenant,
+            building=snapshot.building,
+            room=snapshot.room,
+            incident_id=snapshot.incident_id,
+            causation_id=consumed.event_id,
+            classification=DISPATCH_CLASSIFICATION,
+            # Same id on a re-send after a crash: downstream can deduplicate.
+            event_id=event_id_for(NAME, f"dispatch:{snapshot.incident_id}:{snapshot.version}"),
+            payload={
+                "incident_id": snapshot.incident_id,
+                "incident_version": snapshot.version,
+                "psap_id": built.psap_id,
+                "apco_incident_type": built.apco_code,
+                "status": built.status,
+                "cancel": built.status == "Cancelled",
+                "eido_id": built.eido_id,
+                "eido": built.body().decode(),
+            },
+        )
+        self.runtime.producer.publish(event)
+
+    def _until_done(self, action: Any, what: str) -> None:
+        """Retry a post-delivery step on transient failures (CAD already has the EIDO)."""
+        delay = self.config.retry_initial_s
+        while True:
+            try:
+                action()
+                return
+            except (BusError, LedgerError, SQLAlchemyError) as exc:
+                log.warning("step failed, retrying", step=what, error_type=type(exc).__name__)
+            if self.runtime.stop.wait(delay):
+                raise DispatchInterrupted(f"stopping before {what}")
+            delay = min(delay * 2, self.config.retry_cap_s)
+
+    # -- inbound -------------------------------------------------------------------------------
+
+    async def _status_endpoint(self, request: web.Request) -> web.Response:
+        expected = f"Bearer {self.config.inbound_token.get_secret_value()}".encode()
+        presented = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(presented, expected):
+            return web.json_response(
+                {"error": "missing or wrong bearer token"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        body = await request.read()
+        headers = list(request.headers.items())
+        status, answer = await asyncio.to_thread(self.accept_status, body, headers)
+        return web.json_response(answer, status=status)
+
+    def accept_status(
+        self, body: bytes, headers: list[tuple[str, str]] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Validate a CAD status-update EIDO, publish CadStatusUpdate; (HTTP status, answer)."""
+        with tracing.tracer().start_as_current_span(
+            f"POST {STATUS_PATH}",
+            context=tracing.extract(headers or []),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": "POST", "url.path": STATUS_PATH},
+        ) as span:
+            status, answer = self._accept_status(body)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 400:
+                span.set_status(Status(StatusCode.ERROR, str(answer.get("error"))))
+            return status, answer
+
+    def _accept_status(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return 400, {"error": "body is not valid JSON"}
+        problems = self.validator.problems(document)
+        if problems:
+            return 400, {"error": "not a valid EIDO", "problems": problems}
+        incident = document.get("incidentComponent")
+        if not isinstance(incident, dict):
+            return 400, {"error": "a status update needs incidentComponent"}
+        cad_id = incident.get("internalIncidentId")
+        if not isinstance(cad_id, str) or not cad_id:
+            return 400, {"error": "incidentComponent.internalIncidentId (CAD's id) is required"}
+        tracking = incident.get("incidentTrackingIdentifier")
+        record = (
+            self.ledger.dispatched(tracking)
+            if isinstance(tracking, str) and tracking
+            else self.ledger.dispatched_by_cad_id(cad_id)
+        )
+        if record is None:
+            return 404, {"error": "unknown incident"}
+        statuses = incident.get("incidentStatusCommonRegistryText") or []
+        status = str(statuses[-1]) if statuses else "Unknown"
+        if status not in KNOWN_STATUSES:
+            status = "Unknown"
+        event_id = event_id_for(NAME, f"status:{document['$id']}")
+        snapshot = record.snapshot
+        event = new_event(
+            "CadStatusUpdate",
+            source=NAME,
+            tenant=snapshot.tenant,
+            building=snapshot.building,
+            room=snapshot.room,
+            incident_id=record.incident_id,
+            classification=DISPATCH_CLASSIFICATION,
+            event_id=event_id,
+            payload={
+                "cad_incident_id": cad_id,
+                "incident_id": record.incident_id,
+                "psap_id": record.psap_id,
+                "status": status,
+                "units": _units(document),
+                "disposition_code": _disposition(incident),
+                "eido": body.decode(),
+            },
+        )
+        try:
+            # Recorded first: the incident change CAD's update causes must find it.
+            self.ledger.record_inbound(event_id, record.incident_id, cad_id, status)
+            self.runtime.producer.publish(event)
+        except (BusError, LedgerError, SQLAlchemyError) as exc:
+            log.error("status update not published", error_type=type(exc).__name__)
+            return 503, {"error": "temporarily unable to accept; retry"}
+        log.info(
+            "CAD status update published",
+            incident_id=record.incident_id,
+            cad_incident_id=cad_id,
+            status=status,
+        )
+        return 202, {"accepted": True, "eventId": event_id}
+
+
+def _units(document: Mapping[str, Any]) -> list[dict[str, str | None]]:
+    """CadUnit records from emergencyResourceComponent (agency via agent → agency)."""
+    agents = {
+        a.get("$id"): (a.get("agencyReference") or {}).get("$ref")
+        for a in document.get("agentComponent") or []
+        if isinstance(a, dict)
+    }
+    units: list[dict[str, str | None]] = []
+    for resource in document.get("emergencyResourceComponent") or []:
+        reference = resource.get("agentReference")
+        if isinstance(reference, list):
+            reference = reference[0] if reference else {}
+        agency = agents.get((reference or {}).get("$ref"))
+        units.append(
+            {
+                "unit_id": str(resource.get("emergencyResourceName") or resource["$id"]),
+                "status": str(resource.get("primaryUnitStatusRegistryText")),
+                "agency": str(agency) if agency else None,
+            }
+        )
+    return units
+
+
+def _disposition(incident: Mapping[str, Any]) -> str | None:
+    dispositions = [d for d in incident.get("dispositionComponent") or [] if isinstance(d, dict)]
+    primary = next((d for d in dispositions if d.get("dispositionPrimaryIndicator")), None)
+    chosen = primary or (dispositions[0] if dispositions else None)
+    return str(chosen["dispositionCommonRegistryCode"]) if chosen else None
+
+
+def start_connector(runtime: Runtime[PsapCadSettings]) -> PsapCadConnector:
+    """Start the connector in ``runtime`` and return it (in-process use, tests)."""
+    connector = PsapCadConnector(runtime)
+    connector.start()
+    return connector
+
+
+def setup(runtime: Runtime[PsapCadSettings]) -> None:
+    """The service shape's set-up hook."""
+    start_connector(runtime)
+
+
+def main() -> None:
+    """Run the connector until SIGTERM/SIGINT."""
+    run(NAME, PsapCadSettings, setup)

@@ -1,0 +1,836 @@
+"""The PSAP/CAD connector against a real broker and a CAD simulator over real HTTPS (mTLS).
+
+Covers the EIDO builder and validator, dispatch of a silent panic with its place inside the
+school, exercises never reaching CAD, idempotency (duplicate events, a kill -9 mid-burst),
+updates and cancellations, a CAD outage, and CAD status updates coming back as events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import ssl
+import statistics
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from connectors.psap_cad.eido import (
+    EidoBuilder,
+    ExerciseDispatchError,
+    IncidentSnapshot,
+    apco_code,
+    civic_address,
+)
+from connectors.psap_cad.eido_validate import EidoInvalidError, EidoValidator
+from connectors.psap_cad.ledger import Decision, Ledger
+from connectors.psap_cad.service import PsapCadConnector
+from connectors.psap_cad.settings import PsapCadSettings
+from connectors.psap_cad.signals import SignalFacts
+from safehub.embedded.pki import DevPki
+from safehub.kernel.bus import EventProducer
+from safehub.kernel.codec import Codec
+from safehub.kernel.directory import Directory
+from safehub.kernel.errors import ConfigError
+from safehub.kernel.settings import KafkaSettings, load_settings
+from safehub.kernel.topics import TopicCatalog
+from tests.support.cad import (
+    EIDO_RULES,
+    INBOUND_TOKEN,
+    SimulatorHandle,
+    cleared_event,
+    connector_callback_url,
+    connector_settings,
+    directory,
+    incident_event,
+    new_incident_id,
+    panic_alert,
+    running_connector,
+    running_simulator,
+    start_connector_process,
+)
+from tests.support.kafka import read_topic
+from tests.support.waiting import wait_until
+
+log = logging.getLogger(__name__)
+
+CA = "urn:ietf:params:xml:ns:pidf:geopriv10:civicAddr"
+GML = "http://www.opengis.net/gml"
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    return DevPki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def validator() -> EidoValidator:
+    return EidoValidator.from_file(EIDO_RULES)
+
+
+@pytest.fixture
+def cad(pki: DevPki) -> Iterator[SimulatorHandle]:
+    """A fresh simulated CAD (client certificate required); no exercise may reach it."""
+    with running_simulator(pki, require_client_cert=True) as handle:
+        yield handle
+        # Asserted over the whole test, whatever it did.
+        assert handle.stats()["exerciseDeliveries"] == 0
+
+
+@dataclass
+class Hub:
+    """The connector under test and a producer standing in for the incidents service."""
+
+    connector: PsapCadConnector
+    producer: EventProducer
+    settings: PsapCadSettings
+    kafka: KafkaSettings
+    catalog: TopicCatalog
+    codec: Codec
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.producer.publish(event)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.connector.ledger
+
+    def handled(self) -> int:
+        consumer = self.connector.incident_consumer
+        assert consumer is not None
+        return consumer.stats.handled
+
+    def dispatch_events(self, expect: int, event_type: str) -> list[dict[str, Any]]:
+        topic = self.catalog.name("safehub.dispatch.v1")
+        events = [
+            self.codec.decode(r.value()) for r in read_topic(self.kafka, topic, expect=expect)
+        ]
+        return [e for e in events if e["envelope"]["event_type"] == f"safehub.events.{event_type}"]
+
+
+@pytest.fixture
+def hub(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+    pki: DevPki,
+    cad: SimulatorHandle,
+    tmp_path: Path,
+) -> Iterator[Hub]:
+    settings = connector_settings(kafka, catalog, pki, tmp_path, cad_url=cad.intake_url)
+    with (
+        EventProducer(kafka, codec, catalog) as producer,
+        running_connector(settings, codec) as connector,
+    ):
+        cad.set_callback(connector_callback_url(connector))
+        yield Hub(connector, producer, settings, kafka, catalog, codec)
+
+
+def _snapshot(**changes: Any) -> IncidentSnapshot:
+    base = IncidentSnapshot(
+        incident_id="inc-unit-1",
+        version=1,
+        tenant=directory().tenant("sch-lincoln-hs"),
+        building="B",
+        room="214",
+        incident_type="OTHER",
+        status="Active",
+        srp_action="LOCKDOWN",
+        evacuate_location=None,
+        shelter_hazard=None,
+        shelter_strategy=None,
+        correlated_event_ids=("sig-1",),
+        summary="Silent panic, Building B room 214",
+        updated_at=datetime(2026, 11, 23, 9, 30, tzinfo=UTC),
+    )
+    return replace(base, **changes)
+
+
+SILENT_PANIC = SignalFacts(
+    "sig-1",
+    "panic",
+    device_id="badge-0042",
+    device_kind="WEARABLE",
+    panic_type="OTHER",
+    silent=True,
+    reporter_role="TEACHER",
+    floor="2",
+    latitude=32.78125,
+    longitude=-96.80105,
+)
+
+
+def _civic(eido: dict[str, Any]) -> dict[str, str]:
+    root = ET.fromstring(eido["locationComponent"][0]["locationByValue"])
+    address = root.find(f".//{{{CA}}}civicAddress")
+    assert address is not None
+    return {child.tag.split("}")[1]: child.text or "" for child in address}
+
+
+def _points(eido: dict[str, Any]) -> list[str]:
+    root = ET.fromstring(eido["locationComponent"][0]["locationByValue"])
+    return [pos.text or "" for pos in root.iter(f"{{{GML}}}pos")]
+
+
+# -- builder and validator (no broker) ---------------------------------------------------------
+
+
+def test_builder_makes_a_valid_eido_for_a_silent_panic(validator: EidoValidator) -> None:
+    built = EidoBuilder(directory(), "safehub.test").build(_snapshot(), [SILENT_PANIC])
+    eido = built.document
+    assert validator.problems(eido) == []
+    assert built.apco_code == "ALRPANS" and built.psap_id == "psap-north-county"
+    assert eido["eidoVersion"] == "1.0"
+    assert eido["issuingElementIdentification"] == "safehub.test"
+    incident = eido["incidentComponent"]
+    assert incident["incidentTypeCommonRegistryText"] == "ALRPANS"
+    assert incident["incidentTrackingIdentifier"] == "inc-unit-1"
+    assert incident["incidentStatusCommonRegistryText"] == ["Active"]
+    roles = {
+        a["agencyType"][0]: a["agencyRoleDescriptionRegistryText"] for a in eido["agencyComponent"]
+    }
+    assert roles == {"other": ["Informational"], "psap": ["Dispatching"]}
+    civic = _civic(eido)
+    assert civic["NAM"] == "Lincoln High School"
+    assert (civic["BLD"], civic["ROOM"], civic["FLR"]) == ("B", "214", "2")
+    assert (civic["HNO"], civic["RD"], civic["A3"], civic["A1"]) == (
+        "1200",
+        "Lincoln Ave",
+        "Northville",
+        "TX",
+    )
+    assert _points(eido) == ["32.781250 -96.801050", "32.781200 -96.801100"]
+    alarm = eido["alarmsSensorsComponent"][0]["csaaAlarmInformation"]
+    assert "silent panic" in alarm and "badge-0042" in alarm and "sig-1" in alarm
+    notes = eido["notesComponent"][0]["notesActionComments"]
+    assert "LOCKDOWN: locks, lights, out of sight" in notes
+    for component in [eido, incident, *eido["agencyComponent"], *eido["locationComponent"]]:
+        assert {"$id", "lastUpdateTimeStamp", "updatedByAgencyReference"} <= component.keys()
+    # Same incident version, same document: a re-send after a crash is the same request.
+    again = EidoBuilder(directory(), "safehub.test").build(_snapshot(), [SILENT_PANIC])
+    assert again.body() == built.body()
+
+
+def test_builder_escapes_xml_and_html() -> None:
+    raw = directory().model_dump()
+    school = raw["districts"][0]["schools"][0]
+    school["name"] = 'Lincoln <High> & "Sons"'
+    odd = Directory.model_validate(raw)
+    snapshot = _snapshot(room="2<1>4&", summary="<script>alert(1)</script> & more")
+    eido = EidoBuilder(odd, "safehub.test").build(snapshot, [SILENT_PANIC]).document
+    civic = _civic(eido)
+    assert civic["NAM"] == 'Lincoln <High> & "Sons"'
+    assert civic["ROOM"] == "2<1>4&"
+    notes = eido["notesComponent"][0]["notesActionComments"]
+    assert "<script>" not in notes and "&lt;script&gt;" in notes
+
+
+def test_builder_refuses_exercises() -> None:
+    with pytest.raises(ExerciseDispatchError):
+        EidoBuilder(directory(), "safehub.test").build(_snapshot(exercise=True))
+
+
+@pytest.mark.parametrize(
+    ("incident_type", "signals", "code"),
+    [
+        ("OTHER", [SILENT_PANIC], "ALRPANS"),
+        ("OTHER", [replace(SILENT_PANIC, silent=False)], "ALRPANA"),
+        ("OTHER", [], "ALMH"),
+        ("ACTIVE_ASSAILANT", [SILENT_PANIC], "ACTSHOOT"),
+        ("WEAPON", [], "WEAPON"),
+        ("OTHER", [SignalFacts("c", "camera", analytic="GUNSHOT")], "SHOOT"),
+        ("MEDICAL", [replace(SILENT_PANIC, panic_type="MEDICAL")], "ALRMED"),
+        ("MEDICAL", [], "SICK"),
+        ("FIRE", [], "ALRF"),
+        ("THREAT", [], "THREATS"),
+        ("MISSING_PERSON", [], "PERMISS"),
+    ],
+)
+def test_apco_codes(
+    incident_type: str, signals: list[SignalFacts], code: str, validator: EidoValidator
+) -> None:
+    assert apco_code(incident_type, signals) == code
+    assert code in validator.rules.registries["EIDO-IncidentType-Common (all values)"]
+
+
+def test_civic_address_keeps_what_does_not_parse() -> None:
+    assert civic_address("9 River Rd, Southport, TX 77001", "US-TX") == {
+        "country": "US",
+        "A1": "TX",
+        "A3": "Southport",
+        "HNO": "9",
+        "RD": "River Rd",
+        "PC": "77001",
+    }
+    assert civic_address("behind the gym", "US-TX")["LOC"] == "behind the gym"
+
+
+def test_validator_rejects_missing_version_and_bad_enums(validator: EidoValidator) -> None:
+    good = EidoBuilder(directory(), "safehub.test").build(_snapshot(), [SILENT_PANIC]).document
+    assert validator.problems(good) == []
+
+    without_version = {k: v for k, v in good.items() if k != "eidoVersion"}
+    with pytest.raises(EidoInvalidError) as caught:
+        validator.validate(without_version)
+    assert caught.value.problems == ["eidoVersion: is required"]
+
+    wrong_version = good | {"eidoVersion": "2.0"}
+    assert validator.problems(wrong_version) == ["eidoVersion: must be one of: 1.0"]
+
+    agency = good["agencyComponent"][0]
+    call = {
+        "$id": "call-1",
+        "lastUpdateTimeStamp": "2026-11-23T09:30:00Z",
+        "updatedByAgencyReference": {"$ref": agency["$id"]},
+        "callStateRegistryText": "callAnswered",
+        "standardPrimaryCallType": "emergency",
+        "direction": "sideways",
+        "callStartTimestamp": "2026-11-23T09:29:00Z",
+    }
+    problems = validator.problems(good | {"callComponent": [call]})
+    assert problems == ["callComponent[0].direction: must be one of: incoming, internal, outgoing"]
+
+    broken = json.loads(json.dumps(good))
+    broken["incidentComponent"]["incidentStatusCommonRegistryText"] = ["Burning"]
+    broken["incidentComponent"]["incidentTypeCommonRegistryText"] = "PANIC"
+    broken["agencyComponent"][1]["agencyType"] = ["school"]
+    broken["agencyComponent"][1]["agencyRoleDescriptionRegistryText"] = []
+    broken["notesComponent"][0]["updatedByAgencyReference"] = {"$ref": "nowhere"}
+    del broken["locationComponent"][0]["lastUpdateTimeStamp"]
+    broken["locationComponent"][0]["locationByValue"] = '<!DOCTYPE x [<!ENTITY a "b">]><x/>'
+    problems = validator.problems(broken)
+    assert set(problems) == {
+        "incidentComponent.incidentStatusCommonRegistryText: "
+        "is not a value of the EIDO-IncidentStatus-Common registry",
+        "incidentComponent.incidentTypeCommonRegistryText: "
+        "is not a value of the EIDO-IncidentType-Common (all values) registry",
+        "agencyComponent[1].agencyType: is not an IANA urn:emergency:service:responder type",
+        "agencyComponent[1].agencyRoleDescriptionRegistryText: must not be empty",
+        "notesComponent[0].updatedByAgencyReference: "
+        "reference does not resolve to a $id in this EIDO",
+        "locationComponent[0].lastUpdateTimeStamp: is required",
+        "locationComponent[0].locationByValue: must not contain a DTD or entity declarations",
+    }
+    assert validator.problems([good]) == ["document: must be a JSON object"]
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    north = "https://cad-north.example:8443/eido/v1/incidents"
+    monkeypatch.setenv("SAFEHUB_PSAP_CAD__CAD_ENDPOINTS", json.dumps({"psap-north-county": north}))
+    monkeypatch.setenv("SAFEHUB_PSAP_CAD__INBOUND_TOKEN", "hunter2")
+    settings = load_settings(PsapCadSettings)
+    config = settings.psap_cad
+    assert config.endpoint_for("psap-north-county") == north
+    assert config.endpoint_for("psap-elsewhere") == config.cad_url
+    assert config.inbound_token.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(settings) and "hunter2" not in settings.model_dump_json()
+    monkeypatch.setenv("SAFEHUB_PSAP_CAD__CLIENT_CERT", "/tmp/cert.pem")
+    with pytest.raises(ConfigError, match="SAFEHUB_PSAP_CAD"):
+        load_settings(PsapCadSettings)
+
+
+@pytest.mark.postgres
+def test_ledger_works_on_postgresql() -> None:
+    import psycopg
+
+    url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    try:
+        psycopg.connect(
+            "host=127.0.0.1 port=5432 dbname=test user=postgres", connect_timeout=3
+        ).close()
+    except psycopg.Error:
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    ledger = Ledger(url, table_prefix=prefix)
+    try:
+        snapshot = _snapshot()
+        assert ledger.decision("inc-unit-1", 1) is None
+        ledger.record_delivery(
+            snapshot, psap_id="psap-north-county", cad_incident_id="CAD-1", eido_id="e1"
+        )
+        ledger.record_delivery(
+            snapshot, psap_id="psap-north-county", cad_incident_id="CAD-1", eido_id="e1"
+        )
+        record = ledger.dispatched("inc-unit-1")
+        assert record is not None and record.cad_incident_id == "CAD-1"
+        assert record.snapshot == snapshot and record.fingerprint == snapshot.fingerprint()
+        ledger.record_decision("inc-unit-1", 2, Decision.UNCHANGED)
+        assert [d.decision for d in ledger.history("inc-unit-1")] == ["sent", "unchanged"]
+        ledger.put_signal(SILENT_PANIC)
+        ledger.put_signal(SILENT_PANIC)
+        assert ledger.signals_for(["nope", "sig-1"]) == [SILENT_PANIC]
+        ledger.record_inbound("ev-1", "inc-unit-1", "CAD-1", "ResourcesEnroute")
+        assert ledger.inbound_ids(["ev-1", "ev-2"]) == {"ev-1"}
+        assert ledger.dispatched_by_cad_id("CAD-1") is not None
+    finally:
+        with ledger._engine.begin() as conn:  # tidy up the shared database
+            for table in (ledger.incidents, ledger.decisions, ledger.signals, ledger.inbound):
+                table.drop(conn)
+        ledger.close()
+
+
+# -- with a broker, the connector and the simulated CAD ----------------------------------------
+
+
+@pytest.mark.kafka
+def test_silent_panic_reaches_cad_with_building_room_and_alrpans(
+    hub: Hub, cad: SimulatorHandle, validator: EidoValidator, spans: InMemorySpanExporter
+) -> None:
+    alert = panic_alert()
+    hub.publish(alert)
+    incident_id = new_incident_id()
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("panic pressed") as root:
+        hub.publish(
+            incident_event(
+                incident_id=incident_id,
+                correlated=[alert["envelope"]["event_id"]],
+                srp_action="LOCKDOWN",
+            )
+        )
+    at_cad = cad.wait_incident(incident_id)
+    eido = at_cad["lastEido"]
+    assert validator.problems(eido) == []
+    assert at_cad["apcoCode"] == "ALRPANS" and at_cad["versions"] == [1]
+    civic = _civic(eido)
+    assert (civic["NAM"], civic["BLD"], civic["ROOM"]) == ("Lincoln High School", "B", "214")
+    assert "Building B" in eido["locationComponent"][0]["locationDescriptionText"]
+    assert "Room 214" in eido["locationComponent"][0]["locationDescriptionText"]
+
+    dispatch = wait_until(lambda: hub.dispatch_events(1, "CadDispatch"), what="CadDispatch")[0]
+    assert dispatch["incident_id"] == incident_id and dispatch["incident_version"] == 1
+    assert (dispatch["psap_id"], dispatch["apco_incident_type"], dispatch["status"]) == (
+        "psap-north-county",
+        "ALRPANS",
+        "Active",
+    )
+    assert json.loads(dispatch["eido"]) == eido and dispatch["eido_id"] == eido["$id"]
+    assert "STUDENT_RECORD" in dispatch["envelope"]["classification"]
+
+    # One trace: test root → Kafka send → consumer process → dispatch → HTTP client span,
+    # and the traceparent header CAD received belongs to it.
+    trace_id = f"{root.get_span_context().trace_id:032x}"
+    delivery = next(d for d in cad.deliveries() if d["trackingId"] == incident_id)
+    assert delivery["traceparent"].split("-")[1] == trace_id
+    finished = wait_until(
+        lambda: [s for s in spans.get_finished_spans() if s.kind == SpanKind.CLIENT],
+        what="HTTP client span",
+    )
+    by_id = {s.context.span_id: s for s in spans.get_finished_spans()}
+    client = finished[0]
+    assert client.parent is not None
+    dispatch_span = by_id[client.parent.span_id]
+    assert dispatch_span.name == "psap_cad dispatch" and dispatch_span.parent is not None
+    process_span = by_id[dispatch_span.parent.span_id]
+    assert process_span.name.startswith("process ") and process_span.kind == SpanKind.CONSUMER
+    assert f"{client.context.trace_id:032x}" == trace_id
+
+
+@pytest.mark.kafka
+def test_exercises_and_non_dispatchable_incidents_never_reach_cad(
+    hub: Hub, cad: SimulatorHandle
+) -> None:
+    drill, sneaky, quiet, real = (new_incident_id() for _ in range(4))
+    hub.publish(panic_alert(exercise=True))
+    hub.publish(incident_event(incident_id=drill, exercise=True))
+    # Defence in depth: an exercise marked dispatchable by mistake is still never sent.
+    mistaken = incident_event(incident_id=sneaky, exercise=True)
+    mistaken["dispatchable"] = True
+    hub.publish(mistaken)
+    hub.publish(cleared_event(incident_id=drill, version=2, outcome="DRILL_COMPLETE"))
+    hub.publish(incident_event(incident_id=quiet, dispatchable=False, incident_type="FIGHT"))
+    hub.publish(incident_event(incident_id=real, incident_type="FIGHT"))
+
+    cad.wait_incident(real)
+    others = (drill, sneaky, quiet)
+
+    def decided() -> dict[tuple[str, int], str] | None:
+        found = {
+            (d.incident_id, d.version): d.decision
+            for d in hub.ledger.history()
+            if d.incident_id in others
+        }
+        return found if len(found) == 4 else None
+
+    decisions = wait_until(decided, what="decisions on the other incidents")
+    assert decisions == {
+        (drill, 1): Decision.EXERCISE,
+        (drill, 2): Decision.EXERCISE,
+        (sneaky, 1): Decision.EXERCISE,
+        (quiet, 1): Decision.NOT_DISPATCHABLE,
+    }
+    assert [i["trackingId"] for i in cad.incidents()] == [real]
+    assert {d["trackingId"] for d in cad.deliveries()} == {real}
+
+
+@pytest.mark.kafka
+def test_duplicate_event_gives_one_cad_incident_and_one_delivery(
+    hub: Hub, cad: SimulatorHandle
+) -> None:
+    incident_id = new_incident_id()
+    opened = incident_event(incident_id=incident_id, incident_type="WEAPON")
+    hub.publish(opened)
+    hub.publish(opened)  # a redelivery: the same event, the same event id
+    wait_until(lambda: hub.handled() >= 2, what="both copies handled")
+    at_cad = cad.incident(incident_id)
+    assert at_cad is not None and at_cad["deliveries"] == 1 and at_cad["versions"] == [1]
+    assert len(cad.incidents()) == 1
+    assert [d["outcome"] for d in cad.deliveries()] == ["created"]
+    assert [d.decision for d in hub.ledger.history(incident_id)] == [Decision.SENT]
+
+
+@pytest.mark.kafka
+def test_version_change_updates_the_same_cad_incident(hub: Hub, cad: SimulatorHandle) -> None:
+    incident_id = new_incident_id()
+    hub.publish(incident_event(incident_id=incident_id))
+    created = cad.wait_incident(incident_id)
+    hub.publish(
+        incident_event(
+            "IncidentChanged",
+            incident_id=incident_id,
+            version=2,
+            incident_type="ACTIVE_ASSAILANT",
+            state="CONFIRMED",
+            srp_action="LOCKDOWN",
+            summary="Confirmed: armed intruder, Building B",
+        )
+    )
+    # Only staff wording and the (CAD-known) RESPONDING state change: nothing to send.
+    hub.publish(
+        incident_event(
+            "IncidentChanged",
+            incident_id=incident_id,
+            version=3,
+            incident_type="ACTIVE_ASSAILANT",
+            state="RESPONDING",
+            srp_action="LOCKDOWN",
+            summary="Officers on the way",
+        )
+    )
+    wait_until(lambda: hub.handled() >= 3, what="three versions handled")
+    updated = cad.incident(incident_id)
+    assert updated is not None
+    assert updated["cadIncidentId"] == created["cadIncidentId"]
+    assert updated["versions"] == [1, 2] and updated["apcoCode"] == "ACTSHOOT"
+    assert "LOCKDOWN" in updated["lastEido"]["notesComponent"][0]["notesActionComments"]
+    assert len(cad.incidents()) == 1
+    assert [d.decision for d in hub.ledger.history(incident_id)] == [
+        Decision.SENT,
+        Decision.SENT,
+        Decision.UNCHANGED,
+    ]
+    dispatches = wait_until(lambda: hub.dispatch_events(2, "CadDispatch"), what="dispatches")
+    assert sorted(d["incident_version"] for d in dispatches) == [1, 2]
+
+
+@pytest.mark.kafka
+def test_cad_outage_delays_but_does_not_lose_the_dispatch(hub: Hub, cad: SimulatorHandle) -> None:
+    cad.outage(seconds=2.5)
+    incident_id = new_incident_id()
+    published = time.time()
+    hub.publish(incident_event(incident_id=incident_id, incident_type="ACTIVE_ASSAILANT"))
+    at_cad = cad.wait_incident(incident_id)
+    refused = [d for d in cad.deliveries() if d["outcome"] == "outage"]
+    assert len(refused) >= 2, "the connector kept retrying while CAD was down"
+    assert at_cad["createdAt"] - published >= 2.0
+    assert at_cad["versions"] == [1] and at_cad["deliveries"] == 1
+    assert hub.connector.incident_consumer is not None
+    assert hub.connector.incident_consumer.stats.dead_lettered == 0
+
+
+@pytest.mark.kafka
+def test_stop_during_an_outage_leaves_the_dispatch_to_the_next_run(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+    pki: DevPki,
+    cad: SimulatorHandle,
+    tmp_path: Path,
+) -> None:
+    settings = connector_settings(kafka, catalog, pki, tmp_path, cad_url=cad.intake_url)
+    incident_id = new_incident_id()
+    cad.outage(down=True)
+    with EventProducer(kafka, codec, catalog) as producer:
+        with running_connector(settings, codec) as connector:
+            producer.publish(incident_event(incident_id=incident_id))
+            wait_until(
+                lambda: [d for d in cad.deliveries() if d["outcome"] == "outage"],
+                what="the connector retrying against a CAD that is down",
+            )
+        # Stopped mid-retry: not dead-lettered, not committed.
+        assert connector.incident_consumer is not None
+        assert connector.incident_consumer.stats.dead_lettered == 0
+        assert cad.incident(incident_id) is None
+        cad.outage(down=False)
+        with running_connector(settings, codec):
+            at_cad = cad.wait_incident(incident_id)
+    assert at_cad["versions"] == [1] and at_cad["deliveries"] == 1
+    dead = read_topic(kafka, catalog.dead_letter, expect=1, timeout=1)
+    assert dead == []
+
+
+@pytest.mark.kafka
+def test_cancellation_reaches_cad_as_cancelled(hub: Hub, cad: SimulatorHandle) -> None:
+    by_state, by_clear = new_incident_id(), new_incident_id()
+    for incident_id in (by_state, by_clear):
+        hub.publish(incident_event(incident_id=incident_id))
+    cad.wait_incident(by_state)
+    cad.wait_incident(by_clear)
+    hub.publish(
+        incident_event(
+            "IncidentChanged",
+            incident_id=by_state,
+            version=2,
+            state="CANCELLED",
+            dispatchable=False,
+            summary="Panic pressed by mistake",
+        )
+    )
+    hub.publish(cleared_event(incident_id=by_clear, version=2, outcome="FALSE_ALARM"))
+    for incident_id in (by_state, by_clear):
+        cancelled = cad.wait_incident(incident_id, until=lambda c: c["status"] == "Cancelled")
+        assert cancelled["versions"] == [1, 2]
+        assert cancelled["lastEido"]["incidentComponent"]["incidentStatusCommonRegistryText"] == [
+            "Cancelled"
+        ]
+    dispatches = wait_until(lambda: hub.dispatch_events(4, "CadDispatch"), what="dispatches")
+    cancels = {d["incident_id"] for d in dispatches if d["cancel"]}
+    assert cancels == {by_state, by_clear}
+
+
+@pytest.mark.kafka
+def test_cad_status_update_comes_back_as_an_event_and_is_not_echoed(
+    hub: Hub, cad: SimulatorHandle
+) -> None:
+    incident_id = new_incident_id()
+    hub.publish(incident_event(incident_id=incident_id, incident_type="WEAPON"))
+    cad_id = cad.wait_incident(incident_id)["cadIncidentId"]
+
+    answer = cad.post_status(
+        cad_id, "ResourcesEnroute", units=["P-12", {"id": "E-7", "status": "Dispatched"}]
+    )
+    assert answer["callbackStatus"] == 202
+    update = wait_until(lambda: hub.dispatch_events(2, "CadStatusUpdate"), what="update")[0]
+    assert update["cad_incident_id"] == cad_id and update["incident_id"] == incident_id
+    assert update["psap_id"] == "psap-north-county" and update["status"] == "ResourcesEnroute"
+    assert [(u["unit_id"], u["status"]) for u in update["units"]] == [
+        ("P-12", "Enroute"),
+        ("E-7", "Dispatched"),
+    ]
+    assert update["units"][0]["agency"] == "urn:cad:cad.sim.local:agency:police"
+    assert update["envelope"]["tenant"]["school"] == "sch-lincoln-hs"
+    assert update["envelope"]["building"] == "B" and update["envelope"]["room"] == "214"
+
+    # The incidents service reacts to CAD (responding, then closed): nothing goes back to CAD.
+    hub.publish(
+        incident_event(
+            "IncidentChanged",
+            incident_id=incident_id,
+            version=2,
+            incident_type="WEAPON",
+            state="RESPONDING",
+            summary="Units en route",
+            causation_id=update["envelope"]["event_id"],
+        )
+    )
+    closed = cad.post_status(cad_id, "Closed", disposition="03")
+    assert closed["callbackStatus"] == 202
+    updates = wait_until(lambda: hub.dispatch_events(3, "CadStatusUpdate"), what="close")
+    closing = next(u for u in updates if u["status"] == "Closed")
+    assert closing["disposition_code"] == "03"
+    hub.publish(
+        incident_event(
+            "IncidentChanged",
+            incident_id=incident_id,
+            version=3,
+            incident_type="WEAPON",
+            state="CLOSED",
+            summary="Closed by CAD",
+            causation_id=closing["envelope"]["event_id"],
+        )
+    )
+    wait_until(lambda: hub.handled() >= 3, what="changes handled")
+    assert [d.decision for d in hub.ledger.history(incident_id)] == [
+        Decision.SENT,
+        Decision.UNCHANGED,
+        Decision.CAD_ORIGINATED,
+    ]
+    at_cad = cad.incident(incident_id)
+    assert at_cad is not None and at_cad["versions"] == [1]
+
+
+@pytest.mark.kafka
+def test_inbound_endpoint_rejects_bad_input(
+    hub: Hub, cad: SimulatorHandle, pki: DevPki, validator: EidoValidator
+) -> None:
+    url = connector_callback_url(hub.connector)
+    client = httpx.Client(verify=ssl.create_default_context(cafile=str(pki.ca.cert)), timeout=10)
+    auth = {"Authorization": f"Bearer {INBOUND_TOKEN}"}
+    marker = "PAYLOAD-MARKER-7731"
+    with client:
+        assert (
+            client.post(url, content=b"{}", headers={"Authorization": "Bearer nope"}).status_code
+            == 401
+        )
+        assert client.post(url, content=b"{}").status_code == 401
+
+        bad_json = client.post(url, content=f'{{"{marker}": '.encode(), headers=auth)
+        assert bad_json.status_code == 400
+        assert bad_json.json() == {"error": "body is not valid JSON"}
+        assert marker not in bad_json.text
+
+        document = EidoBuilder(directory(), "cad.test").build(_snapshot()).document
+        document["incidentComponent"]["incidentTypeInternalText"] = marker
+        del document["eidoVersion"]
+        invalid = client.post(url, json=document, headers=auth)
+        assert invalid.status_code == 400
+        assert invalid.json()["problems"] == ["eidoVersion: is required"]
+        assert marker not in invalid.text
+
+        document["eidoVersion"] = "1.0"
+        no_cad_id = client.post(url, json=document, headers=auth)
+        assert no_cad_id.status_code == 400 and "internalIncidentId" in no_cad_id.json()["error"]
+
+        document["incidentComponent"]["internalIncidentId"] = "CAD-X"
+        unknown = client.post(url, json=document, headers=auth)
+        assert unknown.status_code == 404 and marker not in unknown.text
+    topic = hub.catalog.name("safehub.dispatch.v1")
+    assert read_topic(hub.kafka, topic, expect=1, timeout=1) == []
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_simulator_auto_mode_reports_en_route_then_on_scene(
+    kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec, pki: DevPki, tmp_path: Path
+) -> None:
+    with running_simulator(pki, auto=True) as cad:
+        settings = connector_settings(
+            kafka, catalog, pki, tmp_path, cad_url=cad.intake_url, client_cert=False
+        )
+        with (
+            EventProducer(kafka, codec, catalog) as producer,
+            running_connector(settings, codec) as connector,
+        ):
+            cad.set_callback(connector_callback_url(connector))
+            incident_id = new_incident_id()
+            producer.publish(incident_event(incident_id=incident_id))
+            topic = catalog.name("safehub.dispatch.v1")
+
+            def statuses() -> list[str] | None:
+                events = [
+                    codec.decode(r.value()) for r in read_topic(kafka, topic, expect=3, timeout=1)
+                ]
+                found = [
+                    e["status"]
+                    for e in events
+                    if e["envelope"]["event_type"] == "safehub.events.CadStatusUpdate"
+                ]
+                return found if len(found) >= 2 else None
+
+            got = wait_until(statuses, timeout=20, what="en route and on scene")
+            assert got == ["ResourcesEnroute", "ResourcesOnscene"]
+
+
+# -- crash and latency ------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_kill_9_mid_burst_leaves_every_incident_at_cad_exactly_once(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+    pki: DevPki,
+    cad: SimulatorHandle,
+    tmp_path: Path,
+) -> None:
+    settings = connector_settings(kafka, catalog, pki, tmp_path, cad_url=cad.intake_url)
+    cad.latency(20)  # a slower CAD keeps the burst in flight long enough to kill mid-way
+    incident_ids = [new_incident_id() for _ in range(50)]
+    log_file = tmp_path / "connector.log"
+    process = start_connector_process(settings, log_file)
+    try:
+        with EventProducer(kafka, codec, catalog) as producer:
+            futures = [
+                producer.publish_nowait(
+                    incident_event(incident_id=i, incident_type="ACTIVE_ASSAILANT")
+                )
+                for i in incident_ids
+            ]
+            for future in futures:
+                future.result(timeout=30)
+        wait_until(lambda: len(cad.incidents()) >= 15, timeout=60, what="burst under way")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        at_kill = len(cad.incidents())
+        assert at_kill < 50, "the burst finished before the kill; nothing was proven"
+        cad.latency(0)
+        process = start_connector_process(settings, log_file)
+        wait_until(lambda: len(cad.incidents()) == 50, timeout=90, what="all 50 at CAD")
+        ledger = Ledger(settings.psap_cad.ledger_url)
+        try:
+            wait_until(
+                lambda: len([d for d in ledger.history() if d.decision == Decision.SENT]) == 50,
+                timeout=30,
+                what="every dispatch recorded",
+            )
+        finally:
+            ledger.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except Exception:
+            process.kill()
+    incidents = cad.incidents()
+    assert sorted(i["trackingId"] for i in incidents) == sorted(incident_ids)
+    assert all(i["versions"] == [1] for i in incidents), "a version was accepted twice"
+    accepted = [d for d in cad.deliveries() if d["outcome"] in ("created", "updated")]
+    assert len(accepted) == 50
+    # At most the one request in flight at the kill is sent again (and CAD sees it as such).
+    duplicates = [d for d in cad.deliveries() if d["outcome"] == "duplicate"]
+    assert len(duplicates) <= 1, duplicates
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_latency_from_incident_event_to_eido_at_cad(
+    hub: Hub, cad: SimulatorHandle, record_property: Any
+) -> None:
+    count = 200
+    published: dict[str, float] = {}
+    for _ in range(count):
+        alert = panic_alert()
+        hub.publish(alert)
+        incident_id = new_incident_id()
+        event = incident_event(incident_id=incident_id, correlated=[alert["envelope"]["event_id"]])
+        published[incident_id] = time.time()
+        hub.publish(event)
+        time.sleep(0.02)  # pacing: ~50 incidents/s, so this measures latency, not a backlog
+    wait_until(lambda: len(cad.incidents()) == count, timeout=120, what="all incidents at CAD")
+    arrived = {d["trackingId"]: d["at"] for d in cad.deliveries() if d["outcome"] == "created"}
+    latencies_ms = sorted((arrived[i] - t) * 1000 for i, t in published.items())
+    p50 = statistics.median(latencies_ms)
+    p99 = latencies_ms[int(len(latencies_ms) * 0.99) - 1]
+    codes = {i["apcoCode"] for i in cad.incidents()}
+    record_property("p50_ms", round(p50, 1))
+    record_property("p99_ms", round(p99, 1))
+    log.warning("incident event → EIDO at CAD: p50 %.1f ms, p99 %.1f ms (n=%d)", p50, p99, count)
+    assert codes == {"ALRPANS"}, "every alert's details arrived in time"
+    assert p50 < 100, f"p50 {p50:.1f} ms"
