@@ -47,26 +47,15 @@ INBOUND_TOKEN = "test-inbound-token"
 CONNECTOR_CLIENT_ID = "safehub-psap-cad"
 
 
-class SimulatorHandle:
-    """A running CAD simulator and an HTTPS client for its admin endpoints."""
+class CadAdmin:
+    """An HTTPS client for a CAD simulator's admin endpoints (in-process or a process)."""
 
-    def __init__(self, server: SimulatorServer, pki: DevPki) -> None:
-        self.server = server
+    def __init__(self, base_url: str, pki: DevPki) -> None:
         context = ssl.create_default_context(cafile=str(pki.ca.cert))
         # The admin client always presents a certificate: CAD may require one (mTLS).
         admin = pki.client("cad-admin")
         context.load_cert_chain(str(admin.cert), str(admin.key))
-        self.http = httpx.Client(base_url=server.base_url, verify=context, timeout=15)
-
-    @property
-    def intake_url(self) -> str:
-        """Where the connector POSTs EIDOs."""
-        return self.server.intake_url
-
-    def set_callback(self, url: str, token: str = INBOUND_TOKEN) -> None:
-        """Point CAD's status updates at the hub (known once the connector listens)."""
-        self.server.simulator.config.callback_url = url
-        self.server.simulator.config.callback_token = token
+        self.http = httpx.Client(base_url=base_url, verify=context, timeout=15)
 
     def incidents(self) -> list[dict[str, Any]]:
         """GET /sim/incidents."""
@@ -135,6 +124,24 @@ class SimulatorHandle:
     def close(self) -> None:
         """Close the admin client."""
         self.http.close()
+
+
+class SimulatorHandle(CadAdmin):
+    """A CAD simulator running in this process, with its admin client."""
+
+    def __init__(self, server: SimulatorServer, pki: DevPki) -> None:
+        super().__init__(server.base_url, pki)
+        self.server = server
+
+    @property
+    def intake_url(self) -> str:
+        """Where the connector POSTs EIDOs."""
+        return self.server.intake_url
+
+    def set_callback(self, url: str, token: str = INBOUND_TOKEN) -> None:
+        """Point CAD's status updates at the hub (known once the connector listens)."""
+        self.server.simulator.config.callback_url = url
+        self.server.simulator.config.callback_token = token
 
 
 @contextlib.contextmanager

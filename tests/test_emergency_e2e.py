@@ -1,0 +1,255 @@
+"""The emergency path end to end: gRPC over mTLS → gateway → Kafka → incidents → psap_cad →
+HTTPS → CAD simulator, every component a real process (as ``safehub up`` runs them)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+
+from connectors.psap_cad.eido_validate import EidoValidator
+from safehub.gen.safehub.common.v1 import place_pb2, srp_pb2
+from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from safehub.hub import Hub
+from safehub.kernel.envelope import event_id_for
+from safehub.kernel.settings import HubSettings, KafkaSettings
+from services.incidents.model import incident_id_for
+from tests.support.cad import EIDO_RULES, CadAdmin
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+WINDOW_S = 5.0
+
+
+class E2E:
+    """The running hub, gRPC stubs per client system, and the CAD simulator's admin API."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.cad = CadAdmin(hub.cad_simulator_url, hub.pki)
+        self._channels: list[grpc.Channel] = []
+
+    def stub(self, client_id: str) -> ingest_pb2_grpc.IngestServiceStub:
+        pair = self.hub.pki.client(client_id)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.hub.pki.ca.cert.read_bytes(),
+            private_key=pair.key.read_bytes(),
+            certificate_chain=pair.cert.read_bytes(),
+        )
+        channel = grpc.secure_channel(self.hub.gateway_address, credentials)
+        self._channels.append(channel)
+        return ingest_pb2_grpc.IngestServiceStub(channel)
+
+    def cad_incident(self, incident_id: str) -> dict[str, Any] | None:
+        return next((i for i in self.cad.incidents() if i["trackingId"] == incident_id), None)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+        self.cad.close()
+
+
+@pytest.fixture(scope="module")
+def e2e(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
+    settings = HubSettings(
+        kafka=KafkaSettings(
+            bootstrap_servers=kafka_bootstrap,
+            topic_prefix=f"e2e{uuid.uuid4().hex[:6]}.",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
+        )
+    )
+    env = {"SAFEHUB_INCIDENTS__CORRELATION_WINDOW_S": str(WINDOW_S)}
+    with Hub(settings, run_dir=tmp_path_factory.mktemp("hub"), cad_auto=False, env=env) as hub:
+        running = E2E(hub)
+        try:
+            yield running
+            # Over the whole run: not one exercise reached the 911 centre.
+            stats = running.cad.stats()
+            assert stats["exerciseDeliveries"] == 0
+            assert all(
+                "EXERCISE" not in str(i["lastEido"]).upper() for i in running.cad.incidents()
+            )
+        finally:
+            running.close()
+
+
+def _at(when: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+def _place(building: str = "B", room: str = "") -> place_pb2.Place:
+    return place_pb2.Place(school_id="sch-lincoln-hs", building=building, room=room)
+
+
+def _panic(
+    e2e: E2E,
+    *,
+    when: datetime | None = None,
+    client_event_id: str | None = None,
+    exercise: bool = False,
+    room: str = "214",
+) -> tuple[str, str]:
+    """Send a panic; returns (client_event_id, expected incident id if it opens one)."""
+    client_event_id = client_event_id or str(uuid.uuid4())
+    answer = e2e.stub("panic-badges-north").ReportPanic(
+        ingest_pb2.ReportPanicRequest(
+            client_event_id=client_event_id,
+            place=_place("B", room),
+            device_id="badge-0042",
+            reporter_role=ingest_pb2.REPORTER_ROLE_TEACHER,
+            panic_type=ingest_pb2.PANIC_TYPE_ACTIVE_ASSAILANT,
+            silent=True,
+            exercise=exercise,
+            occurred_at=_at(when or datetime.now(UTC)),
+        ),
+        timeout=10,
+    )
+    assert answer.event_id == event_id_for("panic-badges-north", client_event_id)
+    return client_event_id, incident_id_for(answer.event_id)
+
+
+#: Each test places its signals at its own offset from here, far apart from the others,
+#: so no test's signals fall into another's correlation window.
+EPOCH = datetime.now(UTC) - timedelta(hours=2)
+
+
+def _quiet_slot(offset_s: float) -> datetime:
+    """A moment of this test's own (outside every other test's correlation window)."""
+    return EPOCH + timedelta(seconds=offset_s)
+
+
+def test_panic_reaches_cad_as_a_valid_eido_with_building_and_room(e2e: E2E) -> None:
+    _, incident_id = _panic(e2e, when=_quiet_slot(0))
+    cad = wait_until(lambda: e2e.cad_incident(incident_id), what="CAD incident")
+    eido = cad["lastEido"]
+    EidoValidator.from_file(EIDO_RULES).validate(eido)
+    location = cad["locationByValue"]
+    assert "214" in location and ">B<" in location.replace(" ", "")
+    assert eido["incidentComponent"]["incidentTrackingIdentifier"] == incident_id
+
+
+def test_the_same_panic_sent_twice_is_one_cad_incident(e2e: E2E) -> None:
+    when = _quiet_slot(20)
+    client_event_id, incident_id = _panic(e2e, when=when)
+    again = e2e.stub("panic-badges-north").ReportPanic(
+        ingest_pb2.ReportPanicRequest(
+            client_event_id=client_event_id,
+            place=_place("B", "214"),
+            device_id="badge-0042",
+            reporter_role=ingest_pb2.REPORTER_ROLE_TEACHER,
+            panic_type=ingest_pb2.PANIC_TYPE_ACTIVE_ASSAILANT,
+            silent=True,
+            occurred_at=_at(when),
+        ),
+        timeout=10,
+    )
+    assert again.duplicate
+    wait_until(lambda: e2e.cad_incident(incident_id), what="CAD incident")
+    trackings = Counter(i["trackingId"] for i in e2e.cad.incidents())
+    assert trackings[incident_id] == 1
+    assert e2e.cad_incident(incident_id)["versions"] == [1]  # type: ignore[index]
+
+
+def test_three_correlated_signals_are_one_incident_at_cad(e2e: E2E) -> None:
+    start = _quiet_slot(40)
+    _, incident_id = _panic(e2e, when=start)
+    e2e.stub("vision-analytics-north").ReportCameraAlert(
+        ingest_pb2.ReportCameraAlertRequest(
+            client_event_id=str(uuid.uuid4()),
+            place=_place("B", "corridor-2"),
+            camera_id="cam-B2-07",
+            analytic=ingest_pb2.CAMERA_ANALYTIC_WEAPON,
+            confidence=0.93,
+            occurred_at=_at(start + timedelta(seconds=1)),
+        ),
+        timeout=10,
+    )
+    from safehub.gen.safehub.common.v1 import door_pb2
+
+    e2e.stub("acme-access-north").ReportDoorState(
+        ingest_pb2.ReportDoorStateRequest(
+            client_event_id=str(uuid.uuid4()),
+            place=_place("B"),
+            door_id="B-east-entry",
+            state=door_pb2.DOOR_STATE_FORCED_OPEN,
+            exterior=True,
+            occurred_at=_at(start + timedelta(seconds=2)),
+        ),
+        timeout=10,
+    )
+    cad = wait_until(
+        lambda: (i := e2e.cad_incident(incident_id)) and len(i["versions"]) >= 3 and i,
+        what="three signals folded into one CAD incident",
+    )
+    assert cad["versions"] == [1, 2, 3]
+    assert sum(1 for i in e2e.cad.incidents() if i["trackingId"] == incident_id) == 1
+    assert cad["apcoCode"] in ("ACTSHOOT", "ALRPANS", "WEAPON")
+
+
+def test_a_drill_never_reaches_cad(e2e: E2E) -> None:
+    staff = e2e.stub("staff-app-lincoln")
+    before = e2e.cad.stats()["requests"]
+    staff.RequestSrpAction(
+        ingest_pb2.RequestSrpActionRequest(
+            client_event_id=str(uuid.uuid4()),
+            action=srp_pb2.SRP_ACTION_LOCKDOWN,
+            place=_place("A"),
+            requested_by="staff-principal-01",
+            exercise=True,
+        ),
+        timeout=10,
+    )
+    _, drill_incident = _panic(e2e, when=_quiet_slot(60), exercise=True)
+    # A real panic sent after the drill arrives; the drill's never does.
+    _, real_incident = _panic(e2e, when=_quiet_slot(80))
+    wait_until(lambda: e2e.cad_incident(real_incident), what="real panic at CAD")
+    assert e2e.cad_incident(drill_incident) is None
+    assert e2e.cad.stats()["exerciseDeliveries"] == 0
+    assert e2e.cad.stats()["requests"] >= before + 1
+
+
+def test_cad_down_for_a_while_gets_the_dispatch_once_back(e2e: E2E) -> None:
+    e2e.cad.outage(down=True)
+    try:
+        _, incident_id = _panic(e2e, when=_quiet_slot(100))
+        wait_until(
+            lambda: sum(1 for d in e2e.cad.deliveries() if d.get("outcome") == "outage") >= 2,
+            what="the connector retrying against the outage",
+        )
+        assert e2e.cad_incident(incident_id) is None
+    finally:
+        e2e.cad.outage(down=False)
+    wait_until(lambda: e2e.cad_incident(incident_id), timeout=30, what="dispatch after outage")
+
+
+@pytest.mark.parametrize("victim", ["services.incidents", "connectors.psap_cad"])
+def test_kill_9_mid_burst_loses_no_dispatch_and_duplicates_none(e2e: E2E, victim: str) -> None:
+    burst = 30
+    base = _quiet_slot(1000 if victim == "services.incidents" else 2000)
+    sent: list[str] = []
+    for i in range(burst):
+        # Each panic outside the others' correlation window: 30 separate incidents.
+        _, incident_id = _panic(e2e, when=base + timedelta(seconds=(WINDOW_S + 1) * i))
+        sent.append(incident_id)
+        if i == burst // 3:
+            e2e.hub.stop_component(victim, kill=True)
+            e2e.hub.start_component(victim, wait=False)
+    wait_until(
+        lambda: all(e2e.cad_incident(i) for i in sent), timeout=90, what="every dispatch at CAD"
+    )
+    incidents = e2e.cad.incidents()
+    trackings = Counter(i["trackingId"] for i in incidents)
+    assert all(trackings[i] == 1 for i in sent), "one CAD incident per SafeHub incident"
+    for incident in incidents:
+        if incident["trackingId"] in sent:
+            assert incident["versions"] == [1], "no version accepted twice or skipped"
