@@ -49,6 +49,10 @@ DEFAULT_COMPONENTS: tuple[str, ...] = (
 
 CAD_SIMULATOR = "connectors.psap_cad.simulator"
 
+#: Bulk, non-life-safety components yield the CPU to the emergency path when a machine is
+#: saturated (on Kubernetes the same intent is expressed with priority classes and requests).
+NICENESS = {"services.doorstate": 10, "connectors.access_control_sim": 10}
+
 
 def free_port() -> int:
     """A free loopback port (released at once; the component binds it right after)."""
@@ -205,6 +209,8 @@ class Hub(Closing):
                 start_new_session=True,
             )
         self.processes[name] = process
+        if NICENESS.get(name):
+            os.setpriority(os.PRIO_PROCESS, process.pid, NICENESS[name])
         log.info("component started", component=name, pid=process.pid, log=str(log_path))
         return process
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -150,6 +151,9 @@ def run(
     settings = load_settings(settings_cls)
     configure_logging(settings.log)
     tracing.setup_tracing(f"safehub-{name}")
+    # Latency over throughput: a busy thread (a device feed) must not hold the GIL for the
+    # default 5 ms while a thread carrying a panic waits to run.
+    sys.setswitchinterval(0.0005)
     with Runtime(name, settings) as runtime:
         runtime.install_signal_handlers()
         setup(runtime)

@@ -202,7 +202,11 @@ def _credentials(settings: HubSettings) -> Any:
         return None
     import ssl
 
-    context = ssl.create_default_context() if protocol.endswith("SSL") else None
+    context = (
+        ssl.create_default_context(cafile=kafka.ssl_ca_location)
+        if protocol.endswith("SSL")
+        else None
+    )
     if protocol == "SSL":
         return faust.SSLCredentials(context)
     return faust.SASLCredentials(

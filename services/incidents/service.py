@@ -18,7 +18,6 @@ signal uncommitted; on redelivery the deterministic ids make the outcome the sam
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 import uuid
@@ -110,8 +109,6 @@ class Journal:
 
 def setup(runtime: Runtime[IncidentsSettings]) -> None:
     """Rebuild the book, then start the journal, alerts and doors loops."""
-    # A CPU-busy thread (the door feed) must not hold the GIL for 5 ms while a panic waits.
-    sys.setswitchinterval(0.0005)
     section = runtime.settings.incidents
     book = IncidentBook(
         Directory.load(section.directory_file),

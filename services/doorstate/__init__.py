@@ -1,0 +1,1 @@
+"""doorstate: live door lock states per school and lockdown confirmation (faust worker)."""

@@ -1,0 +1,5 @@
+"""``python -m services.doorstate``."""
+
+from services.doorstate.service import main
+
+main()
