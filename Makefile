@@ -48,6 +48,7 @@ protos: $(STAMP) ## Regenerate gRPC code into safehub/gen
 .PHONY: bench
 bench: $(STAMP) ## Run the benchmarks (JSON on stdout)
 	$(BIN)/python bench/bus.py --json
+	$(BIN)/python bench/emergency.py --json
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,6 +102,23 @@ def make_catalog(kafka: KafkaSettings) -> Callable[..., TopicCatalog]:
 def catalog(make_catalog: Callable[..., TopicCatalog]) -> TopicCatalog:
     """Every declared topic under a prefix unique to this test."""
     return make_catalog()
+
+
+POSTGRES_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLAlchemy URL for each store SafeHub supports: SQLite (embedded) and PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    import psycopg
+
+    try:
+        psycopg.connect(POSTGRES_DSN, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({type(exc).__name__})")
+    return "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture

@@ -413,7 +413,9 @@ def test_parent_ending_leaves_no_broker_behind(how: str, tmp_path: Path) -> None
     wait_until(lambda: _gone(pid), timeout=10, what=f"tansu {pid} to end")
 
 
-def test_atexit_hook_stops_live_brokers() -> None:
+def test_atexit_hook_stops_live_brokers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only this test's broker: the session's shared broker must survive the hook.
+    monkeypatch.setattr(broker_mod, "_live", set())
     broker = EmbeddedBroker().start()
     pid = broker.pid
     assert pid is not None

@@ -253,3 +253,27 @@ def test_kill_9_mid_burst_loses_no_dispatch_and_duplicates_none(e2e: E2E, victim
     for incident in incidents:
         if incident["trackingId"] in sent:
             assert incident["versions"] == [1], "no version accepted twice or skipped"
+
+
+def test_a_panic_cancelled_in_the_window_is_dispatched_then_cancelled_at_cad(e2e: E2E) -> None:
+    when = _quiet_slot(3000)
+    client_event_id, incident_id = _panic(e2e, when=when)
+    # Dispatch is never held back waiting for a possible cancellation.
+    wait_until(lambda: e2e.cad_incident(incident_id), what="first dispatch")
+    e2e.stub("panic-badges-north").CancelPanic(
+        ingest_pb2.CancelPanicRequest(
+            client_event_id=str(uuid.uuid4()),
+            place=_place("B", "214"),
+            panic_client_event_id=client_event_id,
+            device_id="badge-0042",
+            reason="pressed by mistake",
+            cancelled_by="teacher-7",
+            occurred_at=_at(when + timedelta(seconds=20)),
+        ),
+        timeout=10,
+    )
+    cad = wait_until(
+        lambda: (i := e2e.cad_incident(incident_id)) and i["status"] == "Cancelled" and i,
+        what="cancellation at CAD",
+    )
+    assert cad["versions"] == [1, 2]

@@ -345,19 +345,9 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings(PsapCadSettings)
 
 
-@pytest.mark.postgres
-def test_ledger_works_on_postgresql() -> None:
-    import psycopg
-
-    url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    try:
-        psycopg.connect(
-            "host=127.0.0.1 port=5432 dbname=test user=postgres", connect_timeout=3
-        ).close()
-    except psycopg.Error:
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+def test_ledger_gives_the_same_answers_on_sqlite_and_postgresql(database_url: str) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}_"
-    ledger = Ledger(url, table_prefix=prefix)
+    ledger = Ledger(database_url, table_prefix=prefix)
     try:
         snapshot = _snapshot()
         assert ledger.decision("inc-unit-1", 1) is None

@@ -150,6 +150,14 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
                 event_id=consumed.event_id,
             )
             return
+        recorded = envelope.get("recorded_at")
+        age_s = (datetime.now(UTC) - recorded).total_seconds() if recorded else 0.0
+        if age_s > self._settings.lock_command_deadline_s:
+            # A replay (new consumer group, rewind) must never cycle doors with old commands.
+            log.warning(
+                "stale lock command not forwarded", command_id=command_id, age_s=round(age_s)
+            )
+            return
         sessions = self.sessions_for(school, connector_pb2.CAPABILITY_DOOR_LOCK_CONTROL)
         if not sessions:
             log.warning(
