@@ -10,10 +10,11 @@ tansu broker unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), with the CAD simulator 
    ``--device-rate`` door events per second through the gateway. Latency per panic = the
    CAD simulator's receipt time of the EIDO minus the moment the gateway answered OK
    (also reported from the moment the client sent it). Target: p99 <= 2 x raw p99 + 20 ms.
-3. Capacity: door-event rates in steps; for each, how many events per second reached the
-   doorstate lock-state table (its /stats) and the panic p99 at that load. The sustained rate
-   is the highest step the table keeps up with (≥ 95 %) without the panic p99 missing the
-   target. Reported next to the raw producer rate.
+3. Capacity: door-event rates offered in steps; for each, what the gateway accepted, how
+   many events per second reached the doorstate lock-state table (its /stats) and the panic
+   p99 at that load. Sustained = the highest accepted rate the table kept up with (>= 95 %);
+   also reported: the highest one at which the panic p99 stayed within target. Next to the
+   raw producer rate.
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def capacity_step(bench: Bench, rate: float, seconds: float, panics: int) -> dic
         "offered_per_s": rate,
         "accepted_per_s": round(sent.value / elapsed),
         "table_per_s": round(took_in / elapsed),
-        "table_kept_up": took_in >= 0.95 * sent.value and sent.value >= 0.9 * rate * seconds,
+        "reached_offered_rate": sent.value >= 0.9 * rate * seconds,
+        "table_kept_up": took_in >= 0.95 * sent.value,
         "panic_p99_ms": latency["accepted_to_eido"]["p99_ms"],
     }
 

@@ -62,7 +62,7 @@ class GatewaySection(BaseModel):
         description="consumer group of the door-commands topic; every gateway replica that "
         "holds connector sessions needs its own",
     )
-    door_commands_fetch_wait_ms: int = Field(default=10, ge=1, le=5000)
+    door_commands_fetch_wait_ms: int = Field(default=50, ge=1, le=5000)
     hello_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="time a connector has to send its Hello"
     )

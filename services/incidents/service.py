@@ -54,7 +54,9 @@ class Journal:
                 **kafka.client_config(),
                 "group.id": f"incidents-journal-{uuid.uuid4().hex[:8]}",  # never commits
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
+                # Not on the latency path: own updates are applied directly; this only
+                # follows other workers. A short wait would cost the broker CPU for nothing.
+                "fetch.wait.max.ms": 100,
                 "allow.auto.create.topics": False,
             }
         )
