@@ -6,6 +6,7 @@ The whole hub runs as ``safehub up`` runs it (every component its own process, e
 tansu broker unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), with the CAD simulator over HTTPS.
 
 1. Baseline: the raw confluent-kafka produce→consume round trip on the same broker, same run.
+   Then 200 panics with no device load, for reference.
 2. Latency: ``--panics`` silent panics over gRPC (mTLS) while a separate process streams
    ``--device-rate`` door events per second through the gateway. Latency per panic = the
    CAD simulator's receipt time of the EIDO minus the moment the gateway answered OK
@@ -240,6 +241,9 @@ def main() -> None:
         with Hub(settings, run_dir=run_dir, cad_auto=False, env=env) as hub:
             bench = Bench(hub)
             bench.panic_latencies(20, rate=20)  # warm up every hop
+            quiet = bench.panic_latencies(200, rate=args.panic_rate)
+            quiet["meets_target"] = quiet["accepted_to_eido"]["p99_ms"] <= target
+            result["panic_without_device_load"] = quiet
             seconds = args.panics / args.panic_rate + 2
             process, sent = _with_load(bench, args.device_rate, seconds)
             started = time.monotonic()

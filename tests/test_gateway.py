@@ -773,7 +773,8 @@ def test_the_simulator_reconnects_after_a_gateway_restart(
                 timeout=TIMEOUT,
                 what="reattached",
             )
-            assert sim.sessions == 2
+            # The gateway registers the session before the simulator counts it: wait for both.
+            wait_until(lambda: sim.sessions == 2, timeout=TIMEOUT, what="second session counted")
     finally:
         sim_context.__exit__(None, None, None)
 
