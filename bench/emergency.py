@@ -260,11 +260,15 @@ def main() -> None:
                 capacity_step(bench, float(rate), args.step_seconds, panics=40)
                 for rate in args.steps.split(",")
             ]
-            good = [s for s in steps if s["table_kept_up"] and s["panic_p99_ms"] <= target]
+            kept_up = [s for s in steps if s["table_kept_up"]]
+            in_target = [s for s in kept_up if s["panic_p99_ms"] <= target]
             result["capacity"] = {
                 "steps": steps,
                 "sustained_device_events_per_s": max(
-                    (s["accepted_per_s"] for s in good), default=0
+                    (s["accepted_per_s"] for s in kept_up), default=0
+                ),
+                "sustained_within_panic_target_per_s": max(
+                    (s["accepted_per_s"] for s in in_target), default=0
                 ),
                 "raw_producer_msg_s": result["raw_producer"]["produce_msg_s"],
             }
