@@ -515,8 +515,9 @@ def door(**fields: Any) -> ingest_pb2.ReportDoorStateRequest:
     return ingest_pb2.ReportDoorStateRequest(**values)
 
 
-def test_stream_door_states_reports_bad_items_by_index_and_publishes_the_good(
-    gw: GatewayHandle, kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog
+@pytest.mark.parametrize("call", ["StreamDoorStates", "ReportDoorStates"])
+def test_door_state_batches_report_bad_items_by_index_and_publish_the_good(
+    gw: GatewayHandle, kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, call: str
 ) -> None:
     good = [door(), door(door_id="B-214", state=door_pb2.DOOR_STATE_FORCED_OPEN)]
     items = [
@@ -527,7 +528,12 @@ def test_stream_door_states_reports_bad_items_by_index_and_publishes_the_good(
         door(door_id="B-nope"),
         good[0],  # a retry inside the same stream
     ]
-    response = gw.stub_for("acme-access-north").StreamDoorStates(iter(items), timeout=TIMEOUT)
+    stub = gw.stub_for("acme-access-north")
+    if call == "StreamDoorStates":
+        response = stub.StreamDoorStates(iter(items), timeout=TIMEOUT)
+    else:
+        request = ingest_pb2.ReportDoorStatesRequest(items=items)
+        response = stub.ReportDoorStates(request, timeout=TIMEOUT)
 
     assert (response.accepted_count, response.rejected_count, response.duplicate_count) == (
         3,

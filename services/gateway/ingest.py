@@ -215,13 +215,40 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         context: grpc.ServicerContext,
     ) -> ingest_pb2.StreamDoorStatesResponse:
         """Many door state changes: each item accepted or rejected on its own."""
+        accepted, errors, duplicates = self._door_batch(request_iterator, context)
+        return ingest_pb2.StreamDoorStatesResponse(
+            accepted_count=accepted,
+            rejected_count=len(errors),
+            duplicate_count=duplicates,
+            errors=errors,
+        )
+
+    @unary
+    def ReportDoorStates(  # noqa: N802
+        self, request: ingest_pb2.ReportDoorStatesRequest, context: grpc.ServicerContext
+    ) -> ingest_pb2.ReportDoorStatesResponse:
+        """A batch of door state changes in one message (cheapest for high-volume feeds)."""
+        accepted, errors, duplicates = self._door_batch(iter(request.items), context)
+        return ingest_pb2.ReportDoorStatesResponse(
+            accepted_count=accepted,
+            rejected_count=len(errors),
+            duplicate_count=duplicates,
+            errors=errors,
+        )
+
+    def _door_batch(
+        self,
+        items: Iterator[ingest_pb2.ReportDoorStateRequest],
+        context: grpc.ServicerContext,
+    ) -> tuple[int, list[ingest_pb2.StreamItemError], int]:
+        """Validate and publish door states one by one; (accepted, errors, duplicates)."""
         client = caller(context, self._directory)
         require_scope(client, Scope.DOORS)
         errors: list[ingest_pb2.StreamItemError] = []
         pending: list[tuple[int, str, Submission]] = []
         duplicates = 0
         limit = self._settings.max_stream_items
-        for index, item in enumerate(request_iterator):
+        for index, item in enumerate(items):
             if index >= limit:
                 # Keep reading so the caller gets an answer, but accept nothing more.
                 errors.append(
@@ -229,7 +256,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         index=index,
                         client_event_id=item.client_event_id[:128],
                         reason=ingest_pb2.REJECT_REASON_INVALID_ARGUMENT,
-                        detail=f"more than {limit} items in one stream; send bounded batches",
+                        detail=f"more than {limit} items in one batch; send bounded batches",
                     )
                 )
                 continue
@@ -251,18 +278,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 errors.append(_item_error(index, client_event_id, rejection))
         errors.sort(key=lambda e: e.index)
         log.info(
-            "door states streamed",
+            "door states received",
             client=client.id,
             accepted=accepted,
             rejected=len(errors),
             duplicates=duplicates,
         )
-        return ingest_pb2.StreamDoorStatesResponse(
-            accepted_count=accepted,
-            rejected_count=len(errors),
-            duplicate_count=duplicates,
-            errors=errors,
-        )
+        return accepted, errors, duplicates
 
     @unary
     def RequestSrpAction(  # noqa: N802

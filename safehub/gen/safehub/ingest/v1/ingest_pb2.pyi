@@ -464,6 +464,66 @@ class StreamDoorStatesResponse(_message.Message):
 Global___StreamDoorStatesResponse: _TypeAlias = StreamDoorStatesResponse  # noqa: Y015
 
 @_typing.final
+class ReportDoorStatesRequest(_message.Message):
+    """A batch of door state changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportDoorStateRequest]:
+        """The changes, each as in ReportDoorState; at most the gateway's item limit per batch."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ReportDoorStateRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportDoorStatesRequest: _TypeAlias = ReportDoorStatesRequest  # noqa: Y015
+
+@_typing.final
+class ReportDoorStatesResponse(_message.Message):
+    """The hub's answer to ReportDoorStates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_COUNT_FIELD_NUMBER: _builtins.int
+    REJECTED_COUNT_FIELD_NUMBER: _builtins.int
+    DUPLICATE_COUNT_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    accepted_count: _builtins.int
+    """Number of items accepted, duplicates included."""
+    rejected_count: _builtins.int
+    """Number of items rejected; each has an entry in errors."""
+    duplicate_count: _builtins.int
+    """Number of accepted items that were retries of already accepted client_event_ids."""
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamItemError]:
+        """One entry per rejected item, in batch order."""
+
+    def __init__(
+        self,
+        *,
+        accepted_count: _builtins.int = ...,
+        rejected_count: _builtins.int = ...,
+        duplicate_count: _builtins.int = ...,
+        errors: _abc.Iterable[Global___StreamItemError] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "duplicate_count", b"duplicate_count", "errors", b"errors", "rejected_count", b"rejected_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportDoorStatesResponse: _TypeAlias = ReportDoorStatesResponse  # noqa: Y015
+
+@_typing.final
 class StreamItemError(_message.Message):
     """Why one item of a client stream was rejected."""
 

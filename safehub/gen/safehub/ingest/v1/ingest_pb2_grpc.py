@@ -58,6 +58,11 @@ class IngestServiceStub:
                 request_serializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.ReportDoorStateRequest.SerializeToString,
                 response_deserializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.StreamDoorStatesResponse.FromString,
                 _registered_method=True)
+        self.ReportDoorStates = channel.unary_unary(
+                '/safehub.ingest.v1.IngestService/ReportDoorStates',
+                request_serializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.ReportDoorStatesRequest.SerializeToString,
+                response_deserializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.ReportDoorStatesResponse.FromString,
+                _registered_method=True)
         self.RequestSrpAction = channel.unary_unary(
                 '/safehub.ingest.v1.IngestService/RequestSrpAction',
                 request_serializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.RequestSrpActionRequest.SerializeToString,
@@ -114,6 +119,15 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportDoorStates(self, request, context):
+        """Reports a batch of door state changes in one unary call: the cheapest path for
+        high-volume feeds (one message per batch instead of one per change). Items are accepted
+        or rejected one by one, exactly as in StreamDoorStates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RequestSrpAction(self, request, context):
         """Requests a Standard Response Protocol action (HOLD, SECURE, LOCKDOWN, EVACUATE, SHELTER) or
         the ALL CLEAR that ends it, for a school or one of its buildings.
@@ -154,6 +168,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.StreamDoorStates,
                     request_deserializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.ReportDoorStateRequest.FromString,
                     response_serializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.StreamDoorStatesResponse.SerializeToString,
+            ),
+            'ReportDoorStates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportDoorStates,
+                    request_deserializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.ReportDoorStatesRequest.FromString,
+                    response_serializer=safehub_dot_ingest_dot_v1_dot_ingest__pb2.ReportDoorStatesResponse.SerializeToString,
             ),
             'RequestSrpAction': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestSrpAction,
@@ -278,6 +297,33 @@ class IngestService:
             '/safehub.ingest.v1.IngestService/StreamDoorStates',
             safehub_dot_ingest_dot_v1_dot_ingest__pb2.ReportDoorStateRequest.SerializeToString,
             safehub_dot_ingest_dot_v1_dot_ingest__pb2.StreamDoorStatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportDoorStates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/safehub.ingest.v1.IngestService/ReportDoorStates',
+            safehub_dot_ingest_dot_v1_dot_ingest__pb2.ReportDoorStatesRequest.SerializeToString,
+            safehub_dot_ingest_dot_v1_dot_ingest__pb2.ReportDoorStatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,11 @@ class IngestServiceStub:
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
+    ReportDoorStates: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ReportDoorStatesRequest, _ingest_pb2.ReportDoorStatesResponse]
+    """Reports a batch of door state changes in one unary call: the cheapest path for
+    high-volume feeds (one message per batch instead of one per change). Items are accepted
+    or rejected one by one, exactly as in StreamDoorStates.
+    """
     RequestSrpAction: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.RequestSrpActionRequest, _ingest_pb2.RequestSrpActionResponse]
     """Requests a Standard Response Protocol action (HOLD, SECURE, LOCKDOWN, EVACUATE, SHELTER) or
     the ALL CLEAR that ends it, for a school or one of its buildings.
@@ -98,6 +103,11 @@ class IngestServiceAsyncStub(IngestServiceStub):
     acknowledgements arrive promptly.
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    ReportDoorStates: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ReportDoorStatesRequest, _ingest_pb2.ReportDoorStatesResponse]  # type: ignore[assignment]
+    """Reports a batch of door state changes in one unary call: the cheapest path for
+    high-volume feeds (one message per batch instead of one per change). Items are accepted
+    or rejected one by one, exactly as in StreamDoorStates.
     """
     RequestSrpAction: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RequestSrpActionRequest, _ingest_pb2.RequestSrpActionResponse]  # type: ignore[assignment]
     """Requests a Standard Response Protocol action (HOLD, SECURE, LOCKDOWN, EVACUATE, SHELTER) or
@@ -159,6 +169,17 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         acknowledgements arrive promptly.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def ReportDoorStates(
+        self,
+        request: _ingest_pb2.ReportDoorStatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.ReportDoorStatesResponse, _abc.Awaitable[_ingest_pb2.ReportDoorStatesResponse]]:
+        """Reports a batch of door state changes in one unary call: the cheapest path for
+        high-volume feeds (one message per batch instead of one per change). Items are accepted
+        or rejected one by one, exactly as in StreamDoorStates.
         """
 
     @_abc_1.abstractmethod
