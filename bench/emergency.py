@@ -35,11 +35,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc
 import httpx
 from google.protobuf import timestamp_pb2
 
 from bench.common import broker, percentiles, raw_round_trip, raw_throughput
+from safehub.embedded.pki import DevPki
 from safehub.gen.safehub.common.v1 import door_pb2, place_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.hub import Hub
@@ -54,15 +54,6 @@ def _stamp(when: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(when)
     return stamp
-
-
-def _channel(address: str, pki_root: Path, client_id: str) -> grpc.Channel:
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=(pki_root / "ca.pem").read_bytes(),
-        private_key=(pki_root / "clients" / f"{client_id}.key").read_bytes(),
-        certificate_chain=(pki_root / "clients" / f"{client_id}.pem").read_bytes(),
-    )
-    return grpc.secure_channel(address, credentials)
 
 
 def door_load(address: str, pki_root: str, rate: float, seconds: float, sent: Any) -> None:
@@ -81,7 +72,8 @@ def door_load(address: str, pki_root: str, rate: float, seconds: float, sent: An
         for building in school.buildings
         for door in building.doors
     ]
-    stub = ingest_pb2_grpc.IngestServiceStub(_channel(address, Path(pki_root), "acme-access-north"))
+    channel = DevPki(Path(pki_root)).grpc_channel(address, "acme-access-north")
+    stub = ingest_pb2_grpc.IngestServiceStub(channel)
     tick = 0.05
     per_tick = max(1, round(rate * tick))
     start = time.monotonic()
@@ -116,10 +108,9 @@ class Bench:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        for client_id in ("panic-badges-north", "acme-access-north"):
-            hub.pki.client(client_id)  # issued on first use
+        hub.pki.client("acme-access-north")  # issued before the load process reads it
         self.panics = ingest_pb2_grpc.IngestServiceStub(
-            _channel(hub.gateway_address, hub.pki.root, "panic-badges-north")
+            hub.pki.grpc_channel(hub.gateway_address, "panic-badges-north")
         )
         self.cad = httpx.Client(base_url=hub.cad_simulator_url, verify=str(hub.pki.ca.cert))
         self.doorstate = httpx.Client(base_url=hub.doorstate_url)

@@ -123,13 +123,7 @@ class Clients:
         self._channels: list[grpc.Channel] = []
 
     def ingest(self, client_id: str) -> ingest_pb2_grpc.IngestServiceStub:
-        pair = self._hub.pki.client(client_id)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self._hub.pki.ca.cert.read_bytes(),
-            private_key=pair.key.read_bytes(),
-            certificate_chain=pair.cert.read_bytes(),
-        )
-        channel = grpc.secure_channel(self._hub.gateway_address, credentials)
+        channel = self._hub.pki.grpc_channel(self._hub.gateway_address, client_id)
         self._channels.append(channel)
         return ingest_pb2_grpc.IngestServiceStub(channel)
 

@@ -37,13 +37,7 @@ class E2E:
         self._channels: list[grpc.Channel] = []
 
     def stub(self, client_id: str) -> ingest_pb2_grpc.IngestServiceStub:
-        pair = self.hub.pki.client(client_id)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self.hub.pki.ca.cert.read_bytes(),
-            private_key=pair.key.read_bytes(),
-            certificate_chain=pair.cert.read_bytes(),
-        )
-        channel = grpc.secure_channel(self.hub.gateway_address, credentials)
+        channel = self.hub.pki.grpc_channel(self.hub.gateway_address, client_id)
         self._channels.append(channel)
         return ingest_pb2_grpc.IngestServiceStub(channel)
 
