@@ -283,3 +283,46 @@ def test_oversized_message_is_refused_by_the_hub(
     small = kafka.model_copy(update={"max_message_bytes": 1024})
     with EventProducer(small, codec, catalog) as producer, pytest.raises(BusError, match="1024"):
         producer.publish_raw(catalog.dead_letter, b"k", b"x" * 2048, [])
+
+
+def test_failure_while_stopping_is_neither_dead_lettered_nor_committed(
+    kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, group_id: str
+) -> None:
+    event = example_event(event_schemas()["safehub.events.PanicAlert"])
+    attempts: list[str] = []
+    stop = threading.Event()
+
+    def failing(consumed: ConsumedEvent) -> None:
+        attempts.append(consumed.event_id)
+        stop.set()  # the service is shutting down while CAD (say) is unreachable
+        raise ConnectionError("downstream unavailable")
+
+    with EventProducer(kafka, codec, catalog) as producer:
+        consumer = EventConsumer(
+            kafka,
+            codec,
+            catalog,
+            group_id=group_id,
+            topics=["safehub.alerts.v1"],
+            handler=failing,
+            dead_letter=producer,
+            policy=PoisonPolicy(max_attempts=3, backoff_s=0.01),
+        )
+        consumer.wait_for_assignment()
+        producer.publish(event)  # after the join: run() is what fetches it
+        consumer.run(stop)  # returns: stopping
+        consumer.close()
+        assert attempts == [event["envelope"]["event_id"]]
+        assert consumer.stats.dead_lettered == 0
+        again: list[str] = []
+        with consuming(
+            kafka,
+            codec,
+            catalog,
+            producer,
+            group_id,
+            ["safehub.alerts.v1"],
+            lambda c: again.append(c.event_id),
+        ):
+            wait_until(lambda: again, what="the message again after the restart")
+    assert again == [event["envelope"]["event_id"]]

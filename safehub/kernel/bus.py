@@ -12,7 +12,9 @@ after each batch, on partition revocation and on close. Poison-message policy:
 * any other handler exception is retried in place (the partition waits, order is kept) up to
   ``max_attempts`` with backoff, then goes to the dead-letter topic;
 * the dead-letter write is confirmed before the offset moves; if it fails the consumer stops
-  without committing, so a restart sees the message again.
+  without committing, so a restart sees the message again;
+* a handler failing while the consumer stops is neither retried nor dead-lettered: its offset
+  stays uncommitted and the next run gets the message (a shutdown is not a poison message).
 
 Dead-letter records keep the original key, bytes and headers and add ``safehub-dlq-*``
 headers (reason, error type, topic, partition, offset, group, time). Reasons come from
@@ -205,6 +207,10 @@ class EventProducer(Closing):
             log.error("producer closed with unconfirmed messages", unconfirmed=remaining)
 
 
+class _Stopping(Exception):  # noqa: N818 - control flow, never leaves this module
+    """Raised out of a handler retry loop when the consumer is stopping."""
+
+
 @dataclass(frozen=True)
 class _Record:
     """A fetched Kafka record with the optional parts of librdkafka's Message resolved."""
@@ -314,6 +320,7 @@ class EventConsumer(Closing):
         self._topics = [catalog.name(base) for base in topics]
         self.stats = ConsumerStats()
         self._stop = threading.Event()
+        self._external_stop: threading.Event | None = None
         config = {
             **kafka.client_config(),
             "client.id": client_id,
@@ -367,9 +374,20 @@ class EventConsumer(Closing):
         self._stop.set()
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Consume until :meth:`stop` is called or ``stop`` is set."""
-        while not self._stop.is_set() and not (stop and stop.is_set()):
-            self.poll_once(0.1)
+        """Consume until :meth:`stop` is called or ``stop`` is set.
+
+        A handler failing while we stop is neither retried nor dead-lettered: its offset is
+        not committed, so the next run (after the restart) gets the message again.
+        """
+        self._external_stop = stop
+        try:
+            while not self._stopping():
+                self.poll_once(0.1)
+        except _Stopping:
+            log.info("stopped with a message left for the next run", group=self._group_id)
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or bool(self._external_stop and self._external_stop.is_set())
 
     def poll_once(self, timeout: float = 0.1) -> int:
         """Wait up to ``timeout`` for a message, handle it and whatever else is already fetched.
@@ -444,6 +462,9 @@ class EventConsumer(Closing):
                 self._send_to_dead_letter(record, exc, attempts=attempt)
                 return
             except Exception as exc:
+                if self._stopping():
+                    # Shutting down: a transient failure must not become a dead letter.
+                    raise _Stopping from exc
                 if attempt >= self._policy.max_attempts:
                     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                     self._send_to_dead_letter(record, exc, attempts=attempt)
