@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -164,7 +165,10 @@ def test_door_states_are_queryable_and_newest_wins(
         "occurred_at": t0.isoformat(timespec="microseconds"),
         "event_id": back["envelope"]["event_id"],
     }
-    assert worker.doors("sch-unknown") == {}
+    assert worker.doors("sch-washington-ms") == {}  # known school, no reports yet
+    unknown = httpx.get(worker.url + "/doors/sch-unknown", timeout=10)
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error": "unknown school 'sch-unknown'"}
 
 
 def test_lockdown_confirmed_by_every_door_is_reported_complete_once(

@@ -36,7 +36,7 @@ from opentelemetry.context import Context
 from safehub.kernel import tracing
 from safehub.kernel.bus import ConsumedEvent
 from safehub.kernel.codec import Codec
-from safehub.kernel.directory import Directory
+from safehub.kernel.directory import Directory, UnknownPlaceError
 from safehub.kernel.settings import load_settings
 from safehub.kernel.streams import (
     StreamIO,
@@ -308,6 +308,10 @@ def build_app(settings: DoorstateSettings) -> Any:
     @app.page("/doors/{school}")
     @app.topic_route(topic=doors_topic, match_info="school")
     async def doors(view: Any, request: Any, school: str) -> Any:
+        try:
+            service.directory.school(school)
+        except UnknownPlaceError:
+            return view.json({"error": f"unknown school {school[:100]!r}"}, status=404)
         return view.json(service.doors_of(school))
 
     @app.page("/stats")
