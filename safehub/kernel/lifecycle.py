@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Self
 
 
-class Closing:
+class Closing(ABC):
     """Base for clients opened as context managers: leaving the block calls :meth:`close`."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release the resource (idempotent in every subclass)."""
-        raise NotImplementedError
 
     def __enter__(self) -> Self:
         return self

@@ -36,9 +36,9 @@ from safehub.kernel.codec import Event
 from safehub.kernel.directory import Client, Directory, Scope, UnknownPlaceError
 from safehub.kernel.envelope import event_id_for, new_event
 from services.gateway import mapping
-from services.gateway.ingest import DoorReport, IngestServicer, authorize, require_scope
+from services.gateway.ingest import DoorReport, IngestServicer, authorised_caller, authorize
 from services.gateway.intake import Intake, fingerprint
-from services.gateway.rpc import RejectionError, Violation, abort, caller
+from services.gateway.rpc import RejectionError, Violation, abort
 from services.gateway.settings import GatewaySection
 from services.gateway.validation import Check
 
@@ -300,8 +300,7 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
             log.info("connector detached", session=session.id, connector=session.connector_id)
 
     def _open(self, request_iterator: Iterator[Any], context: Any) -> Session | None:
-        client = caller(context, self._directory)
-        require_scope(client, Scope.CONNECTOR)
+        client = authorised_caller(context, self._directory, Scope.CONNECTOR)
         # A caller that never says Hello must not hold a worker thread forever.
         hello_timer = threading.Timer(self._settings.hello_timeout_s, context.cancel)
         hello_timer.daemon = True

@@ -45,6 +45,13 @@ def require_scope(client: Client, scope: Scope) -> None:
         )
 
 
+def authorised_caller(context: grpc.ServicerContext, directory: Directory, scope: Scope) -> Client:
+    """The calling client system, if its certificate is known and it holds ``scope``."""
+    client = caller(context, directory)
+    require_scope(client, scope)
+    return client
+
+
 def authorize(directory: Directory, client: Client, scope: Scope, school_id: str) -> None:
     """PERMISSION_DENIED unless ``client`` may act for ``school_id``.
 
@@ -90,8 +97,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.ReportPanicRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.ReportPanicResponse:
         """A panic alert becomes a PanicAlert on the alerts topic."""
-        client = caller(context, self._directory)
-        require_scope(client, Scope.PANIC)
+        client = authorised_caller(context, self._directory, Scope.PANIC)
         check = Check()
         client_event_id = check.ident("client_event_id", request.client_event_id)
         place = check.place(
@@ -146,8 +152,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.ReportCameraAlertRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.ReportCameraAlertResponse:
         """A camera analytic's alert becomes a CameraAlert on the alerts topic."""
-        client = caller(context, self._directory)
-        require_scope(client, Scope.CAMERA)
+        client = authorised_caller(context, self._directory, Scope.CAMERA)
         check = Check()
         client_event_id = check.ident("client_event_id", request.client_event_id)
         place = check.place(
@@ -199,8 +204,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.ReportDoorStateRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.ReportDoorStateResponse:
         """One door state change becomes a DoorLockState on the doors topic."""
-        client = caller(context, self._directory)
-        require_scope(client, Scope.DOORS)
+        client = authorised_caller(context, self._directory, Scope.DOORS)
         event = self.door_event(client, DoorReport(request), Scope.DOORS)
         school_id = str(event["envelope"]["tenant"]["school"])
         submission = self._accept("ReportDoorState", client, school_id, event, request)
@@ -242,8 +246,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         context: grpc.ServicerContext,
     ) -> tuple[int, list[ingest_pb2.StreamItemError], int]:
         """Validate and publish door states one by one; (accepted, errors, duplicates)."""
-        client = caller(context, self._directory)
-        require_scope(client, Scope.DOORS)
+        client = authorised_caller(context, self._directory, Scope.DOORS)
         errors: list[ingest_pb2.StreamItemError] = []
         pending: list[tuple[int, str, Submission]] = []
         duplicates = 0
@@ -291,8 +294,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.RequestSrpActionRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.RequestSrpActionResponse:
         """An SRP action (or ALL CLEAR) becomes an SrpActionRequested on the alerts topic."""
-        client = caller(context, self._directory)
-        require_scope(client, Scope.SRP)
+        client = authorised_caller(context, self._directory, Scope.SRP)
         check = Check()
         client_event_id = check.ident("client_event_id", request.client_event_id)
         action = check.enum("action", request.action, mapping.SRP_ACTION)
@@ -355,8 +357,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.CancelPanicRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.CancelPanicResponse:
         """A cancellation becomes a PanicCancelled naming the panic's event id."""
-        client = caller(context, self._directory)
-        require_scope(client, Scope.PANIC)
+        client = authorised_caller(context, self._directory, Scope.PANIC)
         check = Check()
         client_event_id = check.ident("client_event_id", request.client_event_id)
         place = check.place(
