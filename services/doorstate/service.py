@@ -308,11 +308,14 @@ def build_app(settings: DoorstateSettings) -> Any:
     @app.page("/doors/{school}")
     @app.topic_route(topic=doors_topic, match_info="school")
     async def doors(view: Any, request: Any, school: str) -> Any:
-        try:
-            service.directory.school(school)
-        except UnknownPlaceError:
-            return view.json({"error": f"unknown school {school[:100]!r}"}, status=404)
-        return view.json(service.doors_of(school))
+        answer = service.doors_of(school)
+        if not answer["doors"]:
+            try:
+                service.directory.school(school)
+            except UnknownPlaceError:
+                # Not in the directory and nothing reported: a typo, not an empty school.
+                return view.json({"error": f"unknown school {school[:100]!r}"}, status=404)
+        return view.json(answer)
 
     @app.page("/stats")
     async def stats(view: Any, request: Any) -> Any:
