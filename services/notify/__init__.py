@@ -1,0 +1,1 @@
+"""notify: mass notification with proof of delivery (per-recipient receipts, acks, CAP 1.2)."""

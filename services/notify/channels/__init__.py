@@ -1,0 +1,1 @@
+"""Channel adapters of the notify service (one interface: channels.base.ChannelAdapter)."""
