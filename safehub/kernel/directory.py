@@ -9,6 +9,8 @@ a district-A door vendor can never act for district B.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from enum import StrEnum
 from pathlib import Path
@@ -50,6 +52,62 @@ class Building(BaseModel):
     doors: list[Door] = Field(default_factory=list)
 
 
+class Language(StrEnum):
+    """Languages notification templates exist in (BCP 47 primary tag)."""
+
+    EN = "en"
+    ES = "es"
+
+
+class StaffRole(StrEnum):
+    """What a staff member does; audiences select by role."""
+
+    TEACHER = "teacher"
+    ADMINISTRATOR = "administrator"
+    STAFF = "staff"
+    NURSE = "nurse"
+    COUNSELOR = "counselor"
+    SRO = "sro"
+    SECURITY = "security"
+
+
+class Contact(BaseModel):
+    """How to reach a person. Personal data: never copied into events, spans or logs."""
+
+    email: str | None = None
+    phone: str | None = Field(default=None, pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")
+    push_token: str | None = Field(default=None, description="device token of the staff app")
+    language: Language = Language.EN
+
+
+class StaffMember(BaseModel):
+    """A person working at one school (events name them by ``id`` only)."""
+
+    id: str
+    name: str
+    role: StaffRole
+    buildings: list[str] = Field(default_factory=list, description="empty: whole school")
+    contact: Contact
+
+
+class Guardian(BaseModel):
+    """A parent or guardian of students at one school (students named by SIS id only)."""
+
+    id: str
+    name: str
+    student_ids: list[str] = Field(default_factory=list)
+    contact: Contact
+
+
+class Responder(BaseModel):
+    """Someone outside the school who must be told (district security, SRO supervisor)."""
+
+    id: str
+    name: str
+    agency: str
+    contact: Contact
+
+
 class School(BaseModel):
     """A school and where it is."""
 
@@ -60,6 +118,9 @@ class School(BaseModel):
     longitude: float | None = None
     psap_id: str = Field(description="the 911 centre (PSAP) that serves this school")
     buildings: list[Building] = Field(default_factory=list)
+    staff: list[StaffMember] = Field(default_factory=list)
+    guardians: list[Guardian] = Field(default_factory=list)
+    responders: list[Responder] = Field(default_factory=list)
 
     def building(self, building_id: str) -> Building | None:
         """The building with this id, if any."""
@@ -83,6 +144,28 @@ class Client(BaseModel):
     scopes: set[Scope]
 
 
+class Clearance(StrEnum):
+    """Sensitive data classes a reviewer may be cleared to read (values = DataClass symbols)."""
+
+    STUDENT_RECORD = "STUDENT_RECORD"
+    HEALTH = "HEALTH"
+    TIPSTER_IDENTITY = "TIPSTER_IDENTITY"
+
+
+class Reviewer(BaseModel):
+    """An incident reviewer (after-action team, auditor, court) allowed to read timelines.
+
+    ``district`` None means state-wide. The reviewer authenticates with a bearer token whose
+    SHA-256 (hex) is stored here, or over mTLS with a client certificate whose CN is ``id``.
+    """
+
+    id: str
+    name: str
+    district: str | None = None
+    clearances: set[Clearance] = Field(default_factory=set)
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
 class UnknownPlaceError(SafeHubError):
     """A school, building or room that is not in the directory."""
 
@@ -97,12 +180,27 @@ class Directory(BaseModel):
     state: str
     districts: list[District]
     clients: list[Client] = Field(default_factory=list)
+    reviewers: list[Reviewer] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Directory:
         schools = [s.id for d in self.districts for s in d.schools]
         if len(schools) != len(set(schools)):
             raise ValueError("school ids must be unique across districts")
+        people = [
+            person_id
+            for d in self.districts
+            for s in d.schools
+            for person_id in (
+                [m.id for m in s.staff] + [g.id for g in s.guardians] + [r.id for r in s.responders]
+            )
+        ]
+        if len(people) != len(set(people)):
+            raise ValueError("person ids (staff, guardians, responders) must be unique")
+        known = {d.id for d in self.districts}
+        for reviewer in self.reviewers:
+            if reviewer.district is not None and reviewer.district not in known:
+                raise ValueError(f"reviewer {reviewer.id!r} names unknown district")
         return self
 
     @classmethod
@@ -141,6 +239,18 @@ class Directory(BaseModel):
         elif room:
             raise UnknownPlaceError("place.building", "a room needs its building")
         return school
+
+    def reviewer(self, reviewer_id: str) -> Reviewer | None:
+        """A reviewer by id (certificate CN)."""
+        return next((r for r in self.reviewers if r.id == reviewer_id), None)
+
+    def reviewer_by_token(self, token: str) -> Reviewer | None:
+        """The reviewer whose bearer token this is (compared by SHA-256, constant time)."""
+        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        for reviewer in self.reviewers:
+            if reviewer.token_sha256 and hmac.compare_digest(reviewer.token_sha256, digest):
+                return reviewer
+        return None
 
     def client(self, client_id: str) -> Client | None:
         """A client system by certificate CN."""

@@ -24,6 +24,7 @@ class KeyBy(StrEnum):
     INCIDENT = "incident"
     CASE = "case"
     INCIDENT_OR_SCHOOL = "incident_or_school"
+    TRACE = "trace"  # not an envelope field: the spans topic carries OTLP, keyed by trace id
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class TopicSpec:
 
 
 _E = "safehub.events."
+SPANS = "safehub.spans.v1"
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
@@ -89,6 +91,13 @@ TOPICS: tuple[TopicSpec, ...] = (
         "Notification requests and per-recipient delivery and acknowledgement receipts.",
     ),
     TopicSpec(
+        "safehub.announcements.v1",
+        12,
+        KeyBy.SCHOOL,
+        (_E + "AnnouncementCommand",),
+        "PA, intercom and digital-signage announcements for connectors (notify's channel).",
+    ),
+    TopicSpec(
         "safehub.reunification.v1",
         6,
         KeyBy.INCIDENT,
@@ -129,6 +138,14 @@ TOPICS: tuple[TopicSpec, ...] = (
         KeyBy.SCHOOL,
         (_E + "RosterChange",),
         "Roster changes from student information systems.",
+    ),
+    TopicSpec(
+        SPANS,
+        6,
+        KeyBy.TRACE,
+        (),
+        "Finished OpenTelemetry spans of every deployable, as OTLP protobuf "
+        "(ExportTraceServiceRequest), keyed by trace id; the timeline stores them.",
     ),
     TopicSpec(
         "safehub.deadletter.v1",
@@ -193,6 +210,8 @@ class TopicCatalog:
                 key = envelope.get("case_id")
             case KeyBy.INCIDENT_OR_SCHOOL:
                 key = envelope.get("incident_id") or school
+            case KeyBy.TRACE:
+                key = None
         if not key:
             raise BusError(
                 f"{envelope['event_type']} needs envelope {spec.key_by.value} id to be keyed "
