@@ -150,7 +150,7 @@ def run(
         Path(ready_file).unlink(missing_ok=True)
     settings = load_settings(settings_cls)
     configure_logging(settings.log)
-    tracing.setup_tracing(f"safehub-{name}")
+    tracing.setup_process_tracing(f"safehub-{name}", settings)
     # Latency over throughput: a busy thread (a device feed) must not hold the GIL for the
     # default 5 ms while a thread carrying a panic waits to run.
     sys.setswitchinterval(0.0005)

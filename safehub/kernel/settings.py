@@ -84,6 +84,17 @@ class LogSettings(BaseModel):
     format: LogFormat = LogFormat.CONSOLE
 
 
+class TracingSettings(BaseModel):
+    """Where spans go besides OTLP (which the standard ``OTEL_*`` variables configure)."""
+
+    to_timeline: bool = Field(
+        default=True, description="publish finished spans to the spans topic for the timeline"
+    )
+    export_delay_ms: int = Field(
+        default=200, ge=10, le=60_000, description="how long spans are batched before export"
+    )
+
+
 class HubSettings(BaseSettings):
     """Settings every deployable shares; services extend this class with their own section."""
 
@@ -96,6 +107,7 @@ class HubSettings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     service_name: str = Field(default="safehub", pattern=r"^[a-z0-9_.-]+$")
 
 

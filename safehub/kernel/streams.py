@@ -538,7 +538,7 @@ def run_worker(app: Any, settings: HubSettings, *, topics: Iterable[str]) -> Non
         # recovery tables, at INFO; keep their warnings and errors.
         for noisy in ("faust", "mode"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    tracing.setup_tracing(f"safehub-{settings.service_name}")
+    tracing.setup_process_tracing(f"safehub-{settings.service_name}", settings)
     ensure_topics(settings.kafka, TopicCatalog(settings.kafka.topic_prefix), only=list(topics))
     # The worker must own the running loop (faust creates services bound to it).
     asyncio.set_event_loop(asyncio.new_event_loop())

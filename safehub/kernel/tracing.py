@@ -19,6 +19,8 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from safehub.kernel.settings import HubSettings
+
 Headers = list[tuple[str, bytes]]
 
 TRACER_NAME = "safehub"
@@ -85,6 +87,25 @@ def setup_tracing(
         provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     return provider
+
+
+def setup_process_tracing(service_name: str, settings: HubSettings) -> TracerProvider | None:
+    """Tracing for a deployable: OTLP if configured, and the spans topic for the timeline.
+
+    Spans reach the timeline unless ``SAFEHUB_TRACING__TO_TIMELINE=false``. The provider
+    flushes its processors at interpreter exit, so a drained process loses no spans.
+    """
+    processors: list[SpanProcessor] = []
+    if settings.tracing.to_timeline and settings.kafka.bootstrap_servers:
+        from safehub.kernel.span_export import KafkaSpanExporter
+        from safehub.kernel.topics import SPANS, TopicCatalog
+
+        topic = TopicCatalog(settings.kafka.topic_prefix).name(SPANS)
+        exporter = KafkaSpanExporter(settings.kafka, topic, client_id=service_name)
+        processors.append(
+            BatchSpanProcessor(exporter, schedule_delay_millis=settings.tracing.export_delay_ms)
+        )
+    return setup_tracing(service_name, processors)
 
 
 def tracer() -> trace.Tracer:
