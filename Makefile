@@ -37,8 +37,20 @@ lint: $(STAMP) ## ruff, mypy, import contracts, schema and proto checks
 	$(BIN)/safehub schemas check --against $${SAFEHUB_CONTRACTS_BASE:-main}
 	PATH=$(abspath $(BIN)):$$PATH tools/check_protos.sh
 
+CHROMIUM ?= /usr/bin/chromium
+
+# The reviewer-view test drives Debian's headless Chromium (Playwright may not download a
+# browser here). Installed from Debian's packages when missing and we may (root or sudo).
+.PHONY: chromium
+chromium: ## Make sure Debian's headless Chromium is installed (browser tests)
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends chromium; }; }
+	@$(CHROMIUM) --version
+
 .PHONY: test
-test: lint ## Lint, then run the whole test suite against real parts
+test: lint chromium ## Lint, then run the whole test suite against real parts
 	$(BIN)/pytest -q
 
 .PHONY: protos
@@ -49,6 +61,8 @@ protos: $(STAMP) ## Regenerate gRPC code into safehub/gen
 bench: $(STAMP) ## Run the benchmarks (JSON on stdout)
 	$(BIN)/python bench/bus.py --json
 	$(BIN)/python bench/emergency.py --json
+	$(BIN)/python bench/notify.py --json
+	$(BIN)/python bench/timeline.py --json
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches
