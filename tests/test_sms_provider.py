@@ -9,11 +9,13 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 import structlog
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from safehub.kernel.errors import ConfigError
 from services.notify.channels.base import ChannelError, OutboundMessage
@@ -144,10 +146,18 @@ def test_signature_matches_twilios_documented_example() -> None:
 
 
 def test_sms_is_accepted_and_signed_callbacks_report_sent_then_delivered(
-    sim: ProviderSimProcess, receiver: WebhookReceiver, sms: TwilioSmsAdapter
+    sim: ProviderSimProcess,
+    receiver: WebhookReceiver,
+    sms: TwilioSmsAdapter,
+    spans: InMemorySpanExporter,
 ) -> None:
     number = new_number()
     result = sms.send(message(number))
+
+    [span] = [s for s in spans.get_finished_spans() if s.name == "POST"]
+    attributes = repr(dict(span.attributes or {}))
+    assert "Messages.json" in attributes and sim.account_sid in attributes
+    assert number not in attributes and "LOCKDOWN" not in attributes
 
     assert result.accepted and result.error is None and not result.delivered
     assert result.provider_message_id is not None and result.provider_message_id.startswith("SM")
@@ -165,6 +175,22 @@ def test_sms_is_accepted_and_signed_callbacks_report_sent_then_delivered(
     assert held is not None
     assert (held["to"], held["from"], held["status"]) == (number, "+15550009999", "delivered")
     assert held["body"].startswith("LOCKDOWN at Lincoln HS")
+
+
+def test_concurrent_sends_share_the_adapter(
+    sim: ProviderSimProcess, receiver: WebhookReceiver, sms: TwilioSmsAdapter
+) -> None:
+    numbers = [new_number() for _ in range(24)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda n: sms.send(message(n)), numbers))
+
+    sids = [r.provider_message_id for r in results]
+    assert all(r.accepted for r in results) and len(set(sids)) == len(numbers)
+    for sid in sids:
+        assert sid is not None
+        callbacks = callbacks_for(receiver, sid, 2)
+        assert parse_status_callback(callbacks[-1].form).status == "DELIVERED"
+    assert {m["to"] for n in numbers for m in sim.messages(to=n)} == set(numbers)
 
 
 def test_scripted_undelivered_number_reports_failed_with_the_error_code(
@@ -383,6 +409,37 @@ def test_voice_call_gather_press_1_acknowledges_and_completes(
     held = sim.call(call_sid)
     assert held is not None and held["said"][-1]["text"] == "Gracias, confirmado."
     assert not parse_gather({**action.form, "Digits": "2"}).acknowledged
+
+
+def test_call_with_url_fetches_signed_twiml_from_it(
+    sim: ProviderSimProcess, receiver: WebhookReceiver
+) -> None:
+    """A call created with ``Url`` (as other Twilio clients do) fetches its TwiML there."""
+    receiver.answers["/twiml"] = twiml_say("Shelter in place.", "en-US", receiver.base_url + "/g")
+    number = new_number()
+    with httpx.Client(auth=(sim.account_sid, sim.auth_token)) as client:
+        created = client.post(
+            f"{sim.base_url}/2010-04-01/Accounts/{sim.account_sid}/Calls.json",
+            data={"To": number, "From": "+15550009999", "Url": receiver.base_url + "/twiml"},
+        )
+    assert created.status_code == 201
+    call_sid = created.json()["sid"]
+    assert created.json()["status"] == "queued"
+    wait_until(
+        lambda: (c := sim.call(call_sid)) and c["awaiting_digits"],
+        timeout=20,
+        what="the call waiting for keys",
+    )
+    [fetch] = [r for r in receiver.at("/twiml") if r.form.get("CallSid") == call_sid]
+    assert signed(sim, fetch) and fetch.form["CallStatus"] == "in-progress"
+    assert sim.press(call_sid, "9")["http_status"] == 200
+    [action] = [r for r in receiver.at("/g") if r.form.get("CallSid") == call_sid]
+    assert not parse_gather(action.form).acknowledged
+    assert wait_until(
+        lambda: (c := sim.call(call_sid)) and c["status"] == "completed",
+        timeout=20,
+        what="the call completed",
+    )
 
 
 def test_voice_no_answer_is_failed(

@@ -386,8 +386,9 @@ class ProviderSimulator:
         )
         self.messages[message.sid] = message
         log.info("message queued", sid=message.sid, scripted=to in self.scripts)
+        response = await _answered(request, web.json_response(message.resource(), status=201))
         self._spawn(self._deliver(account, message))
-        return web.json_response(message.resource(), status=201)
+        return response
 
     async def fetch_message(self, request: web.Request) -> web.Response:
         """GET …/Messages/{sid}.json."""
@@ -446,8 +447,9 @@ class ProviderSimulator:
         )
         self.calls[call.sid] = call
         log.info("call queued", sid=call.sid, scripted=to in self.scripts)
+        response = await _answered(request, web.json_response(call.resource(), status=201))
         self._spawn(self._place_call(account, call))
-        return web.json_response(call.resource(), status=201)
+        return response
 
     async def fetch_call(self, request: web.Request) -> web.Response:
         """GET …/Calls/{sid}.json."""
@@ -632,7 +634,8 @@ class ProviderSimulator:
                 text = await response.text()
                 return {"http_status": response.status, "response": text[:4000]}
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("webhook failed", reason=type(exc).__name__)
+            sid = params.get("MessageSid") or params.get("CallSid")
+            log.warning("webhook failed", sid=sid, reason=type(exc).__name__)
             return {"http_status": None, "error": type(exc).__name__}
 
     def _client(self) -> aiohttp.ClientSession:
@@ -825,6 +828,13 @@ class ProviderSimulator:
         return None
 
 
+async def _answered(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response`` now: as at Twilio, the 201 goes out before any callback starts."""
+    await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
 def _parse_twiml(document: str) -> ET.Element:
     """The ``<Response>`` of a TwiML document; ValueError if it is not one.
 
@@ -880,7 +890,7 @@ async def serve(
     simulator: ProviderSimulator, *, host: str, port: int, port_file: Path | None
 ) -> None:
     """Serve until SIGTERM or SIGINT; the bound port goes to ``port_file`` once listening."""
-    runner = web.AppRunner(simulator.app(), access_log=None)
+    runner = web.AppRunner(simulator.app(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
