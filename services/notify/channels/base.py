@@ -24,7 +24,7 @@ class OutboundMessage:
     notification_id: str
     recipient_id: str
     address: str  # email / E.164 phone / push token / endpoint id. PII: never log it.
-    subject: str  # short headline (email subject, push title); "DRILL – " prefixed for drills
+    subject: str  # short headline (email subject, push title); "DRILL - " prefixed for drills
     text: str  # full plain text in the recipient's language, incl. ack instructions
     language: str  # BCP 47, "en-US" or "es-US"
     ack_url: str | None  # link that acknowledges (email link, push button)

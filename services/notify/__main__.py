@@ -1,0 +1,5 @@
+"""``python -m services.notify``."""
+
+from services.notify.service import main
+
+main()

@@ -1,0 +1,197 @@
+"""Audience ids → recipients, resolved from the directory.
+
+Audience ids (``NotificationRequested.audiences``)::
+
+    staff:<school>  staff:<school>:role=<role>  staff:<school>:building=<b>
+    guardians:<school>  guardians:student=<student id>  responders:<school>
+    pa:<school>  signage:<school>        (endpoints, through AnnouncementCommand)
+
+Errors name the audience or recipient id that is wrong, never contact details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from safehub.kernel.directory import (
+    Contact,
+    Directory,
+    School,
+    StaffRole,
+    UnknownPlaceError,
+)
+from safehub.kernel.errors import SafeHubError
+
+#: Endpoint audiences and the channel that reaches them.
+ENDPOINT_CHANNELS = {"pa": "PUBLIC_ADDRESS", "signage": "DIGITAL_SIGNAGE"}
+
+
+class AudienceError(SafeHubError):
+    """An audience or recipient that cannot be resolved (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One recipient: a person (with contact details, PII) or a PA/signage endpoint."""
+
+    recipient_id: str
+    kind: str  # staff | guardian | responder | endpoint
+    school_id: str
+    contact: Contact | None = None
+    endpoint_channel: str | None = None
+    requested_channels: tuple[str, ...] = ()
+
+    @property
+    def language(self) -> str:
+        """BCP 47 tag of the recipient's language."""
+        if self.contact is not None and self.contact.language.value == "es":
+            return "es-US"
+        return "en-US"
+
+    def addresses(self) -> dict[str, str]:
+        """Channel → address this target can be reached at."""
+        if self.endpoint_channel is not None:
+            return {self.endpoint_channel: self.recipient_id}
+        contact = self.contact
+        found: dict[str, str] = {}
+        if contact is None:
+            return found
+        if contact.phone:
+            found["SMS"] = contact.phone
+            found["VOICE"] = contact.phone
+        if contact.email:
+            found["EMAIL"] = contact.email
+        if contact.push_token:
+            found["PUSH"] = contact.push_token
+        return found
+
+
+class Audiences:
+    """Resolves audience ids and explicit recipient ids against one directory."""
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+        self._people: dict[str, Target] = {}
+        self._by_phone: dict[str, list[str]] = {}
+        for district in directory.districts:
+            for school in district.schools:
+                for member in school.staff:
+                    self._add(Target(member.id, "staff", school.id, member.contact))
+                for guardian in school.guardians:
+                    self._add(Target(guardian.id, "guardian", school.id, guardian.contact))
+                for responder in school.responders:
+                    self._add(Target(responder.id, "responder", school.id, responder.contact))
+
+    def _add(self, target: Target) -> None:
+        self._people[target.recipient_id] = target
+        if target.contact is not None and target.contact.phone:
+            self._by_phone.setdefault(target.contact.phone, []).append(target.recipient_id)
+
+    def person(self, recipient_id: str) -> Target | None:
+        """A person by id, if the directory has them."""
+        return self._people.get(recipient_id)
+
+    def ids_by_phone(self, phone: str) -> list[str]:
+        """Recipient ids reachable at ``phone`` (for SMS replies)."""
+        return list(self._by_phone.get(phone, ()))
+
+    def school(self, school_id: str) -> School:
+        """A school, or AudienceError naming it."""
+        try:
+            return self.directory.school(school_id)
+        except UnknownPlaceError as exc:
+            raise AudienceError(f"unknown school {school_id!r}") from exc
+
+    def resolve(
+        self,
+        audiences: Sequence[str],
+        recipients: Iterable[tuple[str, Sequence[str]]] = (),
+        *,
+        district: str | None = None,
+    ) -> list[Target]:
+        """Every target of the audiences and explicit recipients, each once, in order.
+
+        ``district``: the request's tenant; an audience of another district is refused.
+        """
+        resolved: dict[str, Target] = {}
+        for audience in audiences:
+            for target in self._audience(audience, district):
+                resolved.setdefault(target.recipient_id, target)
+        for recipient_id, channels in recipients:
+            target = self._explicit(recipient_id, district)
+            resolved[recipient_id] = Target(
+                target.recipient_id,
+                target.kind,
+                target.school_id,
+                target.contact,
+                target.endpoint_channel,
+                tuple(channels),
+            )
+        if not resolved:
+            raise AudienceError("the request names no audience and no recipient")
+        return list(resolved.values())
+
+    def _check_district(self, school: School, what: str, district: str | None) -> None:
+        if district is not None and self.directory.district_of(school.id).id != district:
+            raise AudienceError(f"{what} is outside the request's district {district!r}")
+
+    def _explicit(self, recipient_id: str, district: str | None) -> Target:
+        kind, _, rest = recipient_id.partition(":")
+        if kind in ENDPOINT_CHANNELS and rest:
+            return self._audience(recipient_id, district)[0]
+        target = self._people.get(recipient_id)
+        if target is None:
+            raise AudienceError(f"unknown recipient {recipient_id!r}")
+        self._check_district(self.school(target.school_id), f"recipient {recipient_id!r}", district)
+        return target
+
+    def _audience(self, audience: str, district: str | None) -> list[Target]:
+        kind, _, rest = audience.partition(":")
+        if not rest:
+            raise AudienceError(f"audience {audience!r} is not <kind>:<school>[:filter]")
+        if kind == "guardians" and rest.startswith("student="):
+            student = rest.removeprefix("student=")
+            found = [
+                self._people[g.id]
+                for d in self.directory.districts
+                for s in d.schools
+                for g in s.guardians
+                if student in g.student_ids
+            ]
+            if not found:
+                raise AudienceError(f"audience {audience!r}: no guardian of that student")
+            self._check_district(
+                self.school(found[0].school_id), f"audience {audience!r}", district
+            )
+            return found
+        school_id, _, selector = rest.partition(":")
+        school = self.school(school_id)
+        self._check_district(school, f"audience {audience!r}", district)
+        if kind in ENDPOINT_CHANNELS and not selector:
+            return [
+                Target(audience, "endpoint", school.id, endpoint_channel=ENDPOINT_CHANNELS[kind])
+            ]
+        if kind == "staff":
+            return self._staff(school, selector, audience)
+        if kind == "guardians" and not selector:
+            return [self._people[g.id] for g in school.guardians]
+        if kind == "responders" and not selector:
+            return [self._people[r.id] for r in school.responders]
+        raise AudienceError(f"unknown audience {audience!r}")
+
+    def _staff(self, school: School, selector: str, audience: str) -> list[Target]:
+        members = school.staff
+        if selector.startswith("role="):
+            role = selector.removeprefix("role=")
+            if role not in {r.value for r in StaffRole}:
+                raise AudienceError(f"audience {audience!r}: unknown role {role!r}")
+            members = [m for m in members if m.role.value == role]
+        elif selector.startswith("building="):
+            building = selector.removeprefix("building=")
+            if school.building(building) is None:
+                raise AudienceError(f"audience {audience!r}: no building {building!r}")
+            members = [m for m in members if not m.buildings or building in m.buildings]
+        elif selector:
+            raise AudienceError(f"audience {audience!r}: unknown filter {selector!r}")
+        return [self._people[m.id] for m in members]

@@ -1,0 +1,418 @@
+"""The notify service: incidents' SRP actions and notification requests → messages with proof.
+
+Two consumers:
+
+* **incidents hook** (group ``notify-incidents``, 10 ms fetch wait): when an incident carries
+  a new SRP action (or is cleared), it publishes a NotificationRequested to the school's
+  staff, PA and signage (and responders for a real incident) with priority LIFE_SAFETY and
+  acknowledgement required; no human step in between. Its id is derived from the incident
+  version, so a redelivered incident event never notifies twice. ALL CLEAR goes to the
+  audiences of the action it ends.
+* **requests** (group ``notify-requests``): every NotificationRequested, from the hook or
+  any other producer, is fanned out by the :class:`~services.notify.dispatcher.Dispatcher`;
+  receipts from elsewhere (PA/signage command results) update the store.
+
+Every notification also becomes a CAP 1.2 document (stored, on the feed when Public, POSTed
+to ``cap_endpoint_url`` when set).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from safehub.kernel.bus import ConsumedEvent
+from safehub.kernel.directory import Directory
+from safehub.kernel.envelope import EVENT_NAMESPACE, new_event
+from safehub.kernel.errors import BusError
+from safehub.kernel.runtime import Runtime, run
+from services.notify import templates
+from services.notify.audiences import Audiences, Target
+from services.notify.cap import (
+    CapAlert,
+    CapError,
+    CapInfo,
+    CapText,
+    Category,
+    MsgType,
+    Reference,
+    Scope,
+    Severity,
+    Status,
+    Urgency,
+    build_alert,
+    school_area,
+    srp_alert,
+)
+from services.notify.cap_endpoint import CapDeliveryError, post_cap
+from services.notify.channels.announce import AnnouncementAdapter, AnnouncementContext
+from services.notify.channels.base import ChannelAdapter
+from services.notify.channels.email import SmtpEmailAdapter
+from services.notify.channels.push import WebhookPushAdapter
+from services.notify.channels.sms import TwilioSmsAdapter, TwilioVoiceAdapter
+from services.notify.channels.twilio import STATUS_PATH, VOICE_ACK_PATH
+from services.notify.dispatcher import SOURCE, Dispatcher, Outbox, stable_id
+from services.notify.settings import NotifySection, NotifySettings
+from services.notify.store import NotificationRow, Store
+from services.notify.web import AckLinks, NotifyWeb, WebServer
+
+log = structlog.get_logger(__name__)
+
+NAME = "notify"
+OPENED = EVENT_NAMESPACE + "IncidentOpened"
+CHANGED = EVENT_NAMESPACE + "IncidentChanged"
+CLEARED = EVENT_NAMESPACE + "IncidentCleared"
+HOOK_REQUESTER = "notify:incident-hook"
+
+
+class IncidentHook:
+    """Turns a new SRP action on an incident into a NotificationRequested."""
+
+    def __init__(
+        self, runtime: Runtime[NotifySettings], store: Store, audiences: Audiences
+    ) -> None:
+        self._runtime = runtime
+        self._store = store
+        self._audiences = audiences
+        self._notify_responders = runtime.settings.notify.notify_responders
+
+    def handle(self, consumed: ConsumedEvent) -> None:
+        """Consumer handler for the incidents topic."""
+        if consumed.event_type not in (OPENED, CHANGED, CLEARED):
+            return
+        event, envelope = consumed.event, consumed.envelope
+        incident_id = str(event["incident_id"])
+        version = int(event["version"])
+        action = "ALL_CLEAR" if consumed.event_type == CLEARED else event.get("srp_action")
+        school_id = envelope["tenant"].get("school")
+        if not action or not school_id:
+            return
+        mark = self._store.incident_mark(incident_id)
+        if mark is not None:
+            last_action, last_version, _nid, last_audiences = mark
+            if version <= last_version or action == last_action:
+                return
+        elif action == "ALL_CLEAR":
+            return  # nothing was announced, so there is nothing to end
+        exercise = bool(envelope.get("exercise"))
+        if action == "ALL_CLEAR" and mark is not None:
+            audiences = last_audiences
+        else:
+            audiences = [f"staff:{school_id}", f"pa:{school_id}", f"signage:{school_id}"]
+            if not exercise and self._notify_responders:
+                audiences.append(f"responders:{school_id}")
+        school = self._audiences.school(str(school_id))
+        headline = (
+            f"{templates.ACTIONS[action]['en'][0]} - {school.name}"
+            if action in (templates.ACTIONS)
+            else f"SRP {action} - {school.name}"
+        )
+        body = str(event.get("summary") or event.get("message") or headline)
+        notification_id = stable_id("incident", incident_id, str(version))
+        request = new_event(
+            "NotificationRequested",
+            source=SOURCE,
+            tenant=envelope["tenant"],
+            building=envelope.get("building"),
+            incident_id=incident_id,
+            causation_id=consumed.event_id,
+            exercise=exercise,
+            event_id=stable_id("request", notification_id),
+            payload={
+                "notification_id": notification_id,
+                "priority": "LIFE_SAFETY",
+                "srp_action": action,
+                "headline": headline,
+                "body": body,
+                "audiences": audiences,
+                "recipients": [],
+                "require_ack": True,
+                "requested_by": HOOK_REQUESTER,
+            },
+        )
+        self._runtime.producer.publish(request)
+        self._store.mark_incident(incident_id, action, version, notification_id, audiences)
+        log.info(
+            "SRP action notified",
+            incident_id=incident_id,
+            version=version,
+            srp_action=action,
+            exercise=exercise,
+            notification_id=notification_id,
+        )
+
+
+class CapPublisher:
+    """Every notification as a CAP 1.2 document: stored, on the feed, POSTed to an endpoint."""
+
+    def __init__(
+        self, config: NotifySection, store: Store, audiences: Audiences, stop: threading.Event
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._audiences = audiences
+        self._stop = stop
+        self._wake = threading.Event()
+
+    def alert(self, n: NotificationRow, targets: Sequence[Target]) -> CapAlert:
+        """The CAP alert of a notification (Update with references after the first)."""
+        restricted = any(t.kind in ("staff", "responder", "endpoint") for t in targets)
+        scope = Scope.RESTRICTED if restricted else Scope.PUBLIC
+        previous = self._store.cap_of_incident(n.incident_id) if n.incident_id else []
+        references = tuple(
+            Reference(self._config.cap_sender, identifier, datetime.fromtimestamp(sent, UTC))
+            for identifier, sent in previous
+        )
+        msg_type = MsgType.UPDATE if references else MsgType.ALERT
+        school = self._audiences.school(n.school_id)
+        area = school_area(school)
+        sent = datetime.fromtimestamp(n.created_at, UTC)
+        identifier = f"safehub-{n.notification_id}"
+        texts = [self._text(n, school.name, language) for language in ("en-US", "es-US")]
+        if n.srp_action in templates.ACTIONS:
+            return srp_alert(
+                identifier=identifier,
+                hub_id=self._config.cap_sender,
+                sent=sent,
+                action=str(n.srp_action),
+                exercise=n.exercise,
+                scope=scope,
+                texts=texts,
+                area=area,
+                sender_name=school.name,
+                msg_type=msg_type,
+                references=references,
+                incident_id=n.incident_id,
+            )
+        routine = n.priority == "ROUTINE"
+        return CapAlert(
+            identifier=identifier,
+            sender=self._config.cap_sender,
+            sent=sent,
+            status=Status.EXERCISE if n.exercise else Status.ACTUAL,
+            msg_type=msg_type,
+            scope=scope,
+            restriction="Recipients named by the school only." if restricted else None,
+            references=references,
+            incidents=(n.incident_id,) if n.incident_id else (),
+            infos=(
+                CapInfo(
+                    event=n.headline[:80] or "School notification",
+                    categories=(Category.SECURITY if n.srp_action else Category.OTHER,),
+                    urgency=Urgency.EXPECTED if routine else Urgency.IMMEDIATE,
+                    severity=Severity.MINOR if routine else Severity.SEVERE,
+                    sender_name=school.name,
+                    headline=n.headline,
+                    description=n.body,
+                    areas=(area,),
+                ),
+            ),
+        )
+
+    @staticmethod
+    def _text(n: NotificationRow, school_name: str, language: str) -> CapText:
+        rendered = templates.render(
+            srp_action=n.srp_action,
+            headline=n.headline,
+            body=n.body,
+            school_name=school_name,
+            language=language,
+            channel="CAP",
+            exercise=n.exercise,
+            ack_url=None,
+            require_ack=False,
+        )
+        action = templates.ACTIONS.get(n.srp_action or "", {}).get(templates.primary(language))
+        return CapText(
+            language=language,
+            headline=rendered.subject,
+            description=n.body if language == "en-US" else rendered.text,
+            instruction=action[1] if action else rendered.text,
+        )
+
+    def publish(self, n: NotificationRow, targets: Sequence[Target]) -> None:
+        """Build, store and queue for the endpoint (never fails the notification)."""
+        try:
+            alert = self.alert(n, targets)
+            xml = build_alert(alert)
+        except CapError as exc:
+            log.error("CAP document not built", notification_id=n.notification_id, error=str(exc))
+            return
+        info = alert.infos[0] if alert.infos else None
+        self._store.put_cap(
+            alert.identifier,
+            notification_id=n.notification_id,
+            school_id=n.school_id,
+            msg_type=alert.msg_type.value,
+            scope=alert.scope.value,
+            headline=(info.headline or info.event) if info else n.headline,
+            xml=xml.decode(),
+            sent_at=n.created_at,
+        )
+        log.info(
+            "CAP alert issued",
+            notification_id=n.notification_id,
+            identifier=alert.identifier,
+            msg_type=alert.msg_type.value,
+            scope=alert.scope.value,
+        )
+        self._wake.set()
+
+    def post_loop(self) -> None:
+        """POST stored alerts to the CAP endpoint until each is accepted (retries with backoff)."""
+        url = self._config.cap_endpoint_url
+        if url is None:
+            return
+        delay = self._config.retry_initial_s
+        while not self._stop.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            failed = False
+            for identifier, xml in self._store.cap_unposted():
+                try:
+                    post_cap(url, xml.encode(), token=self._config.cap_endpoint_token)
+                except CapDeliveryError as exc:
+                    log.warning(
+                        "CAP endpoint did not take the alert",
+                        identifier=identifier,
+                        error=str(exc),
+                        transient=exc.transient,
+                    )
+                    if exc.transient:
+                        failed = True
+                        break
+                self._store.cap_posted(identifier)  # delivered, or refused for good (logged)
+            delay = min(delay * 2, self._config.retry_cap_s) if failed else 5.0
+
+
+def _adapters(
+    runtime: Runtime[NotifySettings], public_url: str, dispatcher_context: AnnouncementContextFn
+) -> dict[str, ChannelAdapter]:
+    config = runtime.settings.notify
+    adapters: dict[str, ChannelAdapter] = {
+        "EMAIL": SmtpEmailAdapter(
+            host=config.smtp_host,
+            port=config.smtp_port,
+            sender=config.smtp_from,
+            starttls=config.smtp_starttls,
+            implicit_tls=config.smtp_ssl,
+            ca_bundle=config.smtp_ca_bundle,
+            username=config.smtp_username,
+            password=config.smtp_password,
+            timeout_s=config.smtp_timeout_s,
+            max_connections=config.workers.get("EMAIL", 4),
+        ),
+    }
+    if config.sms_enabled:
+        adapters["SMS"] = TwilioSmsAdapter(
+            config.twilio, status_callback_url=public_url + STATUS_PATH
+        )
+        adapters["VOICE"] = TwilioVoiceAdapter(
+            config.twilio,
+            status_callback_url=public_url + STATUS_PATH,
+            ack_action_url=public_url + VOICE_ACK_PATH,
+        )
+    if config.push_url:
+        adapters["PUSH"] = WebhookPushAdapter(config.push_url, token=config.push_token)
+    for channel in ("PUBLIC_ADDRESS", "DIGITAL_SIGNAGE"):
+        adapters[channel] = AnnouncementAdapter(
+            channel, runtime.producer.publish, dispatcher_context
+        )
+    return adapters
+
+
+class AnnouncementContextFn:
+    """Late-bound notification lookup for the announcement adapters."""
+
+    dispatcher: Dispatcher | None = None
+
+    def __call__(self, notification_id: str) -> AnnouncementContext:
+        assert self.dispatcher is not None, "dispatcher not wired"
+        n = self.dispatcher.context(notification_id)
+        return AnnouncementContext(
+            tenant=n.tenant,
+            building=n.building,
+            incident_id=n.incident_id,
+            causation_id=n.request_event_id,
+            srp_action=n.srp_action,
+        )
+
+
+def _write_port(path: Path, port: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(str(port))
+    temporary.replace(path)  # atomic: a reader never sees half a number
+
+
+def setup(runtime: Runtime[NotifySettings]) -> None:
+    """Store, web endpoint, channels, dispatcher, then the two consumers."""
+    config = runtime.settings.notify
+    audiences = Audiences(Directory.load(config.directory_file))
+    store = Store(config.database_url)
+    runtime.on_close(store.close)
+    links = AckLinks(config.ack_secret)
+    server = WebServer(host=config.listen_host, port=config.http_port)
+    public_url = (config.public_url or f"http://{config.listen_host}:{server.port}").rstrip("/")
+    links.base_url = public_url
+    context = AnnouncementContextFn()
+    adapters = _adapters(runtime, public_url, context)
+    for adapter in adapters.values():
+        runtime.on_close(adapter.close)
+    outbox = Outbox(store, runtime.producer, runtime.codec, runtime.stop)
+    cap = CapPublisher(config, store, audiences, runtime.stop)
+    dispatcher = Dispatcher(
+        config=config,
+        store=store,
+        audiences=audiences,
+        adapters=adapters,
+        outbox=outbox,
+        ack_url=links.url,
+        stop=runtime.stop,
+        on_notification=cap.publish,
+    )
+    context.dispatcher = dispatcher
+    web = NotifyWeb(
+        dispatcher=dispatcher,
+        store=store,
+        links=links,
+        twilio_token=config.twilio.auth_token if config.sms_enabled else None,
+        status_token=config.status_token,
+    )
+    server.start(web.app())
+    runtime.on_close(server.close)
+    if config.port_file is not None:
+        _write_port(config.port_file, server.port)
+    log.info("notify listening", port=server.port, channels=sorted(adapters), public_url=public_url)
+    started = time.monotonic()
+    try:
+        dispatcher.recover()
+    except BusError as exc:
+        log.warning("outbox leftovers not re-published yet", error=str(exc))
+    for name, target in dispatcher.threads():
+        runtime.spawn(target, name=name)
+    runtime.spawn(cap.post_loop, name="notify-cap-post")
+    log.info("dispatcher started", ms=round((time.monotonic() - started) * 1000))
+    runtime.consumer(
+        "notify-requests",
+        ["safehub.notifications.v1"],
+        dispatcher.handle,
+        fetch_wait_max_ms=config.requests_fetch_wait_ms,
+    )
+    hook = IncidentHook(runtime, store, audiences)
+    runtime.consumer(
+        "notify-incidents",
+        ["safehub.incidents.v1"],
+        hook.handle,
+        fetch_wait_max_ms=config.incidents_fetch_wait_ms,
+    )
+
+
+def main() -> None:
+    """Run the notify service until SIGTERM."""
+    run(NAME, NotifySettings, setup)

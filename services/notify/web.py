@@ -1,0 +1,353 @@
+"""notify's HTTP side (aiohttp, own thread and loop): acknowledgements, provider callbacks,
+the CAP feed and per-notification status.
+
+* ``GET /ack/{token}`` shows a confirmation page; ``POST /ack/{token}`` acknowledges (mail
+  scanners prefetch links with GET, so a GET never acknowledges). The token is
+  ``<delivery id>.<HMAC-SHA256(secret, delivery id)>``: ids only, nothing personal.
+* ``POST /providers/twilio/status`` (status callbacks), ``/providers/twilio/inbound`` (reply
+  "1" acknowledges), ``/providers/twilio/voice-ack?d=<delivery>`` (keypress 1): each checks
+  ``X-Twilio-Signature`` against the public URL with the provider's auth token.
+* ``GET /cap/feed.atom`` (Public alerts), ``GET /cap/alerts/{identifier}.xml`` (Restricted
+  ones need the status token when one is set).
+* ``GET /notifications?incident_id=…`` and ``GET /notifications/{id}``: who was reached on
+  which channel, who acknowledged, who has not (bearer ``status_token`` when set).
+* ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import html
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import web
+from pydantic import SecretStr
+
+from safehub.kernel.errors import ConfigError, SafeHubError
+from safehub.kernel.lifecycle import Closing
+from services.notify.cap import CAP_MEDIA_TYPE, Scope, parse
+from services.notify.cap_endpoint import ATOM_MEDIA_TYPE, FeedEntry, atom_feed
+from services.notify.channels import twilio
+from services.notify.dispatcher import Dispatcher
+from services.notify.store import Store
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AckLinks:
+    """Signs and checks acknowledgement tokens (HMAC over the delivery id)."""
+
+    def __init__(self, secret: SecretStr, base_url: str = "") -> None:
+        key = secret.get_secret_value()
+        if not key:
+            raise ConfigError("SAFEHUB_NOTIFY__ACK_SECRET must be set (it signs ack links)")
+        self._key = key.encode()
+        self.base_url = base_url
+
+    def _mac(self, delivery_id: str) -> str:
+        digest = hmac.new(self._key, delivery_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode().rstrip("=")
+
+    def token(self, delivery_id: str) -> str:
+        """The token of a delivery."""
+        return f"{delivery_id}.{self._mac(delivery_id)}"
+
+    def url(self, delivery_id: str) -> str:
+        """The acknowledgement link of a delivery."""
+        return f"{self.base_url.rstrip('/')}/ack/{self.token(delivery_id)}"
+
+    def verify(self, token: str) -> str | None:
+        """The delivery id of a genuine token, else None."""
+        delivery_id, _, mac = token.rpartition(".")
+        if not delivery_id or not hmac.compare_digest(
+            mac.encode(), self._mac(delivery_id).encode()
+        ):
+            return None
+        return delivery_id
+
+
+def _page(title: str, body: str, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        text=(
+            "<!doctype html><html lang=en><head><meta charset=utf-8>"
+            '<meta name=viewport content="width=device-width,initial-scale=1">'
+            f"<title>{html.escape(title)}</title></head><body><main>"
+            f"<h1>{html.escape(title)}</h1>{body}</main></body></html>"
+        ),
+    )
+
+
+class NotifyWeb:
+    """The aiohttp application over a dispatcher and its store."""
+
+    def __init__(
+        self,
+        *,
+        dispatcher: Dispatcher,
+        store: Store,
+        links: AckLinks,
+        twilio_token: SecretStr | None,
+        status_token: SecretStr,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.store = store
+        self.links = links
+        self._twilio_token = twilio_token.get_secret_value() if twilio_token else ""
+        self._status_token = status_token.get_secret_value()
+
+    @property
+    def public_url(self) -> str:
+        """Base URL recipients and providers use."""
+        return self.links.base_url.rstrip("/")
+
+    def app(self) -> web.Application:
+        """The routes."""
+        app = web.Application(client_max_size=256 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/ack/{token}", self._ack_page)
+        app.router.add_post("/ack/{token}", self._ack)
+        app.router.add_post(twilio.STATUS_PATH, self._twilio(self._status_callback))
+        app.router.add_post(twilio.INBOUND_PATH, self._twilio(self._inbound))
+        app.router.add_post(twilio.VOICE_ACK_PATH, self._twilio(self._voice_ack))
+        app.router.add_get("/cap/feed.atom", self._feed)
+        app.router.add_get("/cap/alerts/{identifier}.xml", self._cap_alert)
+        app.router.add_get("/notifications", self._notifications)
+        app.router.add_get("/notifications/{notification_id}", self._status)
+        return app
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    # -- acknowledgement links ---------------------------------------------------------------
+
+    async def _ack_page(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        if self.links.verify(token) is None:
+            return _page("Link not valid", "<p>This confirmation link is not valid.</p>", 404)
+        action = html.escape(f"/ack/{token}", quote=True)
+        return _page(
+            "Confirm you received the alert",
+            f'<form method=post action="{action}"><button type=submit>'
+            "I received it / Lo recibí</button></form>",
+        )
+
+    async def _ack(self, request: web.Request) -> web.Response:
+        delivery_id = self.links.verify(request.match_info["token"])
+        if delivery_id is None:
+            return _page("Link not valid", "<p>This confirmation link is not valid.</p>", 404)
+        first = await asyncio.to_thread(self.dispatcher.acknowledge_delivery, delivery_id)
+        if first is None:
+            return _page("Unknown alert", "<p>This alert is not known here.</p>", 404)
+        if "application/json" in request.headers.get("Accept", ""):
+            return web.json_response({"acknowledged": True, "first": first})
+        message = (
+            "Thank you. Your confirmation is recorded."
+            if first
+            else ("Already confirmed. Thank you.")
+        )
+        return _page("Confirmed / Confirmado", f"<p>{message}</p>")
+
+    # -- provider callbacks ------------------------------------------------------------------
+
+    def _twilio(
+        self, handler: Callable[[web.Request, dict[str, str]], Awaitable[web.Response]]
+    ) -> Handler:
+        async def checked(request: web.Request) -> web.StreamResponse:
+            form = await request.post()
+            params = {k: str(v) for k, v in form.items()}
+            url = self.public_url + request.path_qs
+            signature = request.headers.get(twilio.SIGNATURE_HEADER)
+            if not twilio.validate_signature(self._twilio_token, url, params, signature):
+                log.warning("provider callback with a bad signature refused", path=request.path)
+                return web.Response(status=403, text="invalid X-Twilio-Signature")
+            try:
+                return await handler(request, params)
+            except twilio.TwilioRequestError as exc:
+                return web.Response(status=400, text=str(exc))
+
+        return checked
+
+    async def _status_callback(self, _request: web.Request, params: dict[str, str]) -> web.Response:
+        status = twilio.parse_status_callback(params)
+        known = await asyncio.to_thread(
+            self.dispatcher.provider_status,
+            status.provider_message_id,
+            status.status,
+            status.error,
+        )
+        if not known:
+            log.warning(
+                "status callback for an unknown message", provider_id=status.provider_message_id
+            )
+            return web.Response(status=404, text="unknown message")
+        return web.Response(status=204)
+
+    async def _inbound(self, _request: web.Request, params: dict[str, str]) -> web.Response:
+        reply = twilio.parse_inbound_sms(params)
+        first = await asyncio.to_thread(
+            self.dispatcher.acknowledge_reply, reply.from_number, reply.body
+        )
+        if first is None:
+            text = None if not reply.acknowledges else "Nothing is waiting for your confirmation."
+        else:
+            text = "Confirmed. Thank you." if first else "Already confirmed. Thank you."
+        return web.Response(
+            content_type="application/xml", charset="utf-8", text=twilio.twiml_message(text)
+        )
+
+    async def _voice_ack(self, request: web.Request, params: dict[str, str]) -> web.Response:
+        gather = twilio.parse_gather(params)
+        delivery_id = request.query.get(twilio.VOICE_ACK_DELIVERY_PARAM, "")
+        text = "No confirmation received."
+        if gather.acknowledged and delivery_id:
+            first = await asyncio.to_thread(
+                self.dispatcher.acknowledge_delivery, delivery_id, "VOICE"
+            )
+            if first is not None:
+                text = "Confirmed. Thank you."
+        return web.Response(
+            content_type="application/xml",
+            charset="utf-8",
+            text=twilio.twiml_reply(text, "en-US"),
+        )
+
+    # -- CAP ---------------------------------------------------------------------------------
+
+    def _authorised(self, request: web.Request) -> bool:
+        if not self._status_token:
+            return True
+        presented = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(presented, f"Bearer {self._status_token}".encode())
+
+    async def _feed(self, _request: web.Request) -> web.Response:
+        rows = await asyncio.to_thread(self.store.cap_recent, 200)
+        entries = []
+        for row in rows:
+            if row["scope"] != Scope.PUBLIC.value:
+                continue
+            found = await asyncio.to_thread(self.store.cap, row["identifier"])
+            if found is None:
+                continue
+            alert = parse(found[0].encode())
+            entries.append(FeedEntry.for_alert(alert, cap_url=self._cap_url(alert.identifier)))
+        body = atom_feed(
+            entries,
+            feed_url=f"{self.public_url}/cap/feed.atom",
+            title="SafeHub school alerts",
+            updated=max((e.sent for e in entries), default=datetime.now(UTC)),
+        )
+        return web.Response(body=body, content_type=ATOM_MEDIA_TYPE, charset="utf-8")
+
+    def _cap_url(self, identifier: str) -> str:
+        return f"{self.public_url}/cap/alerts/{identifier}.xml"
+
+    async def _cap_alert(self, request: web.Request) -> web.Response:
+        identifier = request.match_info["identifier"]
+        found = await asyncio.to_thread(self.store.cap, identifier)
+        if found is None:
+            return web.Response(status=404, text="unknown CAP alert")
+        xml, scope = found
+        if scope != Scope.PUBLIC.value and not self._authorised(request):
+            return web.Response(status=401, text="restricted alert: bearer token required")
+        return web.Response(text=xml, content_type=CAP_MEDIA_TYPE, charset="utf-8")
+
+    # -- status ------------------------------------------------------------------------------
+
+    async def _notifications(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": "bearer token required"}, status=401)
+        incident_id = request.query.get("incident_id")
+        rows = await asyncio.to_thread(self.store.list_notifications, incident_id=incident_id)
+        return web.json_response(
+            [
+                {
+                    "notification_id": n.notification_id,
+                    "incident_id": n.incident_id,
+                    "school_id": n.school_id,
+                    "srp_action": n.srp_action,
+                    "exercise": n.exercise,
+                    "created_at": n.created_at,
+                }
+                for n in rows
+            ]
+        )
+
+    async def _status(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": "bearer token required"}, status=401)
+        found = await asyncio.to_thread(
+            self.dispatcher.status, request.match_info["notification_id"]
+        )
+        if found is None:
+            return web.json_response({"error": "unknown notification"}, status=404)
+        return web.json_response(found)
+
+
+class WebServer(Closing):
+    """Serves an aiohttp application from its own thread and loop.
+
+    The socket is bound at construction (port 0: a free port), so the public URL is known
+    before the channels that put it in messages and callbacks are built.
+    """
+
+    def __init__(self, *, host: str, port: int) -> None:
+        try:
+            self._socket = socket.create_server((host, port), backlog=512)
+        except OSError as exc:
+            raise ConfigError(f"notify web server cannot listen on {host}:{port}: {exc}") from exc
+        self.port: int = self._socket.getsockname()[1]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, app: web.Application, timeout: float = 10.0) -> None:
+        """Serve ``app`` on the bound socket."""
+        self._thread = threading.Thread(
+            target=self._serve, args=(app,), name="notify-web", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._error is not None:
+            raise SafeHubError(f"notify web server did not start: {self._error}") from self._error
+
+    def _serve(self, app: web.Application) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0)
+        try:
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.SockSite(runner, self._socket).start())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+    def close(self) -> None:
+        """Stop the loop (requests in flight get the runner's grace) and join."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._socket.close()
