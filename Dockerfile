@@ -32,6 +32,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /opt/safehub
 COPY deploy/directory/ deploy/directory/
 COPY --from=shared standards/nena-eido/eido-required-fields.json standards/nena-eido/
+COPY --from=shared standards/cap-1.2/CAP-v1.2.xsd standards/cap-1.2/
 # Installed packages cannot find a checkout's deploy/ folder: name the files here (the
 # Helm chart mounts the real directory and sets these again).
 ENV SAFEHUB_GATEWAY__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
@@ -39,6 +40,9 @@ ENV SAFEHUB_GATEWAY__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
     SAFEHUB_DOORSTATE__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
     SAFEHUB_PSAP_CAD__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
     SAFEHUB_ACCESS_CONTROL_SIM__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
-    SAFEHUB_PSAP_CAD__EIDO_RULES_FILE=/opt/safehub/standards/nena-eido/eido-required-fields.json
+    SAFEHUB_NOTIFY__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
+    SAFEHUB_TIMELINE__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
+    SAFEHUB_PSAP_CAD__EIDO_RULES_FILE=/opt/safehub/standards/nena-eido/eido-required-fields.json \
+    SAFEHUB_NOTIFY__CAP_XSD=/opt/safehub/standards/cap-1.2/CAP-v1.2.xsd
 USER 10001:10001
 CMD ["safehub", "--help"]

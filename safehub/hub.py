@@ -40,14 +40,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Deployables ``safehub up`` runs, in start order (consumers before the gateway that feeds them).
 DEFAULT_COMPONENTS: tuple[str, ...] = (
+    "services.timeline",
     "services.incidents",
     "services.doorstate",
     "connectors.psap_cad",
+    "services.notify",
     "services.gateway",
     "connectors.access_control_sim",
 )
 
 CAD_SIMULATOR = "connectors.psap_cad.simulator"
+#: Stand-in for the SMS/voice provider (Twilio's REST API and callbacks), for notify.
+SMS_SIMULATOR = "services.notify.provider_sim"
+#: The demo's mail server: aiosmtpd's own command line, storing every message in a Maildir.
+MAIL_SINK = "aiosmtpd"
 
 #: Bulk, non-life-safety components yield the CPU to the emergency path when a machine is
 #: saturated (on Kubernetes the same intent is expressed with priority classes and requests).
@@ -70,6 +76,11 @@ class Ports:
     cad_callback: int = field(default_factory=free_port)
     cad_simulator: int = field(default_factory=free_port)
     doorstate_web: int = field(default_factory=free_port)
+    notify_web: int = field(default_factory=free_port)
+    sms_simulator: int = field(default_factory=free_port)
+    smtp: int = field(default_factory=free_port)
+    timeline_http: int = field(default_factory=free_port)
+    timeline_grpc: int = field(default_factory=free_port)
 
 
 class Hub(Closing):
@@ -101,6 +112,8 @@ class Hub(Closing):
         self.ports = Ports()
         self.pki = DevPki(run_dir / "pki")
         self.cad_token = secrets.token_urlsafe(24)
+        self.sms_auth_token = secrets.token_urlsafe(24)
+        self.notify_ack_secret = secrets.token_urlsafe(32)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -122,6 +135,26 @@ class Hub(Closing):
         """Base URL of the door-state query API."""
         return f"http://127.0.0.1:{self.ports.doorstate_web}"
 
+    @property
+    def notify_url(self) -> str:
+        """Base URL of notify's web endpoint (acknowledgement links, CAP feed, status)."""
+        return f"http://127.0.0.1:{self.ports.notify_web}"
+
+    @property
+    def sms_simulator_url(self) -> str:
+        """Base URL of the SMS/voice provider simulator."""
+        return f"http://127.0.0.1:{self.ports.sms_simulator}"
+
+    @property
+    def timeline_url(self) -> str:
+        """Base URL of the timeline's HTTP API and reviewer's view."""
+        return f"http://127.0.0.1:{self.ports.timeline_http}"
+
+    @property
+    def maildir(self) -> Path:
+        """Where the demo's mail server keeps every message it received (a Maildir)."""
+        return self.run_dir / "mail"
+
     def __enter__(self) -> Hub:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +168,8 @@ class Hub(Closing):
             ensure_topics(self.settings.kafka, self.catalog)
             if self._cad_simulator and "connectors.psap_cad" in self._components:
                 self._start_cad_simulator()
+            if self._cad_simulator and "services.notify" in self._components:
+                self._start_notify_stand_ins()
             for component in self._components:
                 self.start_component(component)
         except BaseException:
@@ -180,6 +215,27 @@ class Hub(Closing):
                     "SAFEHUB_PSAP_CAD__LISTEN_KEY": str(server.key),
                     "SAFEHUB_PSAP_CAD__INBOUND_TOKEN": self.cad_token,
                     "SAFEHUB_PSAP_CAD__LEDGER_URL": f"sqlite:///{self.run_dir}/psap_cad.db",
+                }
+            case "services.notify":
+                return {
+                    "SAFEHUB_NOTIFY__HTTP_PORT": str(self.ports.notify_web),
+                    "SAFEHUB_NOTIFY__PUBLIC_URL": self.notify_url,
+                    "SAFEHUB_NOTIFY__ACK_SECRET": self.notify_ack_secret,
+                    "SAFEHUB_NOTIFY__DATABASE_URL": f"sqlite:///{self.run_dir}/notify.db",
+                    "SAFEHUB_NOTIFY__SMTP_HOST": "127.0.0.1",
+                    "SAFEHUB_NOTIFY__SMTP_PORT": str(self.ports.smtp),
+                    "SAFEHUB_NOTIFY__SMS_ENABLED": "true",
+                    "SAFEHUB_NOTIFY__TWILIO__API_BASE_URL": self.sms_simulator_url,
+                    "SAFEHUB_NOTIFY__TWILIO__AUTH_TOKEN": self.sms_auth_token,
+                }
+            case "services.timeline":
+                return {
+                    "SAFEHUB_TIMELINE__DATABASE_URL": f"sqlite:///{self.run_dir}/timeline.db",
+                    "SAFEHUB_TIMELINE__HTTP_PORT": str(self.ports.timeline_http),
+                    "SAFEHUB_TIMELINE__GRPC_PORT": str(self.ports.timeline_grpc),
+                    "SAFEHUB_TIMELINE__TLS_CERT_FILE": str(server.cert),
+                    "SAFEHUB_TIMELINE__TLS_KEY_FILE": str(server.key),
+                    "SAFEHUB_TIMELINE__TLS_CA_FILE": ca,
                 }
             case "connectors.access_control_sim":
                 client = self.pki.client("acme-access-north")
@@ -228,6 +284,26 @@ class Hub(Closing):
         env = {**self.base_env(), "SAFEHUB_SIM_CALLBACK_TOKEN": self.cad_token}
         self._spawn(CAD_SIMULATOR, argv, env)
         self._wait_for_port(CAD_SIMULATOR, self.ports.cad_simulator)
+
+    def _start_notify_stand_ins(self) -> None:
+        """The mail server and the SMS provider that notify delivers to on a laptop."""
+        self.maildir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable, "-m", MAIL_SINK, "--nosetuid",
+            "--listen", f"127.0.0.1:{self.ports.smtp}",
+            "--class", "aiosmtpd.handlers.Mailbox", str(self.maildir),
+        ]  # fmt: skip
+        self._spawn(MAIL_SINK, argv, self.base_env())
+        self._wait_for_port(MAIL_SINK, self.ports.smtp)
+        argv = [
+            sys.executable, "-m", SMS_SIMULATOR,
+            "--port", str(self.ports.sms_simulator),
+            "--inbound-url", f"{self.notify_url}/providers/twilio/inbound",
+        ]  # fmt: skip
+        # The token goes by environment, not argv, so it does not show in ps.
+        env = {**self.base_env(), "SAFEHUB_SIM_TWILIO_AUTH_TOKEN": self.sms_auth_token}
+        self._spawn(SMS_SIMULATOR, argv, env)
+        self._wait_for_port(SMS_SIMULATOR, self.ports.sms_simulator)
 
     def start_component(self, module: str, *, wait: bool = True) -> subprocess.Popen[bytes]:
         """Start ``python -m module`` and (by default) wait until it reports ready."""
