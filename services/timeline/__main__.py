@@ -1,0 +1,5 @@
+"""``python -m services.timeline``."""
+
+from services.timeline.service import main
+
+main()

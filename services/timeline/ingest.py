@@ -1,0 +1,538 @@
+"""Ingest: events and spans from the bus into the store, a batch per transaction.
+
+Two consumer groups: ``timeline-events`` reads every event topic, ``timeline-spans`` the
+spans topic (OTLP protobuf, not Avro). Each poll batch is decoded message by message (what
+does not decode goes to the dead-letter topic at once, confirmed), then written in one
+transaction, and only then are its offsets stored and committed. A crash between the write
+and the commit redelivers the batch; the store's unique (subject, event) makes that a no-op.
+A failing database is retried (never dead-lettered: the events are fine) until it answers
+or the service stops, in which case nothing of the batch is committed.
+
+The timeline records other systems' traces and creates no spans of its own while
+ingesting: a span per recorded span would feed itself through the spans topic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from google.protobuf.message import DecodeError
+from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from sqlalchemy.exc import SQLAlchemyError
+
+from safehub.kernel import tracing
+from safehub.kernel.bus import EventProducer, dead_letter_headers, dead_letter_reason
+from safehub.kernel.chain import jsonable
+from safehub.kernel.codec import Codec, Event
+from safehub.kernel.envelope import EVENT_NAMESPACE
+from safehub.kernel.errors import BusError, HandlerError
+from safehub.kernel.lifecycle import Closing
+from safehub.kernel.settings import KafkaSettings
+from safehub.kernel.topics import DEAD_LETTER, SPANS, TopicCatalog
+from services.timeline.store import Draft, SpanRow, Store, StoreError
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Event topics the timeline reads: every declared topic but the spans and dead-letter ones.
+EXCLUDED_TOPICS = frozenset({SPANS, DEAD_LETTER})
+
+LANES: dict[str, str] = {
+    "PanicAlert": "gateway",
+    "PanicCancelled": "gateway",
+    "CameraAlert": "gateway",
+    "SrpActionRequested": "people",  # a person's action (SRP request, ALL CLEAR)
+    "IncidentOpened": "incidents",
+    "IncidentChanged": "incidents",
+    "IncidentCleared": "incidents",
+    "CadDispatch": "cad",
+    "CadStatusUpdate": "cad",
+    "LockCommand": "doors",
+    "DoorLockState": "doors",
+    "LockdownProgress": "doors",
+    "NotificationRequested": "notifications",
+    "DeliveryReceipt": "notifications",
+    "AnnouncementCommand": "notifications",
+    "NotificationAcknowledged": "people",
+    "ReunificationStatus": "reunification",
+    "TipSubmitted": "tips",
+    "TipUpdated": "tips",
+    "ThreatCaseOpened": "cases",
+    "ThreatCaseUpdated": "cases",
+    "Referral": "referrals",
+    "RecordDisclosure": "disclosures",
+    "RosterChange": "roster",
+}
+
+#: Fields naming who acted, in order of preference (ids only, never classified fields).
+ACTOR_FIELDS = (
+    "requested_by",
+    "changed_by",
+    "cleared_by",
+    "cancelled_by",
+    "updated_by",
+    "opened_by",
+    "referred_by",
+    "disclosed_by",
+    "recorded_by",
+    "recipient_id",
+    "activated_by",
+    "device_id",
+    "camera_id",
+)
+
+#: Alerts that may open or join an incident before any incident names them.
+SIGNAL_TYPES = frozenset({"PanicAlert", "PanicCancelled", "CameraAlert", "SrpActionRequested"})
+#: Door states the incidents service correlates (routine reports never join an incident).
+SIGNAL_DOOR_STATES = frozenset({"FORCED_OPEN", "HELD_OPEN"})
+
+_INCIDENT_STATUS = {"ALL_CLEAR": "cleared", "CLOSED": "closed", "CANCELLED": "cancelled"}
+
+
+def event_topics(catalog: TopicCatalog) -> list[str]:
+    """Base names of the topics the events consumer reads."""
+    return [name for name in catalog.specs if name not in EXCLUDED_TOPICS]
+
+
+def trace_ids(headers: Sequence[tuple[str, bytes]]) -> tuple[str | None, str | None]:
+    """(trace id, span id) hex from a message's ``traceparent`` header, if valid."""
+    context = trace.get_current_span(tracing.extract(headers)).get_span_context()
+    if not context.is_valid:
+        return None, None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def _pct(value: float) -> str:
+    return f"{round(value * 100)}%"
+
+
+def summarize(kind: str, e: Mapping[str, Any]) -> str:  # noqa: PLR0912, PLR0915
+    """One line for humans, from unclassified fields only (one case per event type)."""
+    text: str
+    match kind:
+        case "PanicAlert":
+            silent = "Silent panic" if e.get("silent") else "Panic"
+            text = f"{silent} ({_words(e.get('panic_type'))}) from {e.get('device_id')}"
+        case "PanicCancelled":
+            text = f"Panic cancelled by {e.get('cancelled_by')}: {e.get('reason')}"
+        case "CameraAlert":
+            text = (
+                f"Camera {e.get('camera_id')}: {_words(e.get('analytic'))} "
+                f"({_pct(float(e.get('confidence') or 0))})"
+            )
+        case "SrpActionRequested":
+            text = f"SRP {e.get('action')} requested by {e.get('requested_by')}"
+        case "IncidentOpened":
+            text = str(e.get("summary") or "Incident opened")
+        case "IncidentChanged":
+            text = f"{e.get('change_reason')} (now {_words(e.get('state'))})"
+        case "IncidentCleared":
+            text = f"{_words(e.get('outcome')).capitalize()}: {e.get('message')}"
+        case "LockCommand":
+            text = f"{_words(e.get('target')).capitalize()} {_words(e.get('scope'))} doors"
+        case "DoorLockState":
+            text = f"Door {e.get('door_id')} {_words(e.get('state'))}"
+        case "LockdownProgress":
+            expected = len(e.get("doors_expected") or [])
+            confirmed = len(e.get("doors_confirmed") or [])
+            text = f"{confirmed}/{expected} doors confirmed"
+            if e.get("deadline_passed") and not e.get("complete"):
+                text += f"; {len(e.get('doors_unconfirmed') or [])} unconfirmed at the deadline"
+        case "CadDispatch":
+            text = f"EIDO {e.get('status')} to {e.get('psap_id')} ({e.get('apco_incident_type')})"
+        case "CadStatusUpdate":
+            units = ", ".join(str(u.get("unit_id")) for u in e.get("units") or [])
+            text = f"CAD {e.get('cad_incident_id')}: {e.get('status')}"
+            text += f" ({units})" if units else ""
+        case "NotificationRequested":
+            text = f"{_words(e.get('priority')).capitalize()} notification: {e.get('headline')}"
+        case "DeliveryReceipt":
+            text = f"{e.get('channel')} to {e.get('recipient_id')}: {_words(e.get('status'))}"
+            text += f" ({e.get('error')})" if e.get("error") else ""
+        case "NotificationAcknowledged":
+            text = f"{e.get('recipient_id')} answered {_words(e.get('response'))}"
+        case "AnnouncementCommand":
+            text = f"{e.get('channel')} announcement to {e.get('recipient_id')}"
+        case "ReunificationStatus":
+            text = f"Student {_words(e.get('student_status'))}"
+        case "TipSubmitted":
+            text = f"{_words(e.get('category')).capitalize()} tip via {e.get('channel')}"
+        case "TipUpdated":
+            text = f"Tip {_words(e.get('status'))}"
+        case "ThreatCaseOpened":
+            text = f"Threat assessment case opened ({_words(e.get('concern_level'))})"
+        case "ThreatCaseUpdated":
+            text = f"Case {_words(e.get('status'))} ({_words(e.get('concern_level'))})"
+        case "Referral":
+            text = f"Referral to {e.get('partner_id')}: {_words(e.get('task_status'))}"
+        case "RecordDisclosure":
+            text = f"Record disclosure by {e.get('disclosed_by')} ({e.get('legal_basis')})"
+        case "RosterChange":
+            text = f"Roster {_words(e.get('entity'))} {_words(e.get('change'))}"
+        case _:
+            text = kind
+    return text[:500]
+
+
+def _words(value: Any) -> str:
+    return str(value or "").lower().replace("_", " ")
+
+
+def subject_update(kind: str, e: Mapping[str, Any]) -> dict[str, Any]:
+    """What this event says about its subject's index row (keys ending ``?``: only if unset)."""
+    match kind:
+        case "IncidentOpened" | "IncidentChanged":
+            state = str(e.get("state"))
+            return {
+                "version": e.get("version"),
+                "type": e.get("incident_type"),
+                "incident_state": state,
+                "status": _INCIDENT_STATUS.get(state, "open"),
+                "srp_action": e.get("srp_action"),
+                "summary": e.get("summary"),
+            }
+        case "IncidentCleared":
+            cancelled = e.get("outcome") == "FALSE_ALARM"
+            return {
+                "version": e.get("version"),
+                "incident_state": "CANCELLED" if cancelled else "ALL_CLEAR",
+                "status": "cancelled" if cancelled else "cleared",
+            }
+        case "CadDispatch" | "CadStatusUpdate":
+            return {"cad_status": e.get("status")}
+        case "ThreatCaseOpened":
+            return {"type": "THREAT_ASSESSMENT", "status": "open"}
+        case "ThreatCaseUpdated":
+            return {"status": "closed" if e.get("status") == "CLOSED" else "open"}
+        case "TipSubmitted":
+            return {"type?": f"TIP_{e.get('category')}"}
+        case "TipUpdated":
+            status = str(e.get("status"))
+            closed = status.startswith("CLOSED") or status == "MERGED"
+            return {"status": "closed" if closed else "open"}
+    return {}
+
+
+def draft_of(event: Event, headers: Sequence[tuple[str, bytes]]) -> Draft:
+    """The store draft of a decoded event (HandlerError if its envelope is unusable)."""
+    envelope = event.get("envelope")
+    if not isinstance(envelope, Mapping):
+        raise HandlerError("event has no envelope")
+    event_type = str(envelope.get("event_type") or "")
+    kind = event_type.removeprefix(EVENT_NAMESPACE)
+    tenant = envelope.get("tenant") or {}
+    if not tenant.get("district"):
+        raise HandlerError(f"{kind} {envelope.get('event_id')} names no district")
+    fields = {k: v for k, v in event.items() if k != "envelope"}
+    actor = next((str(fields[f]) for f in ACTOR_FIELDS if fields.get(f)), None)
+    trace_id, span_id = trace_ids(headers)
+    correlated: list[str] = []
+    if kind in ("IncidentOpened", "IncidentChanged"):
+        correlated = [str(i) for i in fields.get("correlated_event_ids") or []]
+    signal = kind in SIGNAL_TYPES or (
+        kind == "DoorLockState" and fields.get("state") in SIGNAL_DOOR_STATES
+    )
+    return Draft(
+        event_id=str(envelope["event_id"]),
+        event_type=kind,
+        occurred_at=envelope["occurred_at"],
+        recorded_at=envelope["recorded_at"],
+        tenant={
+            "state": tenant.get("state"),
+            "district": tenant.get("district"),
+            "school": tenant.get("school"),
+        },
+        building=envelope.get("building"),
+        room=envelope.get("room"),
+        exercise=bool(envelope.get("exercise")),
+        source=str(envelope.get("source") or ""),
+        actor=actor,
+        lane=LANES.get(kind, "other"),
+        summary=summarize(kind, fields),
+        classification=[str(c) for c in envelope.get("classification") or []],
+        trace_id=trace_id,
+        span_id=span_id,
+        payload=jsonable(event),
+        incident_id=envelope.get("incident_id") or _own_incident(kind, fields),
+        case_id=envelope.get("case_id"),
+        correlated_event_ids=correlated,
+        signal=signal,
+        subject_update=subject_update(kind, fields),
+    )
+
+
+def _own_incident(kind: str, fields: Mapping[str, Any]) -> str | None:
+    """Incident events carry their id in the body too (a safety net for the envelope)."""
+    if kind.startswith("Incident") or kind == "LockdownProgress":
+        value = fields.get("incident_id")
+        return str(value) if value else None
+    return None
+
+
+_SPAN_KINDS = {
+    Span.SPAN_KIND_INTERNAL: "internal",
+    Span.SPAN_KIND_SERVER: "server",
+    Span.SPAN_KIND_CLIENT: "client",
+    Span.SPAN_KIND_PRODUCER: "producer",
+    Span.SPAN_KIND_CONSUMER: "consumer",
+}
+_STATUS = {Status.STATUS_CODE_OK: "ok", Status.STATUS_CODE_ERROR: "error"}
+
+
+def _value(value: AnyValue) -> Any:
+    which = value.WhichOneof("value")
+    if which == "array_value":
+        return [_value(v) for v in value.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in value.kvlist_value.values}
+    if which == "bytes_value":
+        return value.bytes_value.hex()
+    return getattr(value, which) if which else None
+
+
+def spans_of(data: bytes) -> list[SpanRow]:
+    """The spans of an OTLP ``ExportTraceServiceRequest`` (HandlerError if it does not parse)."""
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(data)
+    except DecodeError as exc:
+        raise HandlerError("not an OTLP ExportTraceServiceRequest") from exc
+    rows: list[SpanRow] = []
+    for resource_spans in request.resource_spans:
+        attributes = {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}
+        service = str(attributes.get("service.name") or "unknown")
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                if len(span.trace_id) != 16 or len(span.span_id) != 8:
+                    raise HandlerError("OTLP span without a valid trace or span id")
+                rows.append(
+                    SpanRow(
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_span_id=span.parent_span_id.hex() or None,
+                        name=span.name[:300],
+                        service=service[:200],
+                        kind=_SPAN_KINDS.get(span.kind, "unspecified"),
+                        start_ns=int(span.start_time_unix_nano),
+                        end_ns=int(span.end_time_unix_nano),
+                        status=_STATUS.get(span.status.code, "unset"),
+                        attributes={kv.key: _value(kv.value) for kv in span.attributes},
+                    )
+                )
+    return rows
+
+
+class _Stopping(Exception):  # noqa: N818 - control flow inside this module
+    """The service is stopping while a batch is not written: leave it uncommitted."""
+
+
+class BatchConsumer(Closing, Generic[T]):
+    """Decode a poll batch message by message, write it in one go, then commit its offsets."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        catalog: TopicCatalog,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        decode: Callable[[bytes, Sequence[tuple[str, bytes]]], list[T]],
+        write: Callable[[list[T]], Any],
+        dead_letter: EventProducer,
+        stop: threading.Event,
+        batch_size: int = 500,
+        fetch_wait_max_ms: int = 100,
+    ) -> None:
+        self._catalog = catalog
+        self._decode = decode
+        self._write = write
+        self._dead_letter = dead_letter
+        self._stop = stop
+        self._group_id = group_id
+        self._batch_size = batch_size
+        self.assigned: set[tuple[str, int]] = set()
+        self.written = 0
+        self.dead_lettered = 0
+        config = {
+            **kafka.client_config(),
+            "client.id": "timeline",
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": kafka.session_timeout_ms,
+            "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
+            "fetch.wait.max.ms": fetch_wait_max_ms,
+            "allow.auto.create.topics": False,
+        }
+        try:
+            self._consumer = Consumer(config)
+            self._consumer.subscribe(
+                [catalog.name(t) for t in topics],
+                on_assign=lambda _c, ps: self.assigned.update((p.topic, p.partition) for p in ps),
+                on_revoke=self._on_revoke,
+            )
+        except KafkaException as exc:
+            raise BusError(f"cannot create consumer for group {group_id}: {exc}") from exc
+        self._closed = False
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with contextlib.suppress(KafkaException):
+            consumer.commit(asynchronous=False)
+        self.assigned.difference_update((p.topic, p.partition) for p in partitions)
+
+    def run(self) -> None:
+        """Consume until the stop signal."""
+        try:
+            while not self._stop.is_set():
+                self.poll_once(0.2)
+        except _Stopping:
+            log.info("stopped with a batch left for the next run", group=self._group_id)
+
+    def poll_once(self, timeout: float) -> int:
+        """One batch: decode, dead-letter the undecodable, write, commit. Returns its size."""
+        try:
+            first = self._consumer.poll(timeout)
+            if first is None:
+                return 0
+            messages = [first, *self._consumer.consume(self._batch_size - 1, 0)]
+        except KafkaException as exc:
+            raise BusError(f"consume failed for group {self._group_id}: {exc}") from exc
+        items: list[T] = []
+        done: dict[tuple[str, int], TopicPartition] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error", group=self._group_id, error=error.str())
+                continue
+            items.extend(self._decoded(message))
+            topic, partition = str(message.topic()), message.partition() or 0
+            done[topic, partition] = TopicPartition(topic, partition, (message.offset() or 0) + 1)
+        if items:
+            self._write_until_done(items)
+        if done:
+            self._consumer.store_offsets(offsets=list(done.values()))
+            with contextlib.suppress(KafkaException):
+                self._consumer.commit(asynchronous=True)
+        return len(done)
+
+    def _decoded(self, message: Message) -> list[T]:
+        headers = _headers(message)
+        value = message.value()
+        data = value.encode() if isinstance(value, str) else (value or b"")
+        try:
+            return self._decode(data, headers)
+        except Exception as exc:
+            # SafeHub errors name the problem without payload; others only by type.
+            self._to_dead_letter(message, headers, exc)
+            return []
+
+    def _to_dead_letter(
+        self, message: Message, headers: list[tuple[str, bytes]], exc: BaseException
+    ) -> None:
+        reason = dead_letter_reason(exc, 1)
+        key = message.key()
+        value = message.value()
+        self._dead_letter.publish_raw(
+            self._catalog.dead_letter,
+            key.encode() if isinstance(key, str) else key,
+            value.encode() if isinstance(value, str) else value,
+            dead_letter_headers(
+                headers,
+                exc,
+                reason=reason,
+                topic=str(message.topic()),
+                partition=message.partition() or 0,
+                offset=message.offset() or 0,
+                group=self._group_id,
+                attempts=1,
+            ),
+        )
+        self.dead_lettered += 1
+        log.error(
+            "message dead-lettered",
+            group=self._group_id,
+            topic=message.topic(),
+            offset=message.offset(),
+            reason=reason,
+        )
+
+    def _write_until_done(self, items: list[T]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                self._write(items)
+                self.written += len(items)
+                return
+            except (StoreError, SQLAlchemyError) as exc:
+                # The events are fine; the store is not (yet): never dead-letter them.
+                log.warning("store write failed, retrying", error_type=type(exc).__name__)
+            if self._stop.wait(delay):
+                raise _Stopping
+            delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        """Commit what was written and leave the group (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._consumer.commit(asynchronous=False)
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._consumer.close()
+
+
+def _headers(message: Message) -> list[tuple[str, bytes]]:
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs if v is not None]
+
+
+class Ingest:
+    """The two consumers of the timeline, wired to a store."""
+
+    def __init__(self, store: Store, codec: Codec) -> None:
+        self.store = store
+        self.codec = codec
+
+    def decode_event(self, data: bytes, headers: Sequence[tuple[str, bytes]]) -> list[Draft]:
+        """One message → its draft (CodecError/HandlerError: dead letter)."""
+        return [draft_of(self.codec.decode(data), headers)]
+
+    def write_events(self, drafts: list[Draft]) -> None:
+        """One transaction for the batch."""
+        stats = self.store.apply(drafts)
+        log.debug(
+            "events recorded",
+            appended=stats.appended,
+            duplicates=stats.duplicates,
+            pending=stats.pending,
+            ignored=stats.ignored,
+        )
+
+    @staticmethod
+    def decode_spans(data: bytes, _headers: Sequence[tuple[str, bytes]]) -> list[SpanRow]:
+        """One OTLP message → its spans."""
+        return spans_of(data)
+
+    def write_spans(self, rows: list[SpanRow]) -> None:
+        """One transaction for the batch."""
+        self.store.add_spans(rows)
+
+
+def wait_closed(thread: threading.Thread, consumer: BatchConsumer[Any], timeout: float) -> None:
+    """Closer: let the loop finish its batch, then close the consumer."""
+    deadline = time.monotonic() + timeout
+    thread.join(max(0.0, deadline - time.monotonic()))
+    consumer.close()

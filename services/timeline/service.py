@@ -1,0 +1,122 @@
+"""The timeline deployable: ingest every event and span, serve the reviewers' APIs and pages.
+
+``setup(runtime)`` opens the store (applying migrations), starts the HTTP API and pages
+(writing the bound port to ``port_file``), the gRPC API over mTLS (unless disabled), and the
+two consumer groups (events, spans). On SIGTERM: servers stop first, consumers finish and
+commit their batch, the store closes last.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from safehub.kernel.directory import Directory
+from safehub.kernel.runtime import Runtime, run
+from safehub.kernel.topics import SPANS
+from services.timeline.grpc_api import GrpcServer, write_port_file
+from services.timeline.http_api import HttpApi, HttpServer
+from services.timeline.ingest import BatchConsumer, Ingest, event_topics, wait_closed
+from services.timeline.query import Queries
+from services.timeline.settings import TimelineSettings
+from services.timeline.store import Store, StoreError
+
+log = structlog.get_logger(__name__)
+
+NAME = "timeline"
+PRUNE_EVERY_S = 600.0
+
+
+def setup(runtime: Runtime[TimelineSettings]) -> None:
+    """Service entry used by :func:`run`."""
+    section = runtime.settings.timeline
+    directory = Directory.load(section.directory_file)
+    store = Store(section.database_url)
+    runtime.on_close(store.close)
+    retention = timedelta(seconds=section.pending_retention_s)
+    ingest = Ingest(store, runtime.codec)
+    consumers: list[tuple[str, BatchConsumer[Any]]] = [
+        (
+            "events",
+            BatchConsumer(
+                runtime.settings.kafka,
+                runtime.catalog,
+                group_id=runtime.catalog.prefix + section.events_group,
+                topics=event_topics(runtime.catalog),
+                decode=ingest.decode_event,
+                write=ingest.write_events,
+                dead_letter=runtime.producer,
+                stop=runtime.stop,
+                batch_size=section.batch_size,
+                fetch_wait_max_ms=section.fetch_wait_max_ms,
+            ),
+        ),
+        (
+            "spans",
+            BatchConsumer(
+                runtime.settings.kafka,
+                runtime.catalog,
+                group_id=runtime.catalog.prefix + section.spans_group,
+                topics=[SPANS],
+                decode=ingest.decode_spans,
+                write=ingest.write_spans,
+                dead_letter=runtime.producer,
+                stop=runtime.stop,
+                batch_size=section.batch_size,
+                fetch_wait_max_ms=section.fetch_wait_max_ms,
+            ),
+        ),
+    ]
+    for name, consumer in consumers:
+        thread = runtime.spawn(consumer.run, name=f"timeline-{name}")
+        runtime.on_close(_closer(thread, consumer, section.grace_s + 10))
+    runtime.spawn(
+        lambda: _prune_until_stopped(store, retention, runtime.stop), name="timeline-prune"
+    )
+
+    queries = Queries(store, directory, chain_cache_s=section.chain_cache_s)
+    http = HttpServer(
+        HttpApi(queries).app(),
+        host=section.http_host,
+        port=section.http_port,
+        grace_s=section.grace_s,
+    )
+    port = http.start()
+    runtime.on_close(http.close)
+    if section.port_file is not None:
+        write_port_file(section.port_file, port)
+    log.info("timeline HTTP listening", host=section.http_host, port=port)
+    if section.grpc_enabled:
+        grpc_server = GrpcServer(queries, section)
+        grpc_port = grpc_server.start()
+        runtime.on_close(grpc_server.stop)
+        log.info("timeline gRPC listening", host=section.grpc_host, port=grpc_port)
+
+
+def _closer(
+    thread: threading.Thread, consumer: BatchConsumer[Any], timeout: float
+) -> Callable[[], None]:
+    return lambda: wait_closed(thread, consumer, timeout)
+
+
+def _prune_until_stopped(store: Store, retention: timedelta, stop: threading.Event) -> None:
+    while True:
+        try:
+            removed = store.prune(datetime.now(UTC) - retention)
+        except (StoreError, SQLAlchemyError) as exc:  # the next round tries again
+            log.warning("pruning failed", error_type=type(exc).__name__)
+        else:
+            if removed:
+                log.info("old pending signals and claims pruned", count=removed)
+        if stop.wait(PRUNE_EVERY_S):
+            return
+
+
+def main() -> None:
+    """``python -m services.timeline``."""
+    run(NAME, TimelineSettings, setup)
