@@ -3,7 +3,9 @@
 A connector opens ``Attach`` and says Hello for its schools (each within its client's
 tenant). The gateway consumes the door-commands topic and forwards every LockCommand to the
 sessions serving the command's school; with none attached it logs and publishes nothing
-(the incidents service reports unconfirmed doors after its deadline). Door state reports
+(the incidents service reports unconfirmed doors after its deadline). Announcements (PA,
+intercom, signage) and their receipts are routed by :mod:`services.gateway.announcements`
+over the same sessions. Door state reports
 become DoorLockState events; a report of a door reaching the state a forwarded command asked
 for (or a CommandResult SUCCEEDED for such a door) echoes the command_id, and its span
 continues the command's trace.
@@ -36,6 +38,7 @@ from safehub.kernel.codec import Event
 from safehub.kernel.directory import Client, Directory, Scope, UnknownPlaceError
 from safehub.kernel.envelope import event_id_for, new_event
 from services.gateway import mapping
+from services.gateway.announcements import Announcements
 from services.gateway.ingest import DoorReport, IngestServicer, authorised_caller, authorize
 from services.gateway.intake import Intake, fingerprint
 from services.gateway.rpc import RejectionError, Violation, abort
@@ -110,6 +113,8 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
         self._sessions: dict[str, Session] = {}
         self._pending: OrderedDict[str, PendingCommand] = OrderedDict()
         self._by_door: dict[tuple[str, str], str] = {}  # (school, door) → latest command id
+        #: Consumer handler of the announcements topic is ``announcements.forward``.
+        self.announcements = Announcements(directory, intake, settings, self.sessions_for)
 
     # -- registry ------------------------------------------------------------------------
 
@@ -417,6 +422,8 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
         self._publish(session, event, fingerprint(report), pending)
 
     def _on_result(self, session: Session, result: connector_pb2.CommandResult) -> None:
+        if self.announcements.on_result(session, result):
+            return
         try:
             outcome = connector_pb2.CommandOutcome.Name(result.outcome)
         except ValueError:

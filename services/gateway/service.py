@@ -1,9 +1,9 @@
 """The gateway deployable: mTLS gRPC front door of the hub (ingest + connector APIs).
 
 ``start(runtime)`` loads the directory, binds the server (writing the bound port to
-``port_file`` when set), registers health and reflection, and consumes the door-commands
-topic to feed attached connectors. On SIGTERM the runtime drains it: health turns
-NOT_SERVING, connector sessions end, in-flight calls get ``grace_s`` to finish.
+``port_file`` when set), registers health and reflection, and consumes the door-commands and
+announcements topics to feed attached connectors. On SIGTERM the runtime drains it: health
+turns NOT_SERVING, connector sessions end, in-flight calls get ``grace_s`` to finish.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ log = structlog.get_logger(__name__)
 
 NAME = "gateway"
 DOOR_COMMANDS = "safehub.door-commands.v1"
+ANNOUNCEMENTS = "safehub.announcements.v1"
 INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 CONNECTOR_SERVICE = connector_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name
 SERVICE_NAMES = (INGEST_SERVICE, CONNECTOR_SERVICE)
@@ -174,6 +175,12 @@ def start(runtime: Runtime[GatewaySettings]) -> Gateway:
         [DOOR_COMMANDS],
         gateway.connectors.forward,
         fetch_wait_max_ms=section.door_commands_fetch_wait_ms,
+    )
+    runtime.consumer(
+        section.announcements_group,
+        [ANNOUNCEMENTS],
+        gateway.connectors.announcements.forward,
+        fetch_wait_max_ms=section.announcements_fetch_wait_ms,
     )
     return gateway
 

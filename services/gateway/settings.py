@@ -74,7 +74,29 @@ class GatewaySection(BaseModel):
         default=60.0, gt=0, le=3600, description="deadline given to connectors for a LockCommand"
     )
     pending_commands: int = Field(
-        default=10_000, ge=1, le=1_000_000, description="forwarded commands remembered"
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="forwarded commands remembered (lock commands and announcements, each)",
+    )
+    announcements_group: str = Field(
+        default="gateway-announcements",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="consumer group of the announcements topic; every gateway replica that "
+        "holds connector sessions needs its own",
+    )
+    announcements_fetch_wait_ms: int = Field(default=50, ge=1, le=5000)
+    announcement_max_age_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="an announcement without expires_at older than this is not played",
+    )
+    report_unattached_announcements: bool = Field(
+        default=True,
+        description="publish a FAILED receipt when no connector attached here can play an "
+        "announcement; with several gateway replicas each holds only some sessions, so set "
+        "false there (the notifier's acknowledgement timeout then covers it)",
     )
 
     @model_validator(mode="after")

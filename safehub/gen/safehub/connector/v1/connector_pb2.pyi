@@ -524,12 +524,17 @@ class Announcement(_message.Message):
     SRP_ACTION_FIELD_NUMBER: _builtins.int
     TEXTS_FIELD_NUMBER: _builtins.int
     EXERCISE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REPEAT_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """Hub-assigned unique id of the announcement; CommandResults refer to it."""
     srp_action: _srp_pb2.SrpAction.ValueType
     """The SRP action announced."""
     exercise: _builtins.bool
     """True for a drill; the text itself says so as well."""
+    repeat: _builtins.int
+    """How many times a PA or intercom plays the text; signage ignores it. 0 means once."""
     @_builtins.property
     def place(self) -> _place_pb2.Place:
         """Where to announce: the school, and the building if set."""
@@ -540,6 +545,19 @@ class Announcement(_message.Message):
         school's primary language.
         """
 
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Time after which the announcement must not be played or shown (a stale replay, a command
+        held up in a queue); the connector reports TIMED_OUT instead. Unset: no limit given.
+        """
+
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedScalarFieldContainer[Global___Capability.ValueType]:
+        """The outputs to use, among the announcement capabilities the connector declared:
+        CAPABILITY_PA_ANNOUNCEMENT and CAPABILITY_INTERCOM play the text, CAPABILITY_SIGNAGE shows it.
+        Empty: every announcement output the connector declared.
+        """
+
     def __init__(
         self,
         *,
@@ -548,10 +566,13 @@ class Announcement(_message.Message):
         srp_action: _srp_pb2.SrpAction.ValueType = ...,
         texts: _abc.Iterable[Global___LocalizedText] | None = ...,
         exercise: _builtins.bool = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        repeat: _builtins.int = ...,
+        outputs: _abc.Iterable[Global___Capability.ValueType] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["place", b"place"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "place", b"place"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "exercise", b"exercise", "place", b"place", "srp_action", b"srp_action", "texts", b"texts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "exercise", b"exercise", "expires_at", b"expires_at", "outputs", b"outputs", "place", b"place", "repeat", b"repeat", "srp_action", b"srp_action", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

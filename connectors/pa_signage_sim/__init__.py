@@ -1,0 +1,1 @@
+"""A PA, intercom and digital-signage vendor simulator attached to the gateway as a connector."""

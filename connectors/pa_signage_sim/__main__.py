@@ -1,0 +1,5 @@
+"""``python -m connectors.pa_signage_sim``."""
+
+from connectors.pa_signage_sim.service import main
+
+main()

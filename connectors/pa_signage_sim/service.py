@@ -1,0 +1,21 @@
+"""The PA / signage simulator deployable (``python -m connectors.pa_signage_sim``)."""
+
+from __future__ import annotations
+
+from connectors.pa_signage_sim.settings import PaSignageSimSettings
+from connectors.pa_signage_sim.sim import PaSignageSim
+from safehub.kernel.runtime import Runtime, run
+
+NAME = "pa_signage_sim"
+
+
+def setup(runtime: Runtime[PaSignageSimSettings]) -> None:
+    """Run the simulator in a runtime thread; stop it on drain."""
+    sim = PaSignageSim.from_settings(runtime.settings.pa_signage_sim, stop=runtime.stop)
+    runtime.on_close(sim.close)
+    runtime.spawn(sim.run, name="pa-signage-sim")
+
+
+def main() -> None:
+    """Entry point."""
+    run(NAME, PaSignageSimSettings, setup)
