@@ -47,6 +47,7 @@ DEFAULT_COMPONENTS: tuple[str, ...] = (
     "services.notify",
     "services.gateway",
     "connectors.access_control_sim",
+    "connectors.pa_signage_sim",
 )
 
 CAD_SIMULATOR = "connectors.psap_cad.simulator"
@@ -57,7 +58,11 @@ MAIL_SINK = "aiosmtpd"
 
 #: Bulk, non-life-safety components yield the CPU to the emergency path when a machine is
 #: saturated (on Kubernetes the same intent is expressed with priority classes and requests).
-NICENESS = {"services.doorstate": 10, "connectors.access_control_sim": 10}
+NICENESS = {
+    "services.doorstate": 10,
+    "connectors.access_control_sim": 10,
+    "connectors.pa_signage_sim": 10,
+}
 
 
 def free_port() -> int:
@@ -155,6 +160,11 @@ class Hub(Closing):
         """Where the demo's mail server keeps every message it received (a Maildir)."""
         return self.run_dir / "mail"
 
+    @property
+    def pa_played_file(self) -> Path:
+        """JSON lines of every announcement the simulated PA/signage connector played."""
+        return self.run_dir / "pa-played.jsonl"
+
     def __enter__(self) -> Hub:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -245,6 +255,16 @@ class Hub(Closing):
                     "SAFEHUB_ACCESS_CONTROL_SIM__TLS_CERT_FILE": str(client.cert),
                     "SAFEHUB_ACCESS_CONTROL_SIM__TLS_KEY_FILE": str(client.key),
                     "SAFEHUB_ACCESS_CONTROL_SIM__TLS_CA_FILE": ca,
+                }
+            case "connectors.pa_signage_sim":
+                client = self.pki.client("pa-signage-north")
+                return {
+                    "SAFEHUB_PA_SIGNAGE_SIM__CLIENT_ID": "pa-signage-north",
+                    "SAFEHUB_PA_SIGNAGE_SIM__GATEWAY_ADDRESS": self.gateway_address,
+                    "SAFEHUB_PA_SIGNAGE_SIM__TLS_CERT_FILE": str(client.cert),
+                    "SAFEHUB_PA_SIGNAGE_SIM__TLS_KEY_FILE": str(client.key),
+                    "SAFEHUB_PA_SIGNAGE_SIM__TLS_CA_FILE": ca,
+                    "SAFEHUB_PA_SIGNAGE_SIM__PLAYED_FILE": str(self.pa_played_file),
                 }
         return {}
 
