@@ -18,6 +18,7 @@ to ``cap_endpoint_url`` when set).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -353,6 +354,8 @@ def _write_port(path: Path, port: int) -> None:
 def setup(runtime: Runtime[NotifySettings]) -> None:
     """Store, web endpoint, channels, dispatcher, then the two consumers."""
     config = runtime.settings.notify
+    # One INFO line per provider request would be thousands per lockdown; receipts say it all.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     audiences = Audiences(Directory.load(config.directory_file))
     store = Store(config.database_url)
     runtime.on_close(store.close)

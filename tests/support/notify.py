@@ -1,0 +1,347 @@
+"""Helpers for notify tests and the notify benchmark: a real SMTP server (aiosmtpd), the
+notify service as a process, incident and notification events, and directory generation.
+
+Typical use::
+
+    with SmtpSink() as smtp, ProviderSimProcess(workdir) as sim:
+        with NotifyProcess(kafka, catalog, workdir, smtp=smtp, sim=sim) as notify:
+            producer.publish(incident("IncidentOpened", incident_id="inc-1", srp_action="LOCKDOWN"))
+            wait_until(lambda: len(smtp.messages) >= 48)
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from safehub.kernel.directory import Directory, default_directory_file
+from safehub.kernel.envelope import new_event
+from safehub.kernel.settings import KafkaSettings
+from safehub.kernel.topics import TopicCatalog
+from tests.support.processes import Component
+from tests.support.sms import ProviderSimProcess
+from tests.support.waiting import wait_until
+
+DEMO_DIRECTORY = default_directory_file()
+ACK_SECRET = "test-ack-secret-0123456789"
+STATUS_TOKEN = "test-status-token"
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Mail:
+    """One message the SMTP server accepted."""
+
+    to: tuple[str, ...]
+    subject: str
+    body: str
+    headers: dict[str, str]
+    received_at: float  # time.monotonic()
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self._sink = sink
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, _server: SMTP, _session: Session, envelope: Envelope
+    ) -> str:
+        received = time.monotonic()
+        raw = envelope.content if isinstance(envelope.content, bytes) else b""
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        part = parsed.get_body(preferencelist=("plain",))
+        body = part.get_content() if part is not None else ""
+        self._sink.add(
+            Mail(
+                to=tuple(str(r) for r in envelope.rcpt_tos),
+                subject=str(parsed["Subject"]),
+                body=str(body),
+                headers={k: str(v) for k, v in parsed.items()},
+                received_at=received,
+            )
+        )
+        return "250 OK"
+
+
+class SmtpSink:
+    """A real SMTP server on a free port recording every accepted message."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.messages: list[Mail] = []
+        self._lock = threading.Lock()
+        self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+
+    def add(self, mail: Mail) -> None:
+        """Record one message (called by the handler)."""
+        with self._lock:
+            self.messages.append(mail)
+
+    def to(self, address: str) -> list[Mail]:
+        """Messages for one address."""
+        with self._lock:
+            return [m for m in self.messages if address in m.to]
+
+    def start(self) -> SmtpSink:
+        """Start serving."""
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._controller.stop()
+
+    def __enter__(self) -> SmtpSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def notify_env(
+    workdir: Path,
+    *,
+    smtp_port: int,
+    sim: ProviderSimProcess | None,
+    directory_file: Path = DEMO_DIRECTORY,
+    database_url: str | None = None,
+    **overrides: str,
+) -> dict[str, str]:
+    """Environment of a notify process for a test or benchmark."""
+    env = {
+        "SAFEHUB_NOTIFY__DIRECTORY_FILE": str(directory_file),
+        "SAFEHUB_NOTIFY__DATABASE_URL": database_url
+        or f"sqlite:///{workdir / 'notify.sqlite3'}",
+        "SAFEHUB_NOTIFY__HTTP_PORT": "0",
+        "SAFEHUB_NOTIFY__PORT_FILE": str(workdir / "notify.port"),
+        "SAFEHUB_NOTIFY__ACK_SECRET": ACK_SECRET,
+        "SAFEHUB_NOTIFY__STATUS_TOKEN": STATUS_TOKEN,
+        "SAFEHUB_NOTIFY__SMTP_HOST": "127.0.0.1",
+        "SAFEHUB_NOTIFY__SMTP_PORT": str(smtp_port),
+        "SAFEHUB_NOTIFY__RETRY_INITIAL_S": "0.05",
+        "SAFEHUB_NOTIFY__RETRY_CAP_S": "0.5",
+    }
+    if sim is not None:
+        env |= {
+            "SAFEHUB_NOTIFY__SMS_ENABLED": "true",
+            "SAFEHUB_NOTIFY__TWILIO__API_BASE_URL": sim.base_url,
+            "SAFEHUB_NOTIFY__TWILIO__ACCOUNT_SID": sim.account_sid,
+            "SAFEHUB_NOTIFY__TWILIO__AUTH_TOKEN": sim.auth_token,
+        }
+    return env | overrides
+
+
+class NotifyProcess(Component):
+    """``python -m services.notify`` with its HTTP API at hand."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        catalog: TopicCatalog,
+        workdir: Path,
+        *,
+        smtp: SmtpSink,
+        sim: ProviderSimProcess | None,
+        **env: str,
+    ) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            "services.notify",
+            kafka,
+            catalog.prefix,
+            workdir,
+            notify_env(workdir, smtp_port=smtp.port, sim=sim, **env),
+        )
+        self.sim = sim
+        self.http: httpx.Client | None = None
+
+    def start(self, *, wait: bool = True, timeout: float = 60.0) -> NotifyProcess:
+        (self.workdir / "notify.port").unlink(missing_ok=True)
+        super().start(wait=wait, timeout=timeout)
+        if wait:
+            port = int((self.workdir / "notify.port").read_text())
+            self.http = httpx.Client(
+                base_url=f"http://127.0.0.1:{port}",
+                headers={"Authorization": f"Bearer {STATUS_TOKEN}"},
+                timeout=30,
+            )
+            if self.sim is not None:  # replies to the simulator's numbers come to us
+                self.sim.configure(inbound_url=f"{self.base_url}/providers/twilio/inbound")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        """Where the service's HTTP API listens."""
+        assert self.http is not None
+        return str(self.http.base_url).rstrip("/")
+
+    def notifications(self, incident_id: str | None = None) -> list[dict[str, Any]]:
+        """GET /notifications."""
+        assert self.http is not None
+        params = {"incident_id": incident_id} if incident_id else None
+        found: list[dict[str, Any]] = (
+            self.http.get("/notifications", params=params).raise_for_status().json()
+        )
+        return found
+
+    def status(self, notification_id: str) -> dict[str, Any]:
+        """GET /notifications/{id}."""
+        assert self.http is not None
+        found: dict[str, Any] = (
+            self.http.get(f"/notifications/{notification_id}").raise_for_status().json()
+        )
+        return found
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+        return super().stop(timeout)
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def directory(path: Path = DEMO_DIRECTORY) -> Directory:
+    """A directory file, loaded."""
+    return Directory.load(path)
+
+
+def new_incident_id() -> str:
+    """A fresh incident id."""
+    return f"inc-{uuid.uuid4().hex[:12]}"
+
+
+def incident(
+    event_type: str,
+    *,
+    incident_id: str,
+    version: int = 1,
+    school: str = "sch-lincoln-hs",
+    srp_action: str | None = "LOCKDOWN",
+    exercise: bool = False,
+    directory_file: Path = DEMO_DIRECTORY,
+) -> dict[str, Any]:
+    """An IncidentOpened / IncidentChanged / IncidentCleared as the incidents service makes it."""
+    tenant = directory(directory_file).tenant(school)
+    if event_type == "IncidentCleared":
+        payload: dict[str, Any] = {
+            "incident_id": incident_id,
+            "version": version,
+            "outcome": "DRILL_COMPLETE" if exercise else "RESOLVED",
+            "message": "ALL CLEAR. Resume normal activities.",
+            "cleared_by": "principal-1",
+        }
+    else:
+        payload = {
+            "incident_id": incident_id,
+            "version": version,
+            "incident_type": "OTHER",
+            "state": "CONFIRMED",
+            "srp_action": srp_action,
+            "correlated_event_ids": [],
+            "dispatchable": not exercise,
+            "summary": f"Incident at {school}; SRP {srp_action} in force",
+        }
+        if event_type == "IncidentChanged":
+            payload |= {"change_reason": "SRP action", "changed_by": "principal-1"}
+    return new_event(
+        event_type,
+        source="incidents",
+        tenant=tenant,
+        building="B",
+        incident_id=incident_id,
+        exercise=exercise,
+        payload=payload,
+    )
+
+
+def notification_request(
+    *,
+    school: str = "sch-lincoln-hs",
+    audiences: list[str] | None = None,
+    recipients: list[dict[str, Any]] | None = None,
+    srp_action: str | None = None,
+    priority: str = "URGENT",
+    require_ack: bool = True,
+    exercise: bool = False,
+    notification_id: str | None = None,
+    headline: str = "Early dismissal at 1 pm",
+    body: str = "School closes at 1 pm today because of a water main break.",
+) -> dict[str, Any]:
+    """A NotificationRequested from some other producer (e.g. an administrator's console)."""
+    return new_event(
+        "NotificationRequested",
+        source="console",
+        tenant=directory().tenant(school),
+        exercise=exercise,
+        payload={
+            "notification_id": notification_id or f"ntf-{uuid.uuid4().hex[:12]}",
+            "priority": priority,
+            "srp_action": srp_action,
+            "headline": headline,
+            "body": body,
+            "audiences": audiences or [],
+            "recipients": recipients or [],
+            "require_ack": require_ack,
+            "requested_by": "stf-lincoln-000",
+        },
+    )
+
+
+def write_large_directory(path: Path, staff: int) -> Directory:
+    """The demo directory plus one school with ``staff`` staff (phone + email each)."""
+    data = json.loads(DEMO_DIRECTORY.read_text(encoding="utf-8"))
+    members = [
+        {
+            "id": f"stf-big-{i:05d}",
+            "name": f"Staff {i}",
+            "role": "teacher",
+            "buildings": [],
+            "contact": {
+                "email": f"staff{i}@big.example.org",
+                "phone": f"+1555{7000000 + i:07d}",
+                "language": "es" if i % 5 == 0 else "en",
+            },
+        }
+        for i in range(staff)
+    ]
+    data["districts"][0]["schools"].append(
+        {
+            "id": "sch-big-hs",
+            "name": "Big High School",
+            "address": "1 Big Street, Northville",
+            "psap_id": "psap-north-county",
+            "buildings": [{"id": "A", "name": "Main", "rooms": [], "doors": []}],
+            "staff": members,
+        }
+    )
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return Directory.load(path)
+
+
+def wait_for_mail(sink: SmtpSink, count: int, timeout: float = 60.0) -> list[Mail]:
+    """Wait until ``count`` messages arrived; return them."""
+    wait_until(lambda: len(sink.messages) >= count, timeout=timeout, what=f"{count} emails")
+    return list(sink.messages)
