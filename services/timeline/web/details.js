@@ -1,7 +1,7 @@
 // The details panel: one entry in full (times, actor, system, data with withheld markers, its
 // place in the hash chain) and the waterfall of the trace it belongs to.
 import { describeError, getJson } from "./api.js";
-import { LANES, laneOf } from "./timeline.js";
+import { lane as laneInfo } from "./timeline.js";
 import { duration, fill, h, offset, shortType, timeBoth, toMillis } from "./dom.js";
 
 const traces = new Map();
@@ -37,6 +37,16 @@ export function renderData(value) {
   return h("span", { class: typeof value === "string" ? "str" : "lit", text });
 }
 
+// The event's own fields first; its envelope (ids, tenant, times already shown) folded away.
+function dataOf(data) {
+  if (!data || typeof data !== "object" || !("envelope" in data)) return renderData(data);
+  const { envelope, ...fields } = data;
+  return [
+    renderData(fields),
+    h("details", { class: "envelope" }, h("summary", { text: "Envelope" }), renderData(envelope)),
+  ];
+}
+
 function fact(label, ...value) {
   return [h("dt", { text: label }), h("dd", {}, ...value)];
 }
@@ -44,7 +54,7 @@ function fact(label, ...value) {
 /** Fill `panel` with `entry`; `context` has t0, brokenSeq and jump(seq). */
 export function showEntry(panel, entry, context) {
   shownSeq = entry.seq;
-  const lane = LANES[laneOf(entry)];
+  const lane = laneInfo(entry.lane);
   const broken = context.brokenSeq === entry.seq;
   const classes = entry.classification || [];
   fill(panel,
@@ -71,14 +81,14 @@ export function showEntry(panel, entry, context) {
         "Withheld from you (your clearance does not cover them): ",
         entry.withheld.map((path, i) => [i ? ", " : "", h("code", { text: path })]))
       : null,
-    h("section", { class: "panel-section" },
-      h("h4", { text: "Data" }),
-      h("div", { class: "data-wrap", dataset: { testid: "entry-data" } }, renderData(entry.data))),
     h("section", { class: "panel-section", "aria-live": "polite" },
       h("h4", {}, "Trace ", entry.trace_id ? h("code", { class: "small", text: entry.trace_id }) : null),
       h("div", { class: "trace", dataset: { testid: "trace-waterfall" } },
         entry.trace_id ? h("p", { class: "muted", text: "Loading trace…" })
           : h("p", { class: "muted", text: "This entry carries no trace context." }))),
+    h("section", { class: "panel-section" },
+      h("h4", { text: "Data" }),
+      h("div", { class: "data-wrap", dataset: { testid: "entry-data" } }, dataOf(entry.data))),
     h("section", { class: "panel-section" },
       h("h4", { text: "Hash chain" }),
       h("dl", { class: "facts compact hashes" },

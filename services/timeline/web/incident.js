@@ -4,7 +4,7 @@ import { describeError, download, getJson, takeToken } from "./api.js";
 import { showEntry } from "./details.js";
 import { count, fill, h, showError, timeBoth, toMillis, words } from "./dom.js";
 import { showPeople } from "./people.js";
-import { Overview, SwimlaneList, renderLaneHeaders } from "./timeline.js";
+import { Overview, SwimlaneList, lanesFor, renderLaneHeaders } from "./timeline.js";
 
 const PAGE = 2000;
 const $ = (selector) => document.querySelector(selector);
@@ -17,6 +17,7 @@ const progress = $("[data-testid=load-progress]");
 
 let chain = null;
 let entries = [];
+let shownLanes = "";
 
 const list = new SwimlaneList($("[data-testid=timeline-scroll]"), $("[data-testid=timeline-entries]"), {
   onSelect: (entry) => {
@@ -118,11 +119,15 @@ async function loadEntries() {
       showChain(page.chain);
       document.querySelector(".overview-wrap").hidden = false;
       document.querySelector(".workspace").hidden = false;
-      renderLaneHeaders($("[data-testid=lanes]"));
       first = false;
     }
     entries = entries.concat(prepare(page.entries));
-    list.setEntries(entries);
+    const lanes = lanesFor(entries, page.subject.kind);
+    if (lanes.map((l) => l.id).join() !== shownLanes) {
+      shownLanes = lanes.map((l) => l.id).join();
+      renderLaneHeaders($("[data-testid=lanes]"), lanes);
+    }
+    list.setEntries(entries, lanes);
     overview.draw();
     after = page.next_after_seq ?? null;
     const expected = Math.max(page.subject.entry_count || 0, entries.length);

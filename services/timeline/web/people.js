@@ -27,7 +27,9 @@ function channelLine(channel, t0) {
   ].filter(([, iso]) => iso);
   return h("li", { class: channel.failed_at ? "failed" : "" },
     h("span", { class: "chan", text: channel.channel }),
-    steps.map(([label, iso]) => h("span", { class: `step step-${label}` }, `${label} `, at(iso, t0))),
+    steps.length
+      ? steps.map(([label, iso]) => h("span", { class: `step step-${label}` }, `${label} `, at(iso, t0)))
+      : h("span", { class: "step muted", text: "no receipt" }),
     channel.error ? h("span", { class: "chan-error", text: channel.error }) : null);
 }
 

@@ -1,8 +1,9 @@
 // The swimlane timeline: one row per entry (virtualised: only the rows in view exist in the
 // DOM, so 10,000 entries cost what 40 do), one column per lane, and an overview strip that
 // places every entry on the incident's real time axis.
-import { duration, fill, h, offset, shortType, utcClock, utcIso, localTime } from "./dom.js";
+import { duration, fill, h, localTime, offset, shortType, utcClock, utcIso, words } from "./dom.js";
 
+/** The lanes every incident shows, in this order. */
 export const LANES = [
   { id: "gateway", label: "Gateway", color: "#2f6fdf" },
   { id: "incidents", label: "Incidents", color: "#c2410c" },
@@ -11,21 +12,39 @@ export const LANES = [
   { id: "notifications", label: "Notifications", color: "#0f766e" },
   { id: "people", label: "People", color: "#a16207" },
 ];
-const LANE_INDEX = new Map(LANES.map((lane, i) => [lane.id, i]));
+const EXTRA_COLORS = ["#be185d", "#4d7c0f", "#0369a1", "#9a3412", "#475569", "#7e22ce"];
+const KNOWN = new Map(LANES.map((lane) => [lane.id, lane]));
 export const ROW_HEIGHT = 46;
 const OVERSCAN = 8;
 
-/** Lane position of an entry; an unknown lane shows in the last column rather than vanish. */
-export function laneOf(entry) {
-  return LANE_INDEX.get(entry.lane) ?? LANES.length - 1;
+/** A lane's label and colour; lanes beyond the six (a case's tips, referrals…) get their own. */
+export function lane(id) {
+  if (!KNOWN.has(id)) {
+    const color = EXTRA_COLORS[(KNOWN.size - LANES.length) % EXTRA_COLORS.length];
+    KNOWN.set(id, { id, label: words(id), color });
+  }
+  return KNOWN.get(id);
 }
 
-export function renderLaneHeaders(target) {
+/** The columns to draw: the six incident lanes, then any other lane the entries use. */
+export function lanesFor(entries, kind) {
+  const ids = kind === "case" ? [] : LANES.map((l) => l.id);
+  const seen = new Set(ids);
+  for (const entry of entries) {
+    if (!seen.has(entry.lane)) {
+      seen.add(entry.lane);
+      ids.push(entry.lane);
+    }
+  }
+  return ids.map(lane);
+}
+
+export function renderLaneHeaders(target, lanes) {
   fill(target,
     h("span", { class: "lh-time", text: "Time (UTC)" }),
-    ...LANES.map((lane) =>
-      h("span", { class: "lh-lane", dataset: { testid: "lane-header", lane: lane.id },
-        style: `--lane:${lane.color}`, title: lane.id, text: lane.label })),
+    lanes.map((l) =>
+      h("span", { class: "lh-lane", dataset: { testid: "lane-header", lane: l.id },
+        style: `--lane:${l.color}`, title: l.id, text: l.label })),
     h("span", { class: "lh-desc", text: "What happened" }),
   );
 }
@@ -41,6 +60,8 @@ export class SwimlaneList {
     this.listbox = listbox;
     this.hooks = hooks;
     this.entries = [];
+    this.lanes = LANES;
+    this.laneIndex = new Map(LANES.map((l, i) => [l.id, i]));
     this.order = [];
     this.position = new Int32Array(0);
     this.mode = "time";
@@ -58,8 +79,11 @@ export class SwimlaneList {
     });
   }
 
-  /** Replace the entries (each already carries `_t`, its occurred_at in ms). */
-  setEntries(entries) {
+  /** Replace the entries (each already carries `_t`, its occurred_at in ms) and the lanes. */
+  setEntries(entries, lanes) {
+    this.lanes = lanes;
+    this.laneIndex = new Map(lanes.map((l, i) => [l.id, i]));
+    this.scroll.parentElement.style.setProperty("--lanes", String(lanes.length));
     const activeEntry = this.order.length && this.active >= 0
       ? this.entries[this.order[this.active]] : null;
     this.entries = entries;
@@ -150,11 +174,16 @@ export class SwimlaneList {
     this.listbox.append(after);
   }
 
+  /** Column of an entry's lane. */
+  laneOf(entry) {
+    return this.laneIndex.get(entry.lane) ?? this.lanes.length - 1;
+  }
+
   row(pos) {
     const entry = this.entryAt(pos);
-    const lane = laneOf(entry);
+    const lane = this.laneOf(entry);
     const broken = this.hooks.brokenSeq() === entry.seq;
-    const cells = LANES.map((l, i) => h("span", {
+    const cells = this.lanes.map((l, i) => h("span", {
       class: i === lane ? "cell on" : i > lane ? "cell pass" : "cell",
       style: `--lane:${l.color}`,
     }, i === lane ? h("span", { class: "dot" }) : null));
@@ -272,7 +301,8 @@ export class Overview {
     const ctx = this.layer.getContext("2d");
     ctx.scale(ratio, ratio);
     const labelWidth = 96;
-    const laneHeight = (height - 18) / LANES.length;
+    const { lanes } = list;
+    const laneHeight = (height - 18) / lanes.length;
     const times = list.entries.map((e) => e._t);
     let start = Infinity;
     let end = -Infinity;
@@ -286,19 +316,19 @@ export class Overview {
     this.geometry = { labelWidth, width, laneHeight };
     ctx.font = "11px system-ui, sans-serif";
     ctx.textBaseline = "middle";
-    LANES.forEach((lane, i) => {
+    lanes.forEach((l, i) => {
       ctx.fillStyle = i % 2 ? "#f6f7f9" : "#eef1f5";
       ctx.fillRect(labelWidth, i * laneHeight, width - labelWidth, laneHeight);
       ctx.fillStyle = "#3b4352";
-      ctx.fillText(lane.label, 6, i * laneHeight + laneHeight / 2);
+      ctx.fillText(l.label, 6, i * laneHeight + laneHeight / 2);
     });
     const span = width - labelWidth - 8;
     for (const entry of list.entries) {
-      const lane = laneOf(entry);
+      const row = list.laneOf(entry);
       const x = labelWidth + 4 + ((entry._t - start) / (end - start)) * span;
-      ctx.fillStyle = LANES[lane].color;
+      ctx.fillStyle = lanes[row].color;
       ctx.globalAlpha = 0.75;
-      ctx.fillRect(x - 1, lane * laneHeight + 2, 2, laneHeight - 4);
+      ctx.fillRect(x - 1, row * laneHeight + 2, 2, laneHeight - 4);
     }
     ctx.globalAlpha = 1;
     ctx.fillStyle = "#3b4352";
@@ -338,7 +368,7 @@ export class Overview {
     ctx.lineWidth = 1;
     const band = Math.max(3, x1 - x0);
     const top = 0;
-    const bandHeight = geometry.laneHeight * LANES.length;
+    const bandHeight = geometry.laneHeight * list.lanes.length;
     ctx.fillRect(x0 - 1, top, band + 2, bandHeight);
     ctx.strokeRect(x0 - 1, top + 0.5, band + 2, bandHeight - 1);
   }
