@@ -67,6 +67,8 @@ PREFERENCE = ("SMS", "EMAIL", "PUSH", "VOICE")
 #: Status order for a delivery (it never goes back; FAILED and DELIVERED are both final).
 RANK = {"QUEUED": 0, "SENT": 1, "DELIVERED": 2, "FAILED": 2, "REJECTED": 2, "EXPIRED": 2}
 PRIORITY_ORDER = {"LIFE_SAFETY": 0, "URGENT": 1, "ROUTINE": 2}
+#: A repeated SMS "1" within this time of an acknowledgement is answered "already confirmed".
+REPLY_WINDOW_S = 24 * 3600.0
 _IDS = uuid.UUID("0b6e8a4e-3f0e-4d8e-9a57-5f1c6f1f2c11")
 
 
@@ -869,13 +871,15 @@ class Dispatcher:
     def acknowledge_reply(self, phone: str, body: str) -> bool | None:
         """An SMS reply "1": acknowledges the newest open notification of that number.
 
-        None if the number has nothing awaiting acknowledgement.
+        None if the number has nothing awaiting acknowledgement (False: already done).
         """
         if body.strip() != "1":
             return None
-        open_acks = self.store.open_acks_for(self.audiences.ids_by_phone(phone))
+        ids = self.audiences.ids_by_phone(phone)
+        open_acks = self.store.open_acks_for(ids)
         if not open_acks:
-            return None
+            # A second "1" after the first was taken: say so rather than "nothing to confirm".
+            return False if self.store.acked_since(ids, time.time() - REPLY_WINDOW_S) else None
         notification_id, recipient_id = open_acks[0]
         return self.acknowledge(notification_id, recipient_id, "SMS")
 
@@ -999,6 +1003,7 @@ class Dispatcher:
                     "acknowledged_at": r.acked_at,
                     "ack_channel": r.ack_channel,
                     "escalation_level": r.escalation_level,
+                    "next_escalation_at": r.next_escalation_at,
                     "reached": any(d.status in ("SENT", "DELIVERED") for d in rows),
                     "deliveries": [
                         {

@@ -543,6 +543,16 @@ class Store(Closing):
         with self._engine.connect() as conn:
             return [(str(a), str(b)) for a, b in conn.execute(query)]
 
+    def acked_since(self, recipient_ids: Iterable[str], since: float) -> bool:
+        """Whether any of these recipients acknowledged something since ``since``."""
+        ids = list(recipient_ids)
+        if not ids:
+            return False
+        r = self.recipients
+        query = select(r.c.recipient_id).where(r.c.recipient_id.in_(ids), r.c.acked_at >= since)
+        with self._engine.connect() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
     # -- incidents ---------------------------------------------------------------------------
 
     def incident_mark(self, incident_id: str) -> tuple[str, int, str, list[str]] | None:
