@@ -286,8 +286,10 @@ class Store(Closing):
                         created_at=n.created_at,
                     )
                     .on_conflict_do_nothing(index_elements=["notification_id"])
+                    # rowcount of INSERT … ON CONFLICT is -1 on psycopg: ask for the row.
+                    .returning(self.notifications.c.notification_id)
                 )
-                if not inserted.rowcount:
+                if inserted.first() is None:
                     return False
                 if recipients:
                     conn.execute(

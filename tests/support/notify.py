@@ -63,7 +63,7 @@ class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
 
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(
         self, _server: SMTP, _session: Session, envelope: Envelope
     ) -> str:
         received = time.monotonic()
@@ -131,8 +131,7 @@ def notify_env(
     """Environment of a notify process for a test or benchmark."""
     env = {
         "SAFEHUB_NOTIFY__DIRECTORY_FILE": str(directory_file),
-        "SAFEHUB_NOTIFY__DATABASE_URL": database_url
-        or f"sqlite:///{workdir / 'notify.sqlite3'}",
+        "SAFEHUB_NOTIFY__DATABASE_URL": database_url or f"sqlite:///{workdir / 'notify.sqlite3'}",
         "SAFEHUB_NOTIFY__HTTP_PORT": "0",
         "SAFEHUB_NOTIFY__PORT_FILE": str(workdir / "notify.port"),
         "SAFEHUB_NOTIFY__ACK_SECRET": ACK_SECRET,
