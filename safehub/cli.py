@@ -14,6 +14,7 @@ from rich.table import Table
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.logging import configure_logging
 from safehub.kernel.settings import HubSettings, load_settings
+from safehub.timeline_cli import app as timeline_app
 
 app = typer.Typer(
     help="SafeHub: open interoperability hub for school safety.", no_args_is_help=True
@@ -22,6 +23,7 @@ schemas_app = typer.Typer(help="Event contracts (Avro schemas).", no_args_is_hel
 topics_app = typer.Typer(help="Kafka topics declared by the hub.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(topics_app, name="topics")
+app.add_typer(timeline_app, name="timeline")
 
 console = Console(width=None if Console().is_terminal else 120)
 err_console = Console(stderr=True)

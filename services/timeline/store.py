@@ -589,24 +589,33 @@ class Store(Closing):
             return list(conn.execute(query).mappings().all())
 
     def entries(
-        self, subject_id: str, *, after_seq: int = 0, limit: int | None = None
+        self,
+        subject_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+        upto_seq: int | None = None,
     ) -> list[RowMapping]:
-        """A subject's entries in chain order."""
+        """A subject's entries in chain order (up to ``upto_seq`` when given)."""
         query = (
             select(entries)
             .where(entries.c.subject_id == subject_id, entries.c.seq > after_seq)
             .order_by(entries.c.seq)
         )
+        if upto_seq is not None:
+            query = query.where(entries.c.seq <= upto_seq)
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             return list(conn.execute(query).mappings().all())
 
-    def iter_entries(self, subject_id: str, page: int = 2000) -> Iterator[RowMapping]:
-        """Every entry of a subject, a page at a time."""
+    def iter_entries(
+        self, subject_id: str, *, upto_seq: int | None = None, page: int = 2000
+    ) -> Iterator[RowMapping]:
+        """Every entry of a subject (up to ``upto_seq``), a page at a time."""
         after = 0
         while True:
-            rows = self.entries(subject_id, after_seq=after, limit=page)
+            rows = self.entries(subject_id, after_seq=after, limit=page, upto_seq=upto_seq)
             yield from rows
             if len(rows) < page:
                 return
