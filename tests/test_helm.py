@@ -35,9 +35,18 @@ VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 KUBE_VERSION = "1.30.0"
 
-#: Deployables the chart runs in production, and the simulator it may run on test clusters.
-PRODUCTION = {"services.gateway", "services.incidents", "services.doorstate", "connectors.psap_cad"}
-SIMULATORS = {"connectors.access_control_sim"}
+#: Deployables the chart runs in production, and the simulators it may run on test clusters.
+PRODUCTION = {
+    "services.gateway",
+    "services.incidents",
+    "services.doorstate",
+    "services.notify",
+    "services.timeline",
+    "connectors.psap_cad",
+}
+SIMULATORS = {"connectors.access_control_sim", "connectors.pa_signage_sim"}
+#: Deployables that must run as exactly one pod, never two at once (see their templates).
+SINGLE_WRITERS = {"services.notify", "services.timeline"}
 
 #: SAFEHUB_* variables that are not settings fields: read by the kernel itself.
 RUNTIME_VARIABLES = {
@@ -45,12 +54,23 @@ RUNTIME_VARIABLES = {
 }
 
 VALUES_PATH = re.compile(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+#: ``{{- $notify := .Values.services.notify }}``: a variable naming a values subtree.
+VALUES_ALIAS = re.compile(r"\{\{-?\s*\$(\w+)\s*:=\s*\.Values((?:\.\w+)+)\s*-?\}\}")
 MODULE = re.compile(r'"python",\s*"-m",\s*"([A-Za-z0-9_.]+)"')
 SAFEHUB_VARIABLE = re.compile(r"\bSAFEHUB_[A-Z0-9_]+\b")
 
 
 def _template_texts() -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(TEMPLATES.iterdir()) if p.is_file()}
+
+
+def _values_paths(text: str) -> list[tuple[str, ...]]:
+    """The ``.Values`` paths a template reads, through ``$alias.x`` too (not the alias itself)."""
+    aliases = {m[1]: m[2] for m in VALUES_ALIAS.finditer(text)}
+    text = VALUES_ALIAS.sub("", text)
+    for alias, path in aliases.items():
+        text = re.sub(rf"\${alias}\b(?!\s*:=)", ".Values" + path, text)
+    return [tuple(m.strip(".").split(".")) for m in VALUES_PATH.findall(text)]
 
 
 def _leaf_paths(node: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -115,20 +135,16 @@ def test_chart_metadata_matches_the_project() -> None:
 
 def test_every_values_path_a_template_reads_exists() -> None:
     missing = [
-        f"{name}: .Values{match}"
+        f"{name}: .Values.{'.'.join(path)}"
         for name, text in _template_texts().items()
-        for match in VALUES_PATH.findall(text)
-        if not _resolve(VALUES, tuple(match.strip(".").split(".")))
+        for path in _values_paths(text)
+        if not _resolve(VALUES, path)
     ]
     assert not missing, f"templates read values that values.yaml does not declare: {missing}"
 
 
 def test_every_value_is_read_by_a_template() -> None:
-    read = {
-        tuple(m.strip(".").split("."))
-        for t in _template_texts().values()
-        for m in VALUES_PATH.findall(t)
-    }
+    read = {path for text in _template_texts().values() for path in _values_paths(text)}
     unused = [
         ".".join(leaf)
         for leaf in _leaf_paths(VALUES)
@@ -235,13 +251,18 @@ def test_dockerfile_builds_a_non_root_image_of_the_project() -> None:
         VALUES["podSecurityContext"]["runAsUser"],
         VALUES["podSecurityContext"]["runAsGroup"],
     )
-    # The chart's EIDO rules file is where the image puts it.
-    eido = VALUES["connectors"]["psapCad"]["eidoRulesFile"]
-    copied = re.search(r"^COPY --from=shared (\S+) (\S+)$", text, re.M)
-    assert copied is not None
-    assert eido == "/opt/safehub/" + copied[2] + Path(copied[1]).name
-    assert (ROOT.parent / "shared" / copied[1]).is_file(), "the shared/ build context has it"
-    assert f"SAFEHUB_PSAP_CAD__EIDO_RULES_FILE={eido}" in text
+    # The chart's EIDO rules file and CAP schema are where the image puts them.
+    copied = {
+        "/opt/safehub/" + target + Path(source).name: source
+        for source, target in re.findall(r"^COPY --from=shared (\S+) (\S+)$", text, re.M)
+    }
+    for variable, path in (
+        ("SAFEHUB_PSAP_CAD__EIDO_RULES_FILE", VALUES["connectors"]["psapCad"]["eidoRulesFile"]),
+        ("SAFEHUB_NOTIFY__CAP_XSD", VALUES["services"]["notify"]["capXsdFile"]),
+    ):
+        assert path in copied, f"the image has no {path}"
+        assert (ROOT.parent / "shared" / copied[path]).is_file(), "the shared/ build context has it"
+        assert f"{variable}={path}" in text
 
 
 def test_dockerignore_keeps_the_context_to_what_is_copied() -> None:
@@ -296,6 +317,10 @@ def _deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _ports(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(deployment["spec"]["template"]["spec"]["containers"][0].get("ports", []))
+
+
 def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     names = [e["name"] for e in container["env"]]
     assert len(names) == len(set(names)), f"duplicate variables in {container['name']}"
@@ -310,11 +335,67 @@ def test_helm_lint(helm: Any) -> None:
         assert not problems, f"helm lint --strict {'-f ' + path.name if path else ''}: {problems}"
 
 
-def test_kafka_and_cad_must_be_named(helm: Any) -> None:
+def _required_values() -> dict[str, Any]:
+    return dict(yaml.safe_load((CHART / "ci" / "required-values.yaml").read_text()))
+
+
+def _with(values: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of ``values`` with ``path`` (dotted) set to ``value``."""
+    copy: dict[str, Any] = yaml.safe_load(yaml.safe_dump(values))
+    *parents, leaf = path.split(".")
+    node = copy
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return copy
+
+
+def test_kafka_cad_and_notify_endpoints_must_be_named(helm: Any) -> None:
     with pytest.raises(helm.HelmRenderError, match=r"kafka\.bootstrapServers is required"):
         _render(helm, {})
-    with pytest.raises(helm.HelmRenderError, match=r"connectors\.psapCad\.cadUrl is required"):
-        _render(helm, {"kafka": {"bootstrapServers": "k:9092"}})
+    required = _required_values()
+    for path, message in (
+        ("connectors.psapCad.cadUrl", r"connectors\.psapCad\.cadUrl is required"),
+        ("services.notify.publicUrl", r"services\.notify\.publicUrl is required"),
+        ("services.notify.smtp.host", r"services\.notify\.smtp\.host is required"),
+    ):
+        with pytest.raises(helm.HelmRenderError, match=message):
+            _render(helm, _with(required, path, ""))
+    # Without notify nothing asks for its endpoints.
+    off = _with(_with(required, "services.notify.publicUrl", ""), "services.notify.enabled", False)
+    assert "services.notify" not in _deployments(_render(helm, off))
+
+
+def test_notify_refuses_values_it_cannot_run_with(helm: Any) -> None:
+    required = _required_values()
+    sms = _with(required, "services.notify.sms.enabled", True)
+    with pytest.raises(helm.HelmRenderError, match=r"sms\.accountSid is required"):
+        _render(helm, sms)
+    sms = _with(sms, "services.notify.sms.accountSid", "AC" + "0" * 32)
+    with pytest.raises(helm.HelmRenderError, match=r"sms\.fromNumber is required"):
+        _render(helm, sms)
+    both = _with(required, "services.notify.smtp.ssl", True)
+    with pytest.raises(helm.HelmRenderError, match=r"starttls and .*ssl exclude each other"):
+        _render(helm, both)
+    ingress = _with(required, "services.notify.ingress.enabled", True)
+    for url, message in (
+        ("http://notify.district.example", "must be an https URL"),
+        ("https://notify.district.example/notify", "no port or path"),
+        ("https://notify.district.example:8443", "no port or path"),
+    ):
+        with pytest.raises(helm.HelmRenderError, match=message):
+            _render(helm, _with(ingress, "services.notify.publicUrl", url))
+    docs = _render(helm, _with(ingress, "services.notify.publicUrl", "https://n.example/"))
+    assert any(d["kind"] == "Ingress" for d in docs)
+
+
+def test_gateway_replicas_need_their_own_consumer_groups(helm: Any) -> None:
+    shared = _with(_required_values(), "services.gateway.doorCommandsGroupPerPod", False)
+    with pytest.raises(helm.HelmRenderError, match="doorCommandsGroupPerPod=false needs replicas"):
+        _render(helm, shared)
+    assert "services.gateway" in _deployments(
+        _render(helm, _with(shared, "services.gateway.replicas", 1))
+    )
 
 
 def test_manifests_are_valid_kubernetes(
@@ -333,8 +414,10 @@ def test_what_is_deployed(rendered: tuple[dict[str, Any], list[dict[str, Any]]])
     deployments = _deployments(docs)
     simulators = values.get("simulators", {}).get("enabled", False)
     assert set(deployments) == (PRODUCTION | SIMULATORS if simulators else PRODUCTION)
-    assert ("Service", "hub-safehub-gateway") in kinds
-    assert ("Service", "hub-safehub-psap-cad") in kinds
+    for component in ("gateway", "psap-cad", "notify", "timeline"):
+        assert ("Service", f"hub-safehub-{component}") in kinds
+    ingress = values.get("services", {}).get("notify", {}).get("ingress", {}).get("enabled")
+    assert (("Ingress", "hub-safehub-notify") in kinds) == bool(ingress)
     assert ("PodDisruptionBudget", "hub-safehub-gateway") in kinds
     assert ("PodDisruptionBudget", "hub-safehub-incidents") in kinds
     assert ("Job", "hub-safehub-topics") in kinds
@@ -359,7 +442,9 @@ def _fake_environment(env: dict[str, dict[str, Any]]) -> dict[str, str]:
             value = downward[entry["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
             value = (
-                "postgresql+psycopg://u:p@db/safehub" if name.endswith("LEDGER_URL") else "s3cret"
+                "postgresql+psycopg://u:p@db/safehub"
+                if name.endswith(("LEDGER_URL", "DATABASE_URL"))
+                else "s3cret"
             )
         resolved[name] = value
     return resolved
@@ -387,17 +472,35 @@ def test_each_deployable_loads_its_rendered_settings(
             monkeypatch.setenv(name, value)
         settings = load_settings(cls)  # ConfigError names a variable with a wrong value
         assert settings.kafka.bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]["value"]
-        # Every file a variable names is inside a mounted volume.
+        # Every file a variable names (an SQLite store too) is inside a mounted volume.
         mounts = [m["mountPath"] for m in container["volumeMounts"]]
         for name, entry in env.items():
-            value = str(entry.get("value", ""))
+            value = str(entry.get("value", "")).removeprefix("sqlite:///")
             if name.startswith("SAFEHUB_") and value.startswith(("/etc/", "/tmp/", "/var/")):
                 assert any(value.startswith(m + "/") for m in mounts), f"{module}: {name}={value}"
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
         if module == "services.gateway":
-            assert settings.gateway.port == container["ports"][0]["containerPort"]
+            assert settings.gateway.port == ports["grpc"]
             assert settings.gateway.host == "0.0.0.0"
         if module == "connectors.psap_cad":
-            assert settings.psap_cad.listen_port == container["ports"][0]["containerPort"]
+            assert settings.psap_cad.listen_port == ports["cad-callback"]
+        if module == "services.notify":
+            assert settings.notify.http_port == ports["http"]
+            assert settings.notify.listen_host == "0.0.0.0"
+            assert settings.notify.public_url == env["SAFEHUB_NOTIFY__PUBLIC_URL"]["value"]
+            assert settings.notify.ack_secret.get_secret_value()
+            assert settings.notify.status_token.get_secret_value()
+            if settings.notify.sms_enabled:
+                assert settings.notify.twilio.auth_token.get_secret_value()
+        if module == "services.timeline":
+            assert settings.timeline.http_port == ports["http"]
+            assert settings.timeline.http_host == "0.0.0.0"
+            if settings.timeline.grpc_enabled:
+                assert settings.timeline.grpc_port == ports["grpc"]
+                assert settings.timeline.grpc_host == "0.0.0.0"
+                assert settings.timeline.tls_cert_file and settings.timeline.tls_ca_file
+            else:
+                assert "grpc" not in ports
 
 
 def test_pods_are_locked_down_and_drain(
@@ -474,10 +577,119 @@ def test_services_and_network_policies_reach_the_listening_ports(
                             port["port"],
                         )
                     )
-    assert {("gateway", "grpc"), ("psap-cad", "cad-callback")} <= opened
-    assert opened <= {("gateway", "grpc"), ("psap-cad", "cad-callback"), ("doorstate", "http")}
+    public = {
+        ("gateway", "grpc"),
+        ("psap-cad", "cad-callback"),
+        ("notify", "http"),
+        ("timeline", "http"),
+    }
+    assert public <= opened
+    assert opened <= public | {("timeline", "grpc"), ("doorstate", "http")}
+    timeline_grpc = any(p["name"] == "grpc" for p in _ports(deployments["hub-safehub-timeline"]))
+    assert (("timeline", "grpc") in opened) == timeline_grpc
     for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget"):
         assert len(pods_selected_by(pdb["spec"]["selector"]["matchLabels"])) == 1
+
+
+def test_single_writers_never_run_twice(
+    rendered: tuple[dict[str, Any], list[dict[str, Any]]],
+) -> None:
+    """notify resumes every queued delivery at start; the timeline's pending claims race."""
+    _, docs = rendered
+    deployments = _deployments(docs)
+    for module in SINGLE_WRITERS:
+        spec = deployments[module]["spec"]
+        assert spec["replicas"] == 1, module
+        assert spec["strategy"] == {"type": "Recreate"}, f"{module}: no overlap in a rollout"
+        labels = spec["template"]["metadata"]["labels"]
+        for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget"):
+            selector = pdb["spec"]["selector"]["matchLabels"]
+            assert not selector.items() <= labels.items(), f"{module}: a PDB would block drains"
+
+
+def test_gateway_replicas_share_announcements_correctly(
+    rendered: tuple[dict[str, Any], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values, docs = rendered
+    gateway_values = {**VALUES["services"]["gateway"], **values["services"].get("gateway", {})}
+    deployment = _deployments(docs)["services.gateway"]
+    env = _env(deployment["spec"]["template"]["spec"]["containers"][0])
+    for name in list(os.environ):
+        if name.startswith(("SAFEHUB_", "KAFKA_", "OTEL_")):
+            monkeypatch.delenv(name)
+    for name, value in _fake_environment(env).items():
+        monkeypatch.setenv(name, value)
+    gateway = load_settings(_settings_class("services.gateway")).gateway
+    pod = "hub-safehub-x-5d9c7-abcde"  # the fake POD_NAME
+    if gateway_values["doorCommandsGroupPerPod"]:
+        assert gateway.door_commands_group == f"gateway-door-commands-{pod}"
+        assert gateway.announcements_group == f"gateway-announcements-{pod}"
+    else:
+        assert deployment["spec"]["replicas"] == 1
+        assert gateway.announcements_group == "gateway-announcements"
+    # A replica without the PA connector must not report FAILED while another plays it.
+    several = deployment["spec"]["replicas"] > 1
+    assert gateway.report_unattached_announcements is not several
+
+
+def test_notify_ingress_routes_the_public_url_to_the_service(
+    rendered: tuple[dict[str, Any], list[dict[str, Any]]],
+) -> None:
+    values, docs = rendered
+    ingresses = [d for d in docs if d["kind"] == "Ingress"]
+    if not values["services"]["notify"].get("ingress", {}).get("enabled"):
+        assert not ingresses
+        return
+    from urllib.parse import urlsplit
+
+    (ingress,) = ingresses
+    service = next(
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "hub-safehub-notify"
+    )
+    host = urlsplit(values["services"]["notify"]["publicUrl"]).hostname
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == host
+    assert ingress["spec"]["tls"][0]["hosts"] == [host]
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == "/" and path["pathType"] == "Prefix"
+    backend = path["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_every_secret_the_pods_need_is_documented_at_the_top_of_values(helm: Any) -> None:
+    """Operators create these Secrets before installing: values.yaml's header names them."""
+    header = "".join(
+        line
+        for line in (CHART / "values.yaml").read_text().splitlines(keepends=True)
+        if line.startswith("#")
+    ).split("\n\n")[0]
+    values = _required_values()
+    for path, value in (
+        ("services.notify.smtp.username", "safehub"),
+        ("services.notify.sms.enabled", True),
+        ("services.notify.sms.accountSid", "AC" + "0" * 32),
+        ("services.notify.sms.fromNumber", "+15550100100"),
+        ("services.notify.pushUrl", "https://push.example/send"),
+        ("services.notify.cap.endpointUrl", "https://cap.example/alerts"),
+        ("simulators.enabled", True),
+    ):
+        values = _with(values, path, value)
+    secrets: dict[str, set[str]] = {}
+    for deployment in (d for d in _render(helm, values) if d["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        for volume in pod["volumes"]:
+            if "secret" in volume:
+                secrets.setdefault(volume["secret"]["secretName"], set())
+        for entry in pod["containers"][0]["env"]:
+            ref = entry.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                secrets.setdefault(ref["name"], set()).add(ref["key"])
+    assert {"safehub-notify", "safehub-timeline-tls", "safehub-reviewer-ca"} <= set(secrets)
+    for name, keys in secrets.items():
+        assert re.search(rf"\b{re.escape(name)}\b", header), f"values.yaml header: Secret {name}"
+        for key in keys:
+            assert re.search(rf"\b{key}\b", header), f"values.yaml header: {name} key {key}"
 
 
 def test_topics_job_is_a_hook_on_hub_settings(

@@ -196,3 +196,35 @@ readinessProbe:
   mountPath: {{ include "safehub.directoryDir" . }}
   readOnly: true
 {{- end -}}
+
+
+{{/*
+A deployable's SQLAlchemy URL: from the PostgreSQL Secret, else SQLite on the `store`
+emptyDir (development only, lost with the pod).
+(dict "root" $ "name" "SAFEHUB_<SECTION>__DATABASE_URL" "file" "<name>.sqlite3")
+*/}}
+{{- define "safehub.databaseUrlEnv" -}}
+- name: {{ .name }}
+{{- if .root.Values.stores.postgres.existingSecret }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .root.Values.stores.postgres.existingSecret }}
+      key: {{ .root.Values.stores.postgres.urlKey }}
+{{- else }}
+  value: {{ printf "sqlite:///%s/%s" (include "safehub.storeDir" .) .file | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "safehub.storeDir" -}}/var/lib/safehub{{- end -}}
+
+{{/* The SQLite volume and its mount, for when there is no PostgreSQL Secret. */}}
+{{- define "safehub.storeVolumeMount" -}}
+- name: store
+  mountPath: {{ include "safehub.storeDir" . }}
+{{- end -}}
+
+{{- define "safehub.storeVolume" -}}
+# Development only: the store is lost with the pod.
+- name: store
+  emptyDir: {}
+{{- end -}}
