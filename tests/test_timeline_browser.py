@@ -601,8 +601,124 @@ def test_other_district_and_no_token_get_clear_refusals(
     row = listing.locator(f"[data-testid=subject-row][data-id='{played.id}']")
     expect(row).to_contain_text("Active assailant")
     expect(row).to_contain_text("Real")
+    listing.get_by_label("Drill or real").select_option("true")
+    listing.get_by_role("button", name="Apply").click()
+    expect(listing.get_by_test_id("list-status")).to_contain_text("No incidents match")
+    assert "exercise=true" in listing.url, "filters are kept in the address"
+    listing.get_by_label("Drill or real").select_option("false")
+    listing.get_by_label("School").fill("sch-lincoln-hs")
+    listing.get_by_role("button", name="Apply").click()
+    expect(row).to_be_visible()
+    listing.get_by_label("District").fill("dist-south-isd")
+    listing.get_by_role("button", name="Apply").click()
+    expect(listing.get_by_test_id("error")).to_contain_text("Not permitted")
+    listing.get_by_label("District").fill("")
+    listing.get_by_role("button", name="Apply").click()
     row.get_by_role("link").click()
     expect(listing.get_by_test_id("subject-id")).to_have_text(played.id)
 
     south_list, _ = _open(browser, f"{timeline.url}/?token={SOUTH_TOKEN}")
     expect(south_list.get_by_test_id("list-status")).to_contain_text("No incidents")
+
+
+@pytest.fixture
+def big_incident(
+    kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec, tmp_path: Path
+) -> Iterator[tuple[TimelineProcess, str, int]]:
+    """The timeline holding one incident of 10,000 entries (door reports during a lockdown)."""
+    timeline = TimelineProcess(
+        kafka, catalog.prefix, tmp_path, f"sqlite:///{tmp_path / 'timeline.sqlite3'}"
+    ).start()
+    start = datetime.now(UTC) - timedelta(hours=2)
+    incident_id = f"inc-big-{start:%H%M%S}"
+    total = 10_000
+    try:
+        with EventProducer(kafka, codec, catalog, client_id="test-big") as producer:
+            opened = {
+                "incident_id": incident_id,
+                "version": 1,
+                "incident_type": "INTRUDER",
+                "state": "CONFIRMED",
+                "srp_action": "LOCKDOWN",
+                "evacuate_location": None,
+                "shelter_hazard": None,
+                "shelter_strategy": None,
+                "correlated_event_ids": [],
+                "dispatchable": True,
+                "summary": "Intruder in building A",
+            }
+            events = [
+                new_event(
+                    "IncidentOpened",
+                    source="incidents",
+                    tenant=LINCOLN,
+                    incident_id=incident_id,
+                    occurred_at=start,
+                    payload=opened,
+                )
+            ]
+            events += [
+                new_event(
+                    "DoorLockState",
+                    source="gateway",
+                    tenant=LINCOLN,
+                    building="A",
+                    incident_id=incident_id,
+                    occurred_at=start + timedelta(milliseconds=250 * i),
+                    payload={
+                        "door_id": f"A-door-{i % 40:02d}",
+                        "door_name": None,
+                        "state": "LOCKED" if i % 7 else "HELD_OPEN",
+                        "exterior": i % 2 == 0,
+                        "command_id": None,
+                    },
+                )
+                for i in range(1, total)
+            ]
+            for future in [producer.publish_nowait(event) for event in events]:
+                future.result(timeout=60)
+        timeline.wait_entries(incident_id, 1)
+        with timeline.client() as client:
+
+            def all_stored() -> bool:
+                answer = client.get(f"/api/v1/subjects/{incident_id}/verify").json()
+                return int(answer.get("checked", 0)) == total
+
+            wait_until(all_stored, timeout=120, what=f"{total} entries stored")
+        yield timeline, incident_id, total
+    finally:
+        timeline.stop()
+
+
+def test_ten_thousand_entries_load_in_pages_and_only_visible_rows_exist(
+    browser: Browser, big_incident: tuple[TimelineProcess, str, int]
+) -> None:
+    timeline, incident_id, total = big_incident
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    pages: list[str] = []
+    page.on(
+        "request",
+        lambda request: pages.append(request.url) if "/timeline?" in request.url else None,
+    )
+    page.goto(f"{timeline.url}/incidents/{incident_id}?token={NORTH_TOKEN}")
+    expect(page.get_by_test_id("load-progress")).to_have_attribute(
+        "data-done", "true", timeout=60_000
+    )
+    expect(page.get_by_test_id("load-progress")).to_have_text(f"{total:,} entries")
+    assert len(pages) == 5, "pages of 2,000 entries, following next_after_seq"
+    assert all("limit=2000" in url for url in pages)
+
+    # Virtualised: a screenful of rows exists, not 10,000, wherever the reviewer is.
+    rows = page.get_by_test_id("timeline-entry")
+    assert 10 <= rows.count() <= 60
+    page.get_by_test_id("timeline-entries").focus()
+    page.keyboard.press("End")
+    details = page.get_by_test_id("entry-details")
+    expect(details.get_by_test_id("entry-type")).to_have_text("DoorLockState")
+    last = page.locator(f"[data-testid=timeline-entry][data-pos='{total - 1}']")
+    expect(last).to_be_visible()
+    assert rows.count() <= 60
+    page.keyboard.press("Home")
+    expect(details.get_by_test_id("entry-type")).to_have_text("IncidentOpened")
+    expect(page.get_by_test_id("chain-status")).to_contain_text(f"{total:,} entries checked")

@@ -198,6 +198,22 @@ def test_withheld_fields_show_as_markers_not_data() -> None:
 
     assert '<span class="withheld">withheld: STUDENT_RECORD</span>' in document
     assert "withheld from this export: eido" in document
+    # A stored event's envelope is folded away in its row, still in the report.
+    folded = render_incident_html(
+        {
+            **_export(),
+            "entries": [
+                _entry(
+                    1,
+                    "doors",
+                    "LockCommand",
+                    data={"envelope": {"room": "B-214"}, "target": "LOCKED"},
+                )
+            ],
+        }
+    )
+    assert "<details><summary>envelope</summary>" in folded
+    assert "B-214" in folded
     assert render_value({"withheld": "HEALTH"}) == (
         '<span class="withheld">withheld: HEALTH</span>'
     )
@@ -209,6 +225,8 @@ def test_people_table_names_who_was_never_reached() -> None:
     document = render_incident_html(_export())
 
     assert "Never reached (1):</strong> stf-lincoln-002" in document
+    assert "<td>acknowledged</td>" in document
+    assert "<td>never reached</td>" in document
     assert "delivered 2026-11-23T14:02:15.000000Z" in document
     assert "2026-11-23T14:02:19.000000Z" in document
 

@@ -104,6 +104,7 @@ def _facts(subject: Mapping[str, Any], export: Mapping[str, Any]) -> str:
         ("District", _e(subject.get("district"))),
         ("School", _e(subject.get("school"))),
         ("Place", _e(place)),
+        ("Incident state", _e(subject.get("incident_state"))),
         ("SRP action", _e(subject.get("srp_action"))),
         ("CAD status", _e(subject.get("cad_status"))),
         ("Opened (UTC)", _e(subject.get("opened_at"))),
@@ -138,6 +139,15 @@ def _lane(lane: object) -> str:
     return f'<span class="lane" style="background:{color}">{_e(lane)}</span>'
 
 
+def _data(data: object) -> str:
+    """The event's fields, its envelope folded (ids and times the row already shows)."""
+    if not isinstance(data, Mapping) or "envelope" not in data:
+        return render_value(data)
+    fields = {k: v for k, v in data.items() if k != "envelope"}
+    envelope = render_value(data["envelope"])
+    return f"{render_value(fields)}<details><summary>envelope</summary>{envelope}</details>"
+
+
 def _entries(entries: Sequence[Mapping[str, Any]], broken_seq: object) -> str:
     rows = []
     for entry in entries:
@@ -156,7 +166,7 @@ def _entries(entries: Sequence[Mapping[str, Any]], broken_seq: object) -> str:
             f"{note}</td>"
             f'<td class="mono">{_e(entry.get("actor"))}</td>'
             f'<td class="mono">{_e(entry.get("source"))}</td>'
-            f"<td>{render_value(entry.get('data'))}</td>"
+            f"<td>{_data(entry.get('data'))}</td>"
             f'<td class="mono">{_e(entry.get("trace_id"))}</td>'
             f'<td><code class="hash">{_e(entry.get("hash"))}</code>'
             f'<div class="muted">prev <code class="hash">{_e(entry.get("prev_hash"))}</code>'
@@ -164,6 +174,17 @@ def _entries(entries: Sequence[Mapping[str, Any]], broken_seq: object) -> str:
         )
     headers = ("#", "Occurred (UTC)", "Lane", "Event", "Actor", "System", "Data", "Trace", "Hash")
     return _table(headers, rows, ' id="entries"')
+
+
+def _outcome(recipient: Mapping[str, Any], never: Sequence[str]) -> str:
+    channels: Sequence[Mapping[str, Any]] = recipient.get("channels") or []
+    if recipient.get("recipient_id") in never:
+        return "never reached"
+    if recipient.get("acknowledged_at"):
+        return "acknowledged"
+    if any(c.get("delivered_at") for c in channels):
+        return "delivered, not acknowledged"
+    return "sent, not confirmed"
 
 
 def _people(people: Mapping[str, Any]) -> str:
@@ -189,13 +210,12 @@ def _people(people: Mapping[str, Any]) -> str:
             + "</li>"
             for c in recipient.get("channels") or []
         )
-        reached = "never reached" if recipient.get("recipient_id") in never else ""
+        name = f"<div>{_e(recipient['name'])}</div>" if recipient.get("name") else ""
         rows.append(
-            f"<tr><td><code>{_e(recipient.get('recipient_id'))}</code>"
-            f"<div>{_e(recipient.get('name') or '')}</div></td>"
+            f"<tr><td><code>{_e(recipient.get('recipient_id'))}</code>{name}</td>"
             f'<td><ul class="data">{channels}</ul></td>'
             f'<td class="mono">{_e(recipient.get("acknowledged_at"))}</td>'
-            f"<td>{_e(reached)}</td></tr>"
+            f"<td>{_e(_outcome(recipient, never))}</td></tr>"
         )
     listed = (
         f'<p class="bad" id="never-reached"><strong>Never reached ({len(never)}):</strong> '

@@ -60,6 +60,7 @@ function showSubject(subject) {
     subject.building || subject.room
       ? fact("Place", [subject.building && `Building ${subject.building}`, subject.room && `room ${subject.room}`].filter(Boolean).join(", "))
       : null,
+    subject.incident_state ? fact("Incident state", words(subject.incident_state)) : null,
     subject.srp_action ? fact("SRP action", words(subject.srp_action)) : null,
     subject.cad_status ? fact("CAD status", subject.cad_status) : null,
     fact("Opened", timeBoth(subject.opened_at)),
