@@ -63,9 +63,7 @@ class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
 
-    async def handle_DATA(
-        self, _server: SMTP, _session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, _server: SMTP, _session: Session, envelope: Envelope) -> str:
         received = time.monotonic()
         raw = envelope.content if isinstance(envelope.content, bytes) else b""
         parsed = email.message_from_bytes(raw, policy=email.policy.default)
