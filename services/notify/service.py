@@ -240,7 +240,7 @@ class CapPublisher:
         """Build, store and queue for the endpoint (never fails the notification)."""
         try:
             alert = self.alert(n, targets)
-            xml = build_alert(alert)
+            xml = build_alert(alert, xsd_path=self._config.cap_xsd)
         except CapError as exc:
             log.error("CAP document not built", notification_id=n.notification_id, error=str(exc))
             return
@@ -386,6 +386,7 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
         links=links,
         twilio_token=config.twilio.auth_token if config.sms_enabled else None,
         status_token=config.status_token,
+        cap_xsd=config.cap_xsd,
     )
     server.start(web.app())
     runtime.on_close(server.close)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from safehub.kernel.directory import default_directory_file
 from safehub.kernel.settings import HubSettings
+from services.notify.cap import DEFAULT_CAP_XSD
 from services.notify.channels.sms import TwilioConfig
 
 
@@ -89,6 +90,7 @@ class NotifySection(BaseModel):
         default=False, description="send SMS and voice through the twilio provider settings"
     )
     # -- CAP ------------------------------------------------------------------------------
+    cap_xsd: Path = Field(default=DEFAULT_CAP_XSD, description="the OASIS CAP 1.2 schema")
     cap_sender: str = Field(default="safehub@safehub.local", pattern=r"^[^\s,<&]+$")
     cap_endpoint_url: str | None = Field(default=None, description="POST every CAP alert here")
     cap_endpoint_token: SecretStr | None = None

@@ -25,6 +25,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -100,12 +101,14 @@ class NotifyWeb:
         links: AckLinks,
         twilio_token: SecretStr | None,
         status_token: SecretStr,
+        cap_xsd: Path,
     ) -> None:
         self.dispatcher = dispatcher
         self.store = store
         self.links = links
         self._twilio_token = twilio_token.get_secret_value() if twilio_token else ""
         self._status_token = status_token.get_secret_value()
+        self._cap_xsd = cap_xsd
 
     @property
     def public_url(self) -> str:
@@ -240,7 +243,7 @@ class NotifyWeb:
             found = await asyncio.to_thread(self.store.cap, row["identifier"])
             if found is None:
                 continue
-            alert = parse(found[0].encode())
+            alert = parse(found[0].encode(), xsd_path=self._cap_xsd)
             entries.append(FeedEntry.for_alert(alert, cap_url=self._cap_url(alert.identifier)))
         body = atom_feed(
             entries,
