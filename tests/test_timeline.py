@@ -4,6 +4,7 @@ gRPC, spans show in the trace view, undecodable input goes to the dead-letter to
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -67,10 +68,11 @@ def _cli(timeline: TimelineProcess, *args: str) -> subprocess.CompletedProcess[s
     env = {"SAFEHUB_TIMELINE_URL": timeline.url, "SAFEHUB_TIMELINE_TOKEN": STATE_TOKEN}
     return subprocess.run(
         [SAFEHUB, "timeline", *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
-        env={**__import__("os").environ, **env},
+        env={**os.environ, **env},
     )
 
 

@@ -13,7 +13,7 @@ from safehub.kernel import chain
 from safehub.kernel.codec import Codec
 from safehub.kernel.directory import Directory, default_directory_file
 from services.timeline.ingest import draft_of
-from services.timeline.query import NotFoundError, Queries
+from services.timeline.query import NotFoundError, Queries, dumps
 from services.timeline.store import Store
 from tests.support.timeline import RIVERSIDE, Scenario, fresh_database, referral
 
@@ -157,9 +157,7 @@ def test_sqlite_and_postgresql_give_the_same_answers(codec: Codec, tmp_path: Pat
             store = Store(fresh)
             try:
                 _load(store, codec, events)
-                answers.append(
-                    json.loads(json.dumps(_answers(store, [real, drill, south], case_id)))
-                )
+                answers.append(json.loads(dumps(_answers(store, [real, drill, south], case_id))))
             finally:
                 store.close()
     sqlite_answers, postgres_answers = answers
@@ -197,7 +195,7 @@ def test_scope_and_clearance(codec: Codec, database_url: str) -> None:
             with pytest.raises(NotFoundError):
                 queries.timeline(south, "no-such-incident", {})
             assert queries.list_subjects(south, {})["items"] == []
-            cleared = queries.timeline(counsel, "case-scope", {})["entries"][0]
+            cleared = json.loads(dumps(queries.timeline(counsel, "case-scope", {})))["entries"][0]
             assert cleared["withheld"] == [] and cleared["data"]["student_id"] == "stu-98765"
         finally:
             store.close()

@@ -27,7 +27,7 @@ from safehub.kernel import chain
 from safehub.kernel.directory import Reviewer
 from safehub.kernel.errors import ConfigError
 from services.timeline.http_api import render_html
-from services.timeline.query import Queries, QueryError
+from services.timeline.query import Queries, QueryError, RawJson
 from services.timeline.settings import TimelineSection
 
 log = structlog.get_logger(__name__)
@@ -116,7 +116,7 @@ def entry_message(entry: Mapping[str, Any]) -> timeline_pb2.Entry:
         classification=entry["classification"],
         building=entry["building"] or "",
         room=entry["room"] or "",
-        data_json=json.dumps(entry["data"], sort_keys=True, ensure_ascii=False),
+        data_json=_data_json(entry["data"]),
         withheld=entry["withheld"],
         payload_sha256=entry["payload_sha256"],
         hash=entry["hash"],
@@ -138,6 +138,12 @@ def span_message(span: Mapping[str, Any]) -> timeline_pb2.Span:
         status=span["status"],
         attributes_json=json.dumps(span["attributes"], sort_keys=True),
     )
+
+
+def _data_json(data: Any) -> str:
+    if isinstance(data, RawJson):
+        return data.text
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 class TimelineServicer(timeline_pb2_grpc.TimelineServiceServicer):

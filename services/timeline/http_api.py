@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,7 @@ from aiohttp import web
 from safehub.kernel.directory import Reviewer
 from safehub.kernel.errors import ConfigError, SafeHubError
 from safehub.kernel.lifecycle import Closing
-from services.timeline.query import BadRequestError, Queries, QueryError
+from services.timeline.query import BadRequestError, Queries, QueryError, dumps
 
 log = structlog.get_logger(__name__)
 
@@ -149,7 +148,7 @@ class HttpApi:
                 return _error(exc.status, str(exc))
             if isinstance(result, web.StreamResponse):
                 return result
-            return web.json_response(result, dumps=_dumps)
+            return web.json_response(result, dumps=dumps)
 
         return wrapped
 
@@ -178,17 +177,13 @@ class HttpApi:
         if kind == "html":
             body, content_type = render_html(export), "text/html"
         else:
-            body, content_type = _dumps(export), "application/json"
+            body, content_type = dumps(export), "application/json"
         return web.Response(
             text=body,
             content_type=content_type,
             charset="utf-8",
             headers={"Content-Disposition": f'attachment; filename="timeline-{safe}.{kind}"'},
         )
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class HttpServer(Closing):

@@ -14,6 +14,7 @@ ids not seen yet, so a late signal still lands in the right timeline).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -257,8 +258,16 @@ class ApplyStats:
     ignored: int = 0
 
 
-def entry_chain_fields(row: Mapping[Any, Any]) -> dict[str, Any]:
-    """An entries row as the mapping :mod:`safehub.kernel.chain` hashes (plus payload)."""
+@functools.lru_cache(maxsize=256)
+def _classes(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def entry_chain_fields(row: Mapping[Any, Any], *, parse_payload: bool = True) -> dict[str, Any]:
+    """An entries row as the mapping :mod:`safehub.kernel.chain` hashes (plus payload).
+
+    With ``parse_payload=False`` the payload stays the stored canonical JSON text.
+    """
     return {
         "seq": int(row["seq"]),
         "subject_id": row["subject_id"],
@@ -275,11 +284,11 @@ def entry_chain_fields(row: Mapping[Any, Any]) -> dict[str, Any]:
         "actor": row["actor"],
         "lane": row["lane"],
         "summary": row["summary"],
-        "classification": json.loads(row["classification"]),
+        "classification": list(_classes(row["classification"])),
         "trace_id": row["trace_id"],
         "span_id": row["span_id"],
         "payload_sha256": row["payload_sha256"],
-        "payload": json.loads(row["payload"]),
+        "payload": json.loads(row["payload"]) if parse_payload else row["payload"],
         "prev_hash": row["prev_hash"],
         "hash": row["hash"],
     }
