@@ -137,12 +137,16 @@ def up(
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    keep: bool = typer.Option(
+        False, "--keep", help="keep the hub running afterwards for the reviewer's web view"
+    ),
+) -> None:
     """Play the demo scenario on embedded defaults and print what happened."""
     from safehub.demo import run_demo
 
     settings = _settings()
-    run_demo(settings, console)
+    run_demo(settings, console, keep=keep)
 
 
 def main() -> None:

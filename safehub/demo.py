@@ -37,6 +37,8 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
+from safehub import demo_timeline
+from safehub.demo_people import PeopleDemo
 from safehub.gen.safehub.common.v1 import place_pb2, srp_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.hub import Hub
@@ -51,6 +53,7 @@ WATCHED = (
     "safehub.dispatch.v1",
     "safehub.door-commands.v1",
     "safehub.doors.v1",
+    "safehub.notifications.v1",
 )
 
 
@@ -167,8 +170,11 @@ def _srp(
     return str(response.event_id)
 
 
-def run_demo(settings: HubSettings, console: Console) -> None:
-    """Run the scenario end to end, print the incident's record, verify what must hold."""
+def run_demo(settings: HubSettings, console: Console, *, keep: bool = False) -> None:
+    """Run the scenario end to end, print the incident's record, verify what must hold.
+
+    With ``keep`` the hub stays up afterwards (until Ctrl-C) for the reviewer's view.
+    """
     settings.kafka.topic_prefix = settings.kafka.topic_prefix or f"demo{uuid.uuid4().hex[:6]}."
     started = time.monotonic()
     codec = Codec.from_contracts()
@@ -179,19 +185,36 @@ def run_demo(settings: HubSettings, console: Console) -> None:
             f"hub up in {time.monotonic() - started:.1f} s: broker {hub.bootstrap_servers}, "
             f"gateway {hub.gateway_address} (mTLS), CAD simulator {hub.cad_simulator_url}"
         )
+        console.print(
+            f"notify {hub.notify_url}, mail server 127.0.0.1:{hub.ports.smtp} "
+            f"(Maildir {hub.maildir}), SMS provider simulator {hub.sms_simulator_url}, "
+            f"timeline {hub.timeline_url}"
+        )
         journal = Journal(hub, codec)
         clients = Clients(hub)
+        people = PeopleDemo(hub, SCHOOL)
         try:
-            incident_id = _scenario(hub, journal, clients, console)
+            incident_id, checks = _scenario(hub, journal, clients, people, console)
         finally:
             clients.close()
             journal.close()
         cad = _cad_incidents(hub)
-    _report(journal, incident_id, cad, console)
-    console.print(f"[green]demo finished in {time.monotonic() - started:.1f} s[/green]")
+        console.rule("3. Review: the incident's timeline")
+        checks |= demo_timeline.review(hub, incident_id, console)
+        _report(journal, incident_id, cad, checks, console)
+        console.print(f"[green]demo finished in {time.monotonic() - started:.1f} s[/green]")
+        if keep:
+            console.print("hub kept running for the reviewer's view; Ctrl-C stops it")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
 
 
-def _scenario(hub: Hub, journal: Journal, clients: Clients, console: Console) -> str:
+def _scenario(
+    hub: Hub, journal: Journal, clients: Clients, people: PeopleDemo, console: Console
+) -> tuple[str, dict[str, bool]]:
     staff = clients.ingest("staff-app-lincoln")
     badges = clients.ingest("panic-badges-north")
     cameras = clients.ingest("vision-analytics-north")
@@ -209,6 +232,7 @@ def _scenario(hub: Hub, journal: Journal, clients: Clients, console: Console) ->
     console.print("drill: ALL CLEAR; nothing was sent to 911")
 
     console.rule("2. Real: silent panic in B-214, weapon on camera, LOCKDOWN")
+    people.script_unreachable_phone()
     panic = badges.ReportPanic(
         ingest_pb2.ReportPanicRequest(
             client_event_id=str(uuid.uuid4()),
@@ -252,6 +276,10 @@ def _scenario(hub: Hub, journal: Journal, clients: Clients, console: Console) ->
         "doors locked", _is("LockdownProgress", incident_id=incident_id, complete=True)
     )
     console.print(f"lockdown: {len(progress['doors_confirmed'])} doors locked and confirmed")
+    status = people.notification(incident_id, "LOCKDOWN")
+    acknowledged = people.acknowledge_some()
+    status = people.wait_acknowledged(status, acknowledged)
+    checks = people.report(status, console)
     journal.wait_for(
         "units on scene", _is("CadStatusUpdate", incident_id=incident_id, status="ResourcesOnscene")
     )
@@ -263,18 +291,26 @@ def _scenario(hub: Hub, journal: Journal, clients: Clients, console: Console) ->
         lambda e: _is("CadDispatch", incident_id=incident_id)(e) and e["status"] == "Closed",
     )
     console.print("ALL CLEAR: incident closed at CAD")
-    return incident_id
+    people.notification(incident_id, "ALL_CLEAR")
+    console.print("ALL CLEAR: every staff member of the school told")
+    return incident_id, checks
 
 
 def _belongs(event: Event, incident_id: str, signal_ids: set[str], commands: set[str]) -> bool:
     envelope = event["envelope"]
+    if envelope["event_type"].endswith(("DeliveryReceipt", "NotificationAcknowledged")):
+        return False  # one per recipient and step: summarised in the people table instead
     if envelope.get("incident_id") == incident_id or envelope["event_id"] in signal_ids:
         return True
     return event.get("command_id") in commands and envelope["event_type"].endswith("LockState")
 
 
 def _report(
-    journal: Journal, incident_id: str, cad: list[dict[str, Any]], console: Console
+    journal: Journal,
+    incident_id: str,
+    cad: list[dict[str, Any]],
+    more_checks: dict[str, bool],
+    console: Console,
 ) -> None:
     events = journal.events
     signal_ids = {
@@ -324,6 +360,7 @@ def _report(
             e["envelope"]["event_type"].endswith("LockdownProgress") and e["complete"]
             for _, _, e in mine
         ),
+        **more_checks,
     }
     for name, ok in checks.items():
         console.print(("[green]✓[/green] " if ok else "[red]✗[/red] ") + name)
@@ -356,6 +393,8 @@ def _detail(event: Event) -> str:
             return f"{event['scope']} → {event['target']}"
         case "DoorLockState":
             return f"{event['door_id']} {event['state']}"
+        case "NotificationRequested":
+            return f"{event['srp_action']} to {', '.join(event['audiences'])}"[:110]
         case "LockdownProgress":
             return f"{len(event['doors_confirmed'])}/{len(event['doors_expected'])} confirmed" + (
                 ", deadline passed" if event["deadline_passed"] else ""

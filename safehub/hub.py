@@ -13,6 +13,7 @@ stop gRPC with grace) in reverse start order, then the broker stops.
 
 from __future__ import annotations
 
+import mailbox
 import os
 import secrets
 import signal
@@ -307,7 +308,7 @@ class Hub(Closing):
 
     def _start_notify_stand_ins(self) -> None:
         """The mail server and the SMS provider that notify delivers to on a laptop."""
-        self.maildir.mkdir(parents=True, exist_ok=True)
+        mailbox.Maildir(self.maildir, create=True)  # with its tmp/new/cur folders
         argv = [
             sys.executable, "-m", MAIL_SINK, "--nosetuid",
             "--listen", f"127.0.0.1:{self.ports.smtp}",
