@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.protobuf import timestamp_pb2
 
@@ -17,6 +18,7 @@ from connectors.psap_cad.eido_validate import EidoValidator
 from safehub.gen.safehub.common.v1 import place_pb2, srp_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.hub import Hub
+from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.envelope import event_id_for
 from safehub.kernel.settings import HubSettings, KafkaSettings
 from services.incidents.model import incident_id_for
@@ -91,6 +93,7 @@ def _panic(
     when: datetime | None = None,
     client_event_id: str | None = None,
     exercise: bool = False,
+    building: str = "B",
     room: str = "214",
 ) -> tuple[str, str]:
     """Send a panic; returns (client_event_id, expected incident id if it opens one)."""
@@ -98,7 +101,7 @@ def _panic(
     answer = e2e.stub("panic-badges-north").ReportPanic(
         ingest_pb2.ReportPanicRequest(
             client_event_id=client_event_id,
-            place=_place("B", room),
+            place=_place(building, room),
             device_id="badge-0042",
             reporter_role=ingest_pb2.REPORTER_ROLE_TEACHER,
             panic_type=ingest_pb2.PANIC_TYPE_ACTIVE_ASSAILANT,
@@ -271,3 +274,93 @@ def test_a_panic_cancelled_in_the_window_is_dispatched_then_cancelled_at_cad(e2e
         what="cancellation at CAD",
     )
     assert cad["versions"] == [1, 2]
+
+
+AUDITOR = {"Authorization": "Bearer demo-token-state-auditor"}
+
+
+def _timeline(e2e: E2E, path: str) -> Any:
+    response = httpx.get(e2e.hub.timeline_url + path, headers=AUDITOR, timeout=10)
+    return response.json() if response.status_code == 200 else None
+
+
+def test_the_timeline_holds_every_step_in_order_with_one_trace_from_gateway_to_cad(
+    e2e: E2E,
+) -> None:
+    # Now, in building A: the SRP request (stamped now by the gateway) joins this incident.
+    _, incident_id = _panic(e2e, building="A", room="101")
+    e2e.stub("staff-app-lincoln").RequestSrpAction(
+        ingest_pb2.RequestSrpActionRequest(
+            client_event_id=str(uuid.uuid4()),
+            action=srp_pb2.SRP_ACTION_LOCKDOWN,
+            place=_place("A"),
+            requested_by="staff-principal-01",
+        ),
+        timeout=10,
+    )
+    wanted = {
+        "PanicAlert": "gateway",
+        "IncidentOpened": "incidents",
+        "CadDispatch": "cad",
+        "SrpActionRequested": "people",
+        "LockCommand": "doors",
+        "NotificationRequested": "notifications",
+        "DeliveryReceipt": "notifications",
+    }
+    through = {"safehub-gateway", "safehub-incidents", "safehub-psap_cad"}
+
+    def complete() -> tuple[list[Any], list[Any]] | None:
+        page = _timeline(e2e, f"/api/v1/subjects/{incident_id}/timeline?limit=5000")
+        if page is None:
+            return None
+        entries = page["entries"]
+        kinds = {e["event_type"].rsplit(".", 1)[-1] for e in entries}
+        panic = next((e for e in entries if e["event_type"].endswith("PanicAlert")), None)
+        if not set(wanted) <= kinds or panic is None:
+            return None
+        trace = _timeline(e2e, f"/api/v1/traces/{panic['trace_id']}")
+        spans = trace["spans"] if trace else []
+        if not through <= {s["service"] for s in spans}:
+            return None
+        # Spans are exported in batches by each process: wait until the tree is whole.
+        known = {s["span_id"] for s in spans}
+        if sum(1 for s in spans if s["parent_span_id"] not in known) != 1:
+            return None
+        return entries, spans
+
+    entries, spans = wait_until(complete, timeout=60, what="the incident's timeline and trace")
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    first = {}
+    for entry in entries:
+        kind = entry["event_type"].rsplit(".", 1)[-1]
+        first.setdefault(kind, entry)
+        if kind in wanted and kind != "SrpActionRequested":
+            assert entry["lane"] == wanted[kind], kind
+    # Causal order as recorded: the panic, then the incident, then the dispatch to CAD.
+    assert first["PanicAlert"]["seq"] < first["IncidentOpened"]["seq"]
+    assert first["IncidentOpened"]["seq"] < first["CadDispatch"]["seq"]
+    # One trace: the dispatch to CAD carries the panic's trace, and its spans form one tree
+    # rooted at the gateway's gRPC server span.
+    trace_id = first["PanicAlert"]["trace_id"]
+    assert first["IncidentOpened"]["trace_id"] == trace_id
+    assert first["CadDispatch"]["trace_id"] == trace_id
+    by_id = {s["span_id"]: s for s in spans}
+    roots = [s for s in spans if s["parent_span_id"] not in by_id]
+    assert [r["service"] for r in roots] == ["safehub-gateway"]
+    for span in spans:
+        ancestor, hops = span, 0
+        while ancestor["parent_span_id"] in by_id:
+            ancestor = by_id[ancestor["parent_span_id"]]
+            hops += 1
+            assert hops < 50
+        assert ancestor is roots[0], f"{span['name']} is not in the gateway's tree"
+    chain = _timeline(e2e, f"/api/v1/subjects/{incident_id}/verify")
+    assert chain["ok"], chain
+    # The lockdown told the school's staff; the people view lists each of them.
+    staff = {m.id for m in Directory.load(default_directory_file()).school("sch-lincoln-hs").staff}
+
+    def people_listed() -> bool:
+        people = _timeline(e2e, f"/api/v1/subjects/{incident_id}/people")
+        return bool(people) and staff <= {r["recipient_id"] for r in people["recipients"]}
+
+    wait_until(people_listed, timeout=60, what="every staff member in the people view")
