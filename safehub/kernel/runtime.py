@@ -50,6 +50,7 @@ class Runtime(Closing, Generic[SettingsT]):
         self.stop = threading.Event()
         self.producer = EventProducer(settings.kafka, self.codec, self.catalog, client_id=name)
         self._consumers: list[EventConsumer] = []
+        self._consumer_threads: dict[EventConsumer, threading.Thread] = {}
         self._threads: list[threading.Thread] = []
         self._closers: list[Callable[[], Any]] = []
         self._failure: BaseException | None = None
@@ -83,9 +84,18 @@ class Runtime(Closing, Generic[SettingsT]):
             fetch_wait_max_ms=fetch_wait_max_ms,
             extra_config=extra_config,
         )
-        self._consumers.append(consumer)
         if start:
-            self.spawn(lambda: consumer.run(self.stop), name=f"consume-{group_id}")
+
+            def consume() -> None:
+                # The thread that polls a consumer closes it: librdkafka deadlocks when
+                # close() (and its revoke callback) runs while another thread is in poll().
+                try:
+                    consumer.run(self.stop)
+                finally:
+                    consumer.close()
+
+            self._consumer_threads[consumer] = self.spawn(consume, name=f"consume-{group_id}")
+        self._consumers.append(consumer)
         return consumer
 
     def spawn(self, target: Callable[[], Any], *, name: str) -> threading.Thread:
@@ -134,6 +144,12 @@ class Runtime(Closing, Generic[SettingsT]):
         for thread in self._threads:
             thread.join(timeout=10)
         for consumer in self._consumers:
+            polling = self._consumer_threads.get(consumer)
+            if polling is not None and polling.is_alive():
+                # Still inside poll (a slow rebalance): closing it from here could deadlock;
+                # its own thread closes it when poll returns.
+                log.warning("consumer still polling at shutdown", service=self.name)
+                continue
             consumer.close()
         self.producer.close()
         log.info("drained", service=self.name)
