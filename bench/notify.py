@@ -67,20 +67,30 @@ ROOT = Path(__file__).resolve().parents[1]
 BIG = "sch-big-hs"
 WARM = "sch-riverside-es"
 AUTH_TOKEN = "bench-auth-token-0123456789"
+BIG_MAIL_DOMAIN = "@big.example.org"
+BIG_PHONE_PREFIX = "+15557"
 EMAIL_WORKERS = 8
 SMS_WORKERS = 16
 
 
 class Stamps:
-    """Arrival times (perf_counter) of accepted messages, thread-safe."""
+    """Arrival times (perf_counter) of accepted messages for the big school, thread-safe.
+
+    Messages for other schools (the warm-up) are only counted: a late warm-up message must
+    not pass for the first message of the measured run.
+    """
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.others = 0
         self._lock = threading.Lock()
 
-    def add(self) -> None:
+    def add(self, big: bool) -> None:
         with self._lock:
-            self.times.append(time.perf_counter())
+            if big:
+                self.times.append(time.perf_counter())
+            else:
+                self.others += 1
 
     def count(self) -> int:
         with self._lock:
@@ -89,6 +99,7 @@ class Stamps:
     def reset(self) -> None:
         with self._lock:
             self.times.clear()
+            self.others = 0
 
 
 class SmtpHandler:
@@ -97,8 +108,8 @@ class SmtpHandler:
     def __init__(self, stamps: Stamps) -> None:
         self.stamps = stamps
 
-    async def handle_DATA(self, _s: SMTP, _session: Session, _envelope: Envelope) -> str:  # noqa: N802
-        self.stamps.add()
+    async def handle_DATA(self, _s: SMTP, _session: Session, envelope: Envelope) -> str:  # noqa: N802
+        self.stamps.add(any(str(r).endswith(BIG_MAIL_DOMAIN) for r in envelope.rcpt_tos))
         return "250 OK"
 
 
@@ -112,7 +123,8 @@ class TimedSimulator(ProviderSimulator):
     async def create_message(self, request: web.Request) -> web.Response:
         response = await super().create_message(request)
         if response.status == 201:
-            self.stamps.add()
+            form = await request.post()  # parsed once, cached by aiohttp
+            self.stamps.add(str(form.get("To", "")).startswith(BIG_PHONE_PREFIX))
         return response
 
 
@@ -151,8 +163,8 @@ def write_directory(path: Path, staff: int) -> Directory:
                     "name": f"Staff {i}",
                     "role": "teacher",
                     "contact": {
-                        "email": f"staff{i}@big.example.org",
-                        "phone": f"+1555{7000000 + i:07d}",
+                        "email": f"staff{i}{BIG_MAIL_DOMAIN}",
+                        "phone": f"{BIG_PHONE_PREFIX}{i:06d}",
                         "language": "es" if i % 5 == 0 else "en",
                     },
                 }
@@ -193,6 +205,15 @@ def free_port() -> int:
         return port
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``condition`` until true (raises at the deadline)."""
     deadline = time.monotonic() + timeout
@@ -214,7 +235,7 @@ def raw_baseline(smtp_port: int, sim_port: int, count: int) -> dict[str, float]:
             connections.append(smtp)
         message = EmailMessage()
         message["From"] = "alerts@safehub.local"
-        message["To"] = f"staff{i}@big.example.org"
+        message["To"] = f"staff{i}{BIG_MAIL_DOMAIN}"
         message["Subject"] = "LOCKDOWN - Big High School"
         message.set_content("LOCKDOWN: Big High School. Locks, lights, out of sight.")
         smtp.send_message(message)
@@ -230,7 +251,7 @@ def raw_baseline(smtp_port: int, sim_port: int, count: int) -> dict[str, float]:
         client.post(
             path,
             data={
-                "To": f"+1555{7000000 + i:07d}",
+                "To": f"{BIG_PHONE_PREFIX}{i:06d}",
                 "From": "+15550009999",
                 "Body": "LOCKDOWN: Big High School. Locks, lights, out of sight. Reply 1.",
             },
@@ -333,15 +354,15 @@ def main() -> None:
                     producer.publish(lockdown(directory, WARM))
                     emails = sum(1 for m in warm if m.contact.email)
                     phones = sum(1 for m in warm if m.contact.phone)
-                    wait_for(lambda: mail.count() >= emails, 60, "warm-up emails")
-                    wait_for(lambda: sms.count() >= phones, 60, "warm-up SMS")
-                    mail.reset()
-                    sms.reset()
+                    wait_for(lambda: mail.others >= emails, 60, "warm-up emails")
+                    wait_for(lambda: sms.others >= phones, 60, "warm-up SMS")
                     event = lockdown(directory, BIG)
+                    cpu_before = cpu_seconds(process.pid)
                     start = time.perf_counter()
                     producer.publish(event)
                     wait_for(lambda: mail.count() >= args.staff, 300, "all emails")
                     wait_for(lambda: sms.count() >= args.staff, 300, "all SMS")
+                    cpu_after = cpu_seconds(process.pid)
                 last_mail, last_sms = max(mail.times), max(sms.times)
                 first = min(*mail.times, *sms.times)
                 total = max(last_mail, last_sms) - start
@@ -352,6 +373,11 @@ def main() -> None:
                     "all_messages_s": round(total, 3),
                     "messages": mail.count() + sms.count(),
                     "messages_per_s": round((mail.count() + sms.count()) / total),
+                    "notify_cpu_s": (
+                        round(cpu_after - cpu_before, 2)
+                        if cpu_before is not None and cpu_after is not None
+                        else None
+                    ),
                     "email_workers": EMAIL_WORKERS,
                     "sms_workers": SMS_WORKERS,
                     "rate_limits_per_s": {"EMAIL": 10000, "SMS": 10000},

@@ -70,6 +70,9 @@ PRIORITY_ORDER = {"LIFE_SAFETY": 0, "URGENT": 1, "ROUTINE": 2}
 #: A repeated SMS "1" within this time of an acknowledgement is answered "already confirmed".
 REPLY_WINDOW_S = 24 * 3600.0
 _IDS = uuid.UUID("0b6e8a4e-3f0e-4d8e-9a57-5f1c6f1f2c11")
+#: Recipients per fan-out transaction: a small first chunk so the first messages leave within
+#: milliseconds of the request, then larger ones (the last size repeats).
+CHUNKS = (50, 500)
 
 
 def stable_id(*parts: str) -> str:
@@ -293,6 +296,8 @@ class Dispatcher:
         self._stop = stop
         self._on_notification = on_notification
         self._lock = threading.Lock()
+        #: Notified when a provider message id becomes known (callbacks wait on it).
+        self._provider_ids = threading.Condition(self._lock)
         self._notifications: dict[str, NotificationRow] = {}
         self._plans: dict[tuple[str, str], Plan] = {}
         self._live: dict[str, Live] = {}
@@ -349,13 +354,17 @@ class Dispatcher:
             self.handle_foreign_receipt(consumed.event)
 
     def handle_request(self, consumed: ConsumedEvent) -> None:
-        """Resolve, plan, store and queue a notification (once per notification id)."""
+        """Resolve, plan, store and queue a notification (once per notification id).
+
+        Recipients are stored and sent in chunks (:data:`CHUNKS`), endpoints (PA, signage)
+        first, so the first messages leave while the rest are still being written. Each
+        chunk's recipients, deliveries and QUEUED receipts commit together. If the process
+        dies between chunks the request is redelivered (its offset moves only after this
+        returns) and the recipients not stored yet are added then.
+        """
         event = consumed.event
         envelope = consumed.envelope
         notification_id = str(event["notification_id"])
-        if self.store.notification(notification_id) is not None:
-            log.info("notification already handled, skipped", notification_id=notification_id)
-            return
         tenant = envelope["tenant"]
         try:
             if tenant.get("school"):
@@ -367,10 +376,55 @@ class Dispatcher:
             )
         except AudienceError as exc:
             raise HandlerError(f"notification {notification_id}: {exc}") from exc
-        now = time.time()
-        school_id = str(tenant.get("school") or targets[0].school_id)
-        notification = NotificationRow(
+        # Endpoints first: one PA announcement reaches a whole building.
+        targets = sorted(targets, key=lambda t: t.kind != "endpoint")
+        stored = self.store.notification(notification_id)
+        if stored is not None:
+            known = {r.recipient_id for r in self.store.recipients_of(notification_id)}
+            targets = [t for t in targets if t.recipient_id not in known]
+            if not targets:
+                log.info("notification already handled, skipped", notification_id=notification_id)
+                return
+            log.warning(
+                "fan-out interrupted earlier, resumed",
+                notification_id=notification_id,
+                remaining=len(targets),
+            )
+            notification = stored
+        else:
+            school_id = str(tenant.get("school") or targets[0].school_id)
+            notification = self._new_notification(consumed, school_id)
+        with self._lock:
+            self._notifications[notification_id] = notification
+        sizes = itertools.chain(CHUNKS[:-1], itertools.repeat(CHUNKS[-1]))
+        create = stored is None
+        offset = deliveries = 0
+        while create or offset < len(targets):
+            size = next(sizes)
+            queued = self._fan_out(notification, targets[offset : offset + size], create=create)
+            if queued is None:  # stored meanwhile by another consumer (a redelivery race)
+                return
+            create = False
+            offset += size
+            deliveries += queued
+        log.info(
+            "notification fanned out",
             notification_id=notification_id,
+            incident_id=notification.incident_id,
+            srp_action=notification.srp_action,
+            exercise=notification.exercise,
+            recipients=len(targets),
+            deliveries=deliveries,
+        )
+        if self._on_notification is not None:
+            self._on_notification(notification, targets)
+
+    @staticmethod
+    def _new_notification(consumed: ConsumedEvent, school_id: str) -> NotificationRow:
+        event, envelope = consumed.event, consumed.envelope
+        tenant = envelope["tenant"]
+        return NotificationRow(
+            notification_id=str(event["notification_id"]),
             request_event_id=consumed.event_id,
             incident_id=envelope.get("incident_id"),
             tenant={**tenant, "school": tenant.get("school")},
@@ -384,10 +438,21 @@ class Dispatcher:
             body=str(event["body"]),
             audiences=list(event.get("audiences") or []),
             cap_identifier=None,
-            created_at=now,
+            created_at=time.time(),
         )
+
+    def _fan_out(
+        self, notification: NotificationRow, targets: Sequence[Target], *, create: bool
+    ) -> int | None:
+        """Store one chunk of recipients with their first deliveries, then queue them.
+
+        Returns the number of deliveries queued; None if ``create`` found the notification
+        already stored.
+        """
+        now = time.time()
+        notification_id = notification.notification_id
         first_escalation = (
-            now + self.config.ack_timeout_s
+            notification.created_at + self.config.ack_timeout_s
             if notification.require_ack and self.config.max_escalations > 0
             else None
         )
@@ -395,6 +460,7 @@ class Dispatcher:
         jobs: list[Job] = []
         rows: list[DeliveryRow] = []
         events: list[Event] = []
+        plans: dict[tuple[str, str], Plan] = {}
         for target in targets:
             order = self._order(target)
             person = target.kind != "endpoint"
@@ -433,31 +499,21 @@ class Dispatcher:
                 rows.append(row)
                 events.append(self._receipt(notification, row, "QUEUED"))
                 jobs.append(Job(row.delivery_id, notification, target, channel, 1, "initial"))
-            with self._lock:
-                self._plans[(notification_id, target.recipient_id)] = plan
-        created = self.store.create_notification(
-            notification, recipients, rows, [self.outbox.item(e) for e in events]
-        )
-        if not created:
-            return
+            plans[(notification_id, target.recipient_id)] = plan
+        outbox = [self.outbox.item(e) for e in events]
+        if create:
+            if not self.store.create_notification(notification, recipients, rows, outbox):
+                return None
+        else:
+            self.store.add_recipients(recipients, rows, outbox)
         with self._lock:
-            self._notifications[notification_id] = notification
+            self._plans.update(plans)
         for row in rows:
             self._remember(row)
         for job in jobs:
             self._submit(job)
         self.outbox.publish(events)
-        log.info(
-            "notification fanned out",
-            notification_id=notification_id,
-            incident_id=notification.incident_id,
-            srp_action=notification.srp_action,
-            exercise=notification.exercise,
-            recipients=len(targets),
-            deliveries=len(jobs),
-        )
-        if self._on_notification is not None:
-            self._on_notification(notification, targets)
+        return len(jobs)
 
     def handle_foreign_receipt(self, event: Event) -> None:
         """A receipt from elsewhere (the gateway, for PA/signage command results)."""
@@ -704,8 +760,9 @@ class Dispatcher:
             )
         if result.accepted:
             if result.provider_message_id:
-                with self._lock:
+                with self._provider_ids:
                     self._by_provider_id[result.provider_message_id] = job.delivery_id
+                    self._provider_ids.notify_all()
             self.transition(job.delivery_id, "SENT", result.provider_message_id, None)
             if result.delivered:
                 self.transition(job.delivery_id, "DELIVERED", result.provider_message_id, None)
@@ -839,18 +896,29 @@ class Dispatcher:
         self, provider_message_id: str, status: str, error: str | None, *, wait_s: float = 5.0
     ) -> bool:
         """A provider's status callback; False if no delivery has that provider id."""
+        delivery_id = self._delivery_of(provider_message_id, wait_s)
+        if delivery_id is None:
+            return False
+        return self.transition(delivery_id, status, provider_message_id, error) or True
+
+    def _delivery_of(self, provider_message_id: str, wait_s: float) -> str | None:
+        def known() -> str | None:
+            return self._by_provider_id.get(provider_message_id)
+
         deadline = time.monotonic() + wait_s
+        timeout = 0.0
         while True:
-            with self._lock:
-                delivery_id = self._by_provider_id.get(provider_message_id)
-            if delivery_id is None:
-                row = self.store.delivery_by_provider_id(provider_message_id)
-                delivery_id = row.delivery_id if row else None
+            with self._provider_ids:
+                # The callback can overtake the send call's own answer: wait for it in memory.
+                delivery_id = self._provider_ids.wait_for(known, timeout)
             if delivery_id is not None:
-                return self.transition(delivery_id, status, provider_message_id, error) or True
-            # The callback can overtake the send call's own answer: give it a moment.
-            if time.monotonic() > deadline or self._stop.wait(0.02):
-                return False
+                return delivery_id
+            row = self.store.delivery_by_provider_id(provider_message_id)  # final or older
+            if row is not None:
+                return row.delivery_id
+            timeout = min(0.25, deadline - time.monotonic())
+            if timeout <= 0 or self._stop.is_set():
+                return None
 
     # -- acknowledgements --------------------------------------------------------------------
 

@@ -141,7 +141,11 @@ class Store(Closing):
         elif self._dialect != "postgresql":
             raise ConfigError(f"notify database backend {self._dialect!r} is not supported")
         self._engine: Engine = create_engine(
-            parsed, connect_args=connect_args, pool_pre_ping=True, pool_size=10
+            parsed,
+            connect_args=connect_args,
+            # A server can drop idle connections; a SQLite file cannot (a ping per call).
+            pool_pre_ping=self._dialect == "postgresql",
+            pool_size=10,
         )
         if self._dialect == "sqlite":
             event.listen(self._engine, "connect", _sqlite_pragmas)
@@ -291,29 +295,52 @@ class Store(Closing):
                 )
                 if inserted.first() is None:
                     return False
-                if recipients:
-                    conn.execute(
-                        self.recipients.insert(),
-                        [
-                            {
-                                "notification_id": r.notification_id,
-                                "recipient_id": r.recipient_id,
-                                "kind": r.kind,
-                                "channels": json.dumps(r.channels),
-                                "acked_at": None,
-                                "ack_channel": None,
-                                "ack_response": None,
-                                "escalation_level": r.escalation_level,
-                                "next_escalation_at": r.next_escalation_at,
-                            }
-                            for r in recipients
-                        ],
-                    )
+                self._add_recipients(conn, recipients)
                 self._add_deliveries(conn, deliveries)
                 self._outbox(conn, outbox)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store notification: {type(exc).__name__}") from exc
         return True
+
+    def add_recipients(
+        self,
+        recipients: Sequence[RecipientRow],
+        deliveries: Sequence[DeliveryRow],
+        outbox: Sequence[OutboxItem],
+    ) -> None:
+        """More recipients of a stored notification and their first deliveries, atomically.
+
+        Recipients already stored are left as they are.
+        """
+        try:
+            with self._begin() as conn:
+                self._add_recipients(conn, recipients)
+                self._add_deliveries(conn, deliveries)
+                self._outbox(conn, outbox)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store recipients: {type(exc).__name__}") from exc
+
+    def _add_recipients(self, conn: Connection, recipients: Sequence[RecipientRow]) -> None:
+        if recipients:
+            conn.execute(
+                self._insert(self.recipients).on_conflict_do_nothing(
+                    index_elements=["notification_id", "recipient_id"]
+                ),
+                [
+                    {
+                        "notification_id": r.notification_id,
+                        "recipient_id": r.recipient_id,
+                        "kind": r.kind,
+                        "channels": json.dumps(r.channels),
+                        "acked_at": None,
+                        "ack_channel": None,
+                        "ack_response": None,
+                        "escalation_level": r.escalation_level,
+                        "next_escalation_at": r.next_escalation_at,
+                    }
+                    for r in recipients
+                ],
+            )
 
     def notification(self, notification_id: str) -> NotificationRow | None:
         """A notification by id."""

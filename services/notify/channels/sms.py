@@ -1,7 +1,8 @@
 """SMS and voice through a Twilio-compatible REST API (Twilio itself or the provider simulator).
 
-One keep-alive ``httpx.Client`` per adapter, HTTP Basic auth (account SID : auth token),
-form-encoded requests, instrumented so every call to the provider is a client span::
+A pool of keep-alive ``httpx.Client``s (one connection each, one per concurrent sender:
+threads sharing one client's pool queue on its lock), HTTP Basic auth (account SID : auth
+token), form-encoded requests, instrumented so every call to the provider is a client span::
 
     POST {api}/2010-04-01/Accounts/{AccountSid}/Messages.json   To, From, Body, StatusCallback
     POST {api}/2010-04-01/Accounts/{AccountSid}/Calls.json      To, From, Twiml, StatusCallback
@@ -15,6 +16,8 @@ own wording of the code, never the provider's message (it quotes the phone numbe
 
 from __future__ import annotations
 
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -69,25 +72,47 @@ class _TwilioClient(Closing):
         token = config.auth_token.get_secret_value()
         if not token:
             raise ConfigError("the Twilio auth token is empty (set the provider's auth token)")
+        self._config = config
+        self._auth = httpx.BasicAuth(config.account_sid, token)
         self._account_path = f"/{API_VERSION}/Accounts/{config.account_sid}"
-        self._client = httpx.Client(
+        # httpcore's pool checks every connection under one lock per request: with a dozen
+        # sender threads they queue there, not at the provider. One client per sender.
+        self._idle: queue.LifoQueue[httpx.Client] = queue.LifoQueue()
+        self._clients: list[httpx.Client] = []
+        self._slots = threading.BoundedSemaphore(config.max_connections)
+        self._lock = threading.Lock()
+
+    def _new_client(self) -> httpx.Client:
+        config = self._config
+        client = httpx.Client(
             base_url=config.api_base_url.rstrip("/"),
-            auth=httpx.BasicAuth(config.account_sid, token),
+            auth=self._auth,
             headers={"Accept": "application/json"},
             timeout=httpx.Timeout(config.request_timeout_s, connect=config.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_connections,
-            ),
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             verify=str(config.ca_bundle) if config.ca_bundle else True,
         )
-        HTTPXClientInstrumentor.instrument_client(self._client)
+        HTTPXClientInstrumentor.instrument_client(client)
+        with self._lock:
+            self._clients.append(client)
+        return client
+
+    def _post(self, path: str, form: dict[str, str]) -> httpx.Response:
+        with self._slots:
+            try:
+                client = self._idle.get_nowait()
+            except queue.Empty:
+                client = self._new_client()
+            try:
+                return client.post(path, data=form)
+            finally:
+                self._idle.put(client)
 
     def create(self, resource: str, form: dict[str, str], *, delivery_id: str) -> SendResult:
         """POST ``form`` to ``{resource}.json``; see the module docstring for the mapping."""
         path = f"{self._account_path}/{resource}.json"
         try:
-            response = self._client.post(path, data=form)
+            response = self._post(path, form)
         except httpx.HTTPError as exc:
             log.warning(
                 "provider unreachable",
@@ -126,8 +151,11 @@ class _TwilioClient(Closing):
         return SendResult(accepted=False, provider_message_id=None, error=reason)
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._client.close()
+        """Close every client's connection."""
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
 
 class TwilioSmsAdapter(Closing):
