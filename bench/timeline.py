@@ -6,7 +6,10 @@ the ingest consumer takes). Measured, each as p50/p99 over repeated calls:
 
 * ``timeline_first_page``: ``Queries.timeline`` (2,000 entries, scoped, redacted, JSON-shaped;
   chain status from the cache, as the UI sees it within ``chain_cache_s``);
-* ``timeline_full_walk``: every page of the 10,000 entries (5 calls);
+* ``timeline_first_page_body``: ``Queries.timeline_json``, the HTTP response body (the same
+  answer serialised, each entry as it is built);
+* ``timeline_first_page_cold``: the body with the chain recomputed (a reviewer opening it);
+* ``timeline_full_walk``: every page of the 10,000 entries (5 bodies);
 * ``list_first_page`` / ``list_filtered``: 50 newest of 1,000 incidents (+ district/status);
 * ``verify``: a full recomputation of the 10,000-entry chain (not a target, reported);
 
@@ -35,7 +38,7 @@ from bench.common import percentiles
 from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.envelope import new_event
 from services.timeline.ingest import draft_of
-from services.timeline.query import Queries
+from services.timeline.query import Queries, dumps
 from services.timeline.store import Draft, Store
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -172,16 +175,23 @@ def run_backend(backend: str, events: int, incidents: int, runs: int) -> dict[st
             first = queries.timeline(auditor, "inc-big", {})
             assert first["chain"]["ok"] and len(first["entries"]) == 2000
 
-            def walk() -> int:
-                after, total = 0, 0
-                while True:
-                    page = queries.timeline(auditor, "inc-big", {"after_seq": str(after)})
-                    total += len(page["entries"])
-                    if page["next_after_seq"] is None:
-                        return total
-                    after = page["next_after_seq"]
+            cold = Queries(store, directory, chain_cache_s=0)
+            body = queries.timeline_json(auditor, "inc-big", {})
+            assert body == dumps(first)
+            page_bytes = len(body.encode("utf-8"))
 
-            assert walk() == events
+            def walk() -> int:
+                after, pages = 0, 0
+                while True:
+                    body = queries.timeline_json(auditor, "inc-big", {"after_seq": str(after)})
+                    pages += 1
+                    # The body ends with "next_after_seq":N} (or null}).
+                    tail = body[body.rindex(":") + 1 : -1]
+                    if tail == "null":
+                        return pages
+                    after = int(tail)
+
+            assert walk() == -(-events // 2000)
             raw = store.engine
 
             def raw_page(after: int = 0) -> list[Any]:
@@ -216,6 +226,12 @@ def run_backend(backend: str, events: int, incidents: int, runs: int) -> dict[st
                 "timeline_first_page": measure(
                     lambda: queries.timeline(auditor, "inc-big", {}), runs
                 ),
+                "timeline_first_page_body": measure(
+                    lambda: queries.timeline_json(auditor, "inc-big", {}), runs
+                ),
+                "timeline_first_page_cold": measure(
+                    lambda: cold.timeline_json(auditor, "inc-big", {}), 5, warmup=1
+                ),
                 "baseline_first_page": measure(raw_page, runs),
                 "timeline_full_walk": measure(walk, max(5, runs // 5)),
                 "baseline_full_walk": measure(raw_walk, max(5, runs // 5)),
@@ -239,18 +255,25 @@ def run_backend(backend: str, events: int, incidents: int, runs: int) -> dict[st
         }
         for name, base in (
             ("timeline_first_page", "baseline_first_page"),
+            ("timeline_first_page_body", "baseline_first_page"),
             ("timeline_full_walk", "baseline_full_walk"),
             ("list_first_page", "baseline_list"),
             ("list_filtered", "baseline_list_filtered"),
         )
     }
-    targets = ("timeline_first_page", "list_first_page", "list_filtered")
+    targets = (
+        "timeline_first_page",
+        "timeline_first_page_body",
+        "list_first_page",
+        "list_filtered",
+    )
     return {
         "load": {
             "events": len(loaded),
             "seconds": round(load_s, 2),
             "events_per_s": round(len(loaded) / load_s),
         },
+        "first_page_bytes": page_bytes,
         "latency": results,
         "ratio_to_baseline": ratios,
         "target_p99_under_100ms": {name: results[name]["p99_ms"] < 100 for name in targets},

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from safehub.kernel import chain
 from safehub.kernel.codec import Codec
 from safehub.kernel.directory import Directory, default_directory_file
+from safehub.kernel.envelope import EVENT_NAMESPACE
 from services.timeline.ingest import draft_of
-from services.timeline.query import NotFoundError, Queries, dumps
+from services.timeline.query import ON_TOP, NotFoundError, Queries, dumps
 from services.timeline.store import Store
 from tests.support.timeline import RIVERSIDE, Scenario, fresh_database, referral
 
@@ -197,5 +199,118 @@ def test_scope_and_clearance(codec: Codec, database_url: str) -> None:
             assert queries.list_subjects(south, {})["items"] == []
             cleared = json.loads(dumps(queries.timeline(counsel, "case-scope", {})))["entries"][0]
             assert cleared["withheld"] == [] and cleared["data"]["student_id"] == "stu-98765"
+        finally:
+            store.close()
+
+
+def _tamper(store: Store, sql: str, **params: Any) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text(sql), params)
+
+
+def test_page_entries_are_the_whole_events_without_repeats(codec: Codec, database_url: str) -> None:
+    """A page's ``data`` leaves out only envelope fields the entry carries top-level: the
+    whole event (as exported, and as hashed) is rebuilt from the page alone."""
+    with fresh_database(database_url) as url:
+        store = Store(url)
+        try:
+            scenario = Scenario()
+            _load(store, codec, scenario.story())
+            directory = Directory.load(default_directory_file())
+            queries = Queries(store, directory)
+            state = directory.reviewer("rev-state-auditor")
+            assert state is not None
+            body = queries.timeline_json(state, scenario.incident_id, {})
+            assert body == dumps(queries.timeline(state, scenario.incident_id, {}))
+            page = json.loads(body)
+            export = json.loads(
+                dumps(queries.export(state, scenario.incident_id, pass_through=True))
+            )
+            assert len(page["entries"]) == len(export["entries"]) == 9
+            for shown, whole in zip(page["entries"], export["entries"], strict=True):
+                # The times the database formats are the chain's own text.
+                assert shown["occurred_at"] == whole["occurred_at"]
+                assert shown["recorded_at"] == whole["recorded_at"]
+                envelope = shown["data"]["envelope"]
+                assert not {"event_id", "event_type", "occurred_at", "source"} & set(envelope)
+                assert envelope["tenant"] == whole["tenant"]
+                rebuilt = {
+                    **shown["data"],
+                    "envelope": {
+                        **{name: shown[name] for name in ON_TOP},
+                        "event_type": EVENT_NAMESPACE + shown["event_type"],
+                        **envelope,
+                    },
+                }
+                assert rebuilt == whole["data"]
+                assert chain.payload_digest(rebuilt) == shown["payload_sha256"]
+                shown_rest = {k: v for k, v in shown.items() if k != "data"}
+                assert shown_rest.items() <= whole.items()
+        finally:
+            store.close()
+
+
+def test_pages_are_seq_ranges_and_the_chain_check_names_tampering(
+    codec: Codec, database_url: str
+) -> None:
+    with fresh_database(database_url) as url:
+        store = Store(url)
+        try:
+            scenario = Scenario()
+            sid = scenario.incident_id
+            _load(store, codec, scenario.story())
+            directory = Directory.load(default_directory_file())
+            queries = Queries(store, directory, chain_cache_s=0)
+            state = directory.reviewer("rev-state-auditor")
+            assert state is not None
+
+            def walk() -> list[tuple[list[int], int | None]]:
+                pages, after = [], 0
+                while True:
+                    page = queries.timeline(state, sid, {"after_seq": str(after), "limit": "4"})
+                    pages.append(([e["seq"] for e in page["entries"]], page["next_after_seq"]))
+                    if page["next_after_seq"] is None:
+                        return pages
+                    after = page["next_after_seq"]
+
+            assert walk() == [([1, 2, 3, 4], 4), ([5, 6, 7, 8], 8), ([9], None)]
+            assert queries.timeline(state, sid, {})["chain"]["ok"]
+            # The stored text re-spaced: not the hashed bytes, the same content: still intact.
+            _tamper(
+                store,
+                "UPDATE entries SET payload = ' ' || payload WHERE subject_id = :s AND seq = 3",
+                s=sid,
+            )
+            assert queries.verify(state, sid)["ok"]
+            # Content changed: named, and the first page says so (cache 0 s) …
+            _tamper(
+                store,
+                "UPDATE entries SET payload = replace(payload, :a, :b) "
+                "WHERE subject_id = :s AND seq = 5",
+                s=sid,
+                a='"envelope":{',
+                b='"x":1,"envelope":{',
+            )
+            problem = queries.timeline(state, sid, {})["chain"]["problem"]
+            assert problem["seq"] == 5 and problem["kind"] == "altered"
+            assert "payload" in problem["detail"]
+            # … while later pages repeat the status of the first page of the same head.
+            assert queries.timeline(state, sid, {"after_seq": "4"})["chain"]["problem"] == problem
+            _tamper(
+                store,
+                "UPDATE entries SET payload = 'not json' WHERE subject_id = :s AND seq = 4",
+                s=sid,
+            )
+            assert queries.verify(state, sid)["problem"]["seq"] == 4
+            fourth = queries.timeline(state, sid, {"limit": "4"})["entries"][3]
+            assert fourth["seq"] == 4 and set(fourth["data"]) == {"unreadable"}
+            # A removed entry leaves a gap in its page, not a shifted page.
+            _tamper(store, "DELETE FROM entries WHERE subject_id = :s AND seq = 2", s=sid)
+            assert queries.verify(state, sid)["problem"] == {
+                "seq": 2,
+                "kind": "removed",
+                "detail": "entry 2 is missing (seq jumps to 3)",
+            }
+            assert walk()[0] == ([1, 3, 4], 4)
         finally:
             store.close()

@@ -155,8 +155,9 @@ class HttpApi:
     def _subjects(self, request: web.Request, reviewer: Reviewer) -> Any:
         return self.queries.list_subjects(reviewer, request.query)
 
-    def _timeline(self, request: web.Request, reviewer: Reviewer) -> Any:
-        return self.queries.timeline(reviewer, request.match_info["id"], request.query)
+    def _timeline(self, request: web.Request, reviewer: Reviewer) -> web.Response:
+        body = self.queries.timeline_json(reviewer, request.match_info["id"], request.query)
+        return web.Response(text=body, content_type="application/json")
 
     def _people(self, request: web.Request, reviewer: Reviewer) -> Any:
         return self.queries.people(reviewer, request.match_info["id"])
@@ -172,12 +173,13 @@ class HttpApi:
         if kind not in ("json", "html"):
             raise BadRequestError("format: expected json or html")
         subject_id = request.match_info["id"]
-        export = self.queries.export(reviewer, subject_id)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in subject_id)
         if kind == "html":
-            body, content_type = render_html(export), "text/html"
+            body = render_html(self.queries.export(reviewer, subject_id))
+            content_type = "text/html"
         else:
-            body, content_type = dumps(export), "application/json"
+            body = dumps(self.queries.export(reviewer, subject_id, pass_through=True))
+            content_type = "application/json"
         return web.Response(
             text=body,
             content_type=content_type,

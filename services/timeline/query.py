@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +25,7 @@ from safehub.kernel import chain
 from safehub.kernel.directory import Directory, Reviewer
 from safehub.kernel.envelope import EVENT_NAMESPACE
 from safehub.kernel.errors import SafeHubError
-from services.timeline.store import Store, SubjectFilter, entry_chain_fields
+from services.timeline.store import Store, SubjectFilter, classes_of, entry_chain_fields
 
 #: A database row (SQLAlchemy RowMapping) or any mapping shaped like one.
 Row = Mapping[Any, Any]
@@ -129,6 +130,18 @@ def _span_time(ns: int) -> str:
     return chain.iso(datetime.fromtimestamp(ns / 1e9, UTC))
 
 
+#: The key of ``data`` standing for a stored event that is not JSON (the chain check names it).
+UNREADABLE = "unreadable"
+
+
+def stored_event(text: str) -> Any:
+    """A stored payload parsed; ``{"unreadable": reason}`` when it is not JSON (tampered)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {UNREADABLE: "the stored event is not JSON (see the chain status)"}
+
+
 class RawJson:
     """JSON text to be embedded as it is by :func:`dumps` (a stored, canonical payload)."""
 
@@ -141,6 +154,8 @@ class RawJson:
         """The parsed value."""
         return json.loads(self.text)
 
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 _RAW_MARK = re.compile(r'"\\u0000raw(\d+)\\u0000"')
 
@@ -157,6 +172,14 @@ def dumps(value: Any) -> str:
 
     out = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=embed)
     return _RAW_MARK.sub(lambda m: texts[int(m.group(1))], out) if texts else out
+
+
+@dataclass(frozen=True)
+class _Page:
+    subject: dict[str, Any]
+    chain: dict[str, Any]
+    rows: list[Sequence[Any]]
+    next_after_seq: int | None
 
 
 @dataclass
@@ -176,6 +199,7 @@ class Queries:
         self.classified = classified_paths()
         self._chain_cache_s = chain_cache_s
         self._chains: dict[str, _CachedChain] = {}
+        self._redacted_types: dict[frozenset[str], frozenset[str]] = {}
         self._lock = threading.Lock()
         self._names: dict[str, str] = {}
         for district in directory.districts:
@@ -240,26 +264,23 @@ class Queries:
                 withheld.append(path)
         return payload, withheld
 
-    def entry_json(self, reviewer: Reviewer, row: Row, *, raw: bool = False) -> dict[str, Any]:
-        """An entry in the API shape; ``raw`` adds what a client needs to recompute the chain.
+    def entry_json(
+        self, reviewer: Reviewer, row: Row, *, pass_through: bool = False
+    ) -> dict[str, Any]:
+        """An entry as exported: the page shape plus its chain fields, ``data`` the whole event.
 
-        Outside exports, a payload with nothing to withhold from this reviewer is passed on as
-        its stored JSON text (:class:`RawJson`): parsing it only to print it again would be
-        most of the cost of a 2,000-entry page.
+        With ``pass_through``, a payload with nothing to withhold from this reviewer stays its
+        stored canonical JSON text (:class:`RawJson`, embedded as it is by :func:`dumps`).
         """
         event_type = str(row["event_type"])
-        passthrough = not raw and not any(
-            data_class not in reviewer.clearances
-            for _, data_class in self.classified.get(event_type, ())
-        )
-        fields = entry_chain_fields(row, parse_payload=not passthrough)
+        fields = entry_chain_fields(row, parse_payload=False)
         data: Any
         withheld: list[str] = []
-        if passthrough:
+        if pass_through and not self._uncleared(reviewer, event_type):
             data = RawJson(fields["payload"])
         else:
-            data, withheld = self.redact(reviewer, event_type, fields["payload"])
-        out = {
+            data, withheld = self.redact(reviewer, event_type, stored_event(fields["payload"]))
+        return {
             "seq": fields["seq"],
             "event_id": fields["event_id"],
             "event_type": fields["event_type"],
@@ -280,12 +301,82 @@ class Queries:
             "payload_sha256": fields["payload_sha256"],
             "hash": fields["hash"],
             "prev_hash": fields["prev_hash"],
+            "subject_id": fields["subject_id"],
+            "subject_kind": fields["subject_kind"],
+            "tenant": fields["tenant"],
         }
-        if raw:
-            out["subject_id"] = fields["subject_id"]
-            out["subject_kind"] = fields["subject_kind"]
-            out["tenant"] = fields["tenant"]
-        return out
+
+    def page_entry(self, reviewer: Reviewer, row: Sequence[Any]) -> dict[str, Any]:
+        """A timeline page entry from a :data:`~services.timeline.store.PAGE_COLUMNS` row.
+
+        ``data`` is the event without the envelope fields the entry carries top-level with
+        the same value (see :func:`_drop_repeats`); classified fields this reviewer is not
+        cleared for are withheld.
+        """
+        (
+            seq,
+            event_id,
+            event_type,
+            lane,
+            occurred_at,
+            recorded_at,
+            source,
+            actor,
+            summary,
+            trace_id,
+            span_id,
+            exercise,
+            classification,
+            building,
+            room,
+            payload,
+            payload_sha256,
+            hash_,
+            prev_hash,
+        ) = row
+        entry = {
+            "seq": int(seq),
+            "event_id": event_id,
+            "event_type": event_type,
+            "lane": lane,
+            "occurred_at": occurred_at,
+            "recorded_at": recorded_at,
+            "source": source,
+            "actor": actor,
+            "summary": summary,
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "exercise": bool(exercise),
+            "classification": classes_of(classification),
+            "building": building,
+            "room": room,
+            "data": None,
+            "withheld": [],
+            "payload_sha256": payload_sha256,
+            "hash": hash_,
+            "prev_hash": prev_hash,
+        }
+        data = stored_event(payload)
+        envelope = data.get("envelope") if isinstance(data, dict) else None
+        if isinstance(envelope, dict):
+            _drop_repeats(envelope, entry)
+        if self._uncleared(reviewer, event_type):
+            data, entry["withheld"] = self.redact(reviewer, event_type, data)
+        entry["data"] = data
+        return entry
+
+    def _uncleared(self, reviewer: Reviewer, event_type: str) -> bool:
+        """Whether this event type has classified fields the reviewer is not cleared for."""
+        clearances = frozenset(reviewer.clearances)
+        types = self._redacted_types.get(clearances)
+        if types is None:
+            types = frozenset(
+                name
+                for name, paths in self.classified.items()
+                if any(data_class not in clearances for _, data_class in paths)
+            )
+            self._redacted_types[clearances] = types
+        return event_type in types
 
     @staticmethod
     def span_json(row: Row) -> dict[str, Any]:
@@ -343,32 +434,59 @@ class Queries:
     def timeline(
         self, reviewer: Reviewer, subject_id: str, params: Mapping[str, str]
     ) -> dict[str, Any]:
-        """``GET /api/v1/subjects/{id}/timeline``."""
-        subject = self._subject(reviewer, subject_id)
-        after_seq = parse_int(params.get("after_seq"), "after_seq", 0, low=0, high=2**62)
-        limit = parse_int(params.get("limit"), "limit", 2000, low=1, high=MAX_PAGE)
-        rows = self.store.entries(subject_id, after_seq=after_seq, limit=limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
+        """``GET /api/v1/subjects/{id}/timeline``.
+
+        The first page (``after_seq=0``) carries the chain status, recomputed when the last
+        check is older than ``chain_cache_s`` or the head moved; later pages repeat the status
+        of the same head without checking the whole chain again for every page.
+        """
+        page = self._page(reviewer, subject_id, params)
         return {
-            "subject": self.subject_json(subject),
-            "chain": self._chain(subject),
-            "entries": [self.entry_json(reviewer, r) for r in rows],
-            "next_after_seq": int(rows[-1]["seq"]) if more and rows else None,
+            "subject": page.subject,
+            "chain": page.chain,
+            "entries": [self.page_entry(reviewer, r) for r in page.rows],
+            "next_after_seq": page.next_after_seq,
         }
 
-    def _chain(self, subject: Row) -> dict[str, Any]:
-        """The chain status, recomputed at most every ``chain_cache_s`` while the head stays."""
+    def timeline_json(self, reviewer: Reviewer, subject_id: str, params: Mapping[str, str]) -> str:
+        """:meth:`timeline` as the JSON text :func:`dumps` gives, each entry encoded as soon as
+        it is built: a page's 2,000 entries never live as objects all at once, which keeps
+        the garbage collector's full passes (tens of ms with a large heap) off the page."""
+        page = self._page(reviewer, subject_id, params)
+        entries = ",".join(_encode(self.page_entry(reviewer, r)) for r in page.rows)
+        return (
+            f'{{"subject":{_encode(page.subject)},"chain":{_encode(page.chain)},'
+            f'"entries":[{entries}],"next_after_seq":{_encode(page.next_after_seq)}}}'
+        )
+
+    def _page(self, reviewer: Reviewer, subject_id: str, params: Mapping[str, str]) -> _Page:
+        after_seq = parse_int(params.get("after_seq"), "after_seq", 0, low=0, high=2**62)
+        limit = parse_int(params.get("limit"), "limit", 2000, low=1, high=MAX_PAGE)
+        end = after_seq + limit
+        # One seq past the page: entries appended after the index row was read count too.
+        subject, rows = self.store.timeline_page(subject_id, after_seq=after_seq, upto_seq=end + 1)
+        if subject is None or not self.may_see(reviewer, subject):
+            raise NotFoundError(f"no incident or case {subject_id!r}")
+        more = end < int(subject["entry_count"]) or any(int(r[0]) > end for r in rows[-1:])
+        return _Page(
+            subject=self.subject_json(subject),
+            chain=self._chain(subject, max_age_s=None if after_seq else self._chain_cache_s),
+            rows=[r for r in rows if int(r[0]) <= end],
+            next_after_seq=end if more else None,
+        )
+
+    def _chain(self, subject: Row, *, max_age_s: float | None) -> dict[str, Any]:
+        """The chain status of the subject's current head: the last check of that same head
+        if it is at most ``max_age_s`` old (None: any age), else recomputed now."""
         key = str(subject["id"])
         head, count = str(subject["head_hash"]), int(subject["entry_count"])
         with self._lock:
             cached = self._chains.get(key)
-        now = time.monotonic()
         if (
             cached is not None
             and cached.head == head
             and cached.count == count
-            and now - cached.at < self._chain_cache_s
+            and (max_age_s is None or time.monotonic() - cached.at < max_age_s)
         ):
             return cached.result
         return self._verify(subject)
@@ -379,7 +497,7 @@ class Queries:
         # entries: entries 1..entry_count are all visible now, later ones are not its concern.
         count = int(subject["entry_count"])
         result = chain.verify(
-            (entry_chain_fields(r) for r in self.store.iter_entries(key, upto_seq=count)),
+            _chain_entries(self.store.iter_entries(key, upto_seq=count)),
             expected_count=count,
             expected_head=str(subject["head_hash"]),
         ).to_json()
@@ -409,7 +527,9 @@ class Queries:
             return recipients[recipient_id]
 
         for row in self.store.entries_of_types(subject_id, NOTIFICATION_TYPES):
-            payload = json.loads(row["payload"])
+            payload = stored_event(row["payload"])
+            if UNREADABLE in payload:
+                continue
             at = chain.iso(row["occurred_at"])
             match row["event_type"]:
                 case "NotificationRequested":
@@ -453,11 +573,17 @@ class Queries:
             "spans": [self.span_json(r) for r in self.store.spans([trace_id])],
         }
 
-    def export(self, reviewer: Reviewer, subject_id: str) -> dict[str, Any]:
-        """The after-action export: subject, chain, every entry (with chain fields), spans."""
+    def export(
+        self, reviewer: Reviewer, subject_id: str, *, pass_through: bool = False
+    ) -> dict[str, Any]:
+        """The after-action export: subject, chain, every entry (with chain fields), spans.
+
+        ``pass_through`` keeps unredacted payloads as their stored JSON text (for
+        :func:`dumps`; the HTML report needs them parsed).
+        """
         subject = self._subject(reviewer, subject_id)
         entries = [
-            self.entry_json(reviewer, r, raw=True)
+            self.entry_json(reviewer, r, pass_through=pass_through)
             for r in self.store.iter_entries(subject_id, upto_seq=int(subject["entry_count"]))
         ]
         spans = self.store.spans(self.store.trace_ids(subject_id))
@@ -485,6 +611,47 @@ def _channel(entry: dict[str, Any], channel: str) -> dict[str, Any]:
             "error": None,
         }
     return channels[channel]
+
+
+#: Envelope fields a page entry also carries top-level, under the same name.
+ON_TOP = (
+    "event_id",
+    "occurred_at",
+    "recorded_at",
+    "source",
+    "building",
+    "room",
+    "classification",
+    "exercise",
+)
+
+
+def _drop_repeats(envelope: dict[str, Any], entry: Mapping[str, Any]) -> None:
+    """Remove the envelope fields the entry carries top-level with the same JSON value (and
+    ``event_type``, top-level without its namespace). Nothing is lost: the event is ``data``
+    with its envelope completed from the entry; a field that differs stays where it is."""
+    for name in ON_TOP:
+        if name in envelope:
+            value = envelope[name]
+            if type(value) is type(entry[name]) and value == entry[name]:
+                del envelope[name]
+    if envelope.get("event_type") == EVENT_NAMESPACE + entry["event_type"]:
+        del envelope["event_type"]
+
+
+def _chain_entries(rows: Iterable[Row]) -> Iterator[dict[str, Any]]:
+    """Entries for :func:`chain.verify`. A payload whose stored bytes hash to its digest is
+    the canonical JSON that was hashed (SHA-256), so its content needs no re-parsing and
+    re-hashing; any other payload goes to the chain check parsed (or as the bad text)."""
+    for row in rows:
+        fields = entry_chain_fields(row, parse_payload=False)
+        text = fields.pop("payload")
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() != fields["payload_sha256"]:
+            try:
+                fields["payload"] = json.loads(text)
+            except ValueError:
+                fields["payload"] = text
+        yield fields
 
 
 def _withhold(node: Any, parts: list[str], data_class: str) -> bool:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     DateTime,
     Engine,
     MetaData,
@@ -39,12 +40,14 @@ from sqlalchemy import (
     and_,
     create_engine,
     event,
+    func,
     or_,
     select,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, RowMapping, make_url
+from sqlalchemy.engine import Connection, Row, RowMapping, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from safehub.kernel import chain
@@ -284,7 +287,7 @@ def entry_chain_fields(row: Mapping[Any, Any], *, parse_payload: bool = True) ->
         "actor": row["actor"],
         "lane": row["lane"],
         "summary": row["summary"],
-        "classification": list(_classes(row["classification"])),
+        "classification": classes_of(row["classification"]),
         "trace_id": row["trace_id"],
         "span_id": row["span_id"],
         "payload_sha256": row["payload_sha256"],
@@ -292,6 +295,35 @@ def entry_chain_fields(row: Mapping[Any, Any], *, parse_payload: bool = True) ->
         "prev_hash": row["prev_hash"],
         "hash": row["hash"],
     }
+
+
+#: The entries columns a timeline page shows (times as ISO text, see Store.timeline_page).
+PAGE_COLUMNS = (
+    "seq",
+    "event_id",
+    "event_type",
+    "lane",
+    "occurred_at",
+    "recorded_at",
+    "source",
+    "actor",
+    "summary",
+    "trace_id",
+    "span_id",
+    "exercise",
+    "classification",
+    "building",
+    "room",
+    "payload",
+    "payload_sha256",
+    "hash",
+    "prev_hash",
+)
+
+
+def classes_of(text: str) -> list[str]:
+    """An entry's stored classification list."""
+    return list(_classes(text))
 
 
 def _now() -> datetime:
@@ -324,6 +356,10 @@ class Store(Closing):
         else:
             self.engine = create_engine(parsed, pool_size=pool_size, pool_pre_ping=True)
             self._writer = self.engine
+        self._page_columns = [
+            _iso_text(self.dialect, c) if c.name in ("occurred_at", "recorded_at") else c
+            for c in (entries.c[name] for name in PAGE_COLUMNS)
+        ]
         if migrate:
             self.migrate()
 
@@ -597,38 +633,59 @@ class Store(Closing):
         with self.engine.connect() as conn:
             return list(conn.execute(query).mappings().all())
 
-    def entries(
-        self,
-        subject_id: str,
-        *,
-        after_seq: int = 0,
-        limit: int | None = None,
-        upto_seq: int | None = None,
-    ) -> list[RowMapping]:
-        """A subject's entries in chain order (up to ``upto_seq`` when given)."""
+    def entries(self, subject_id: str, *, after_seq: int, upto_seq: int) -> list[RowMapping]:
+        """A subject's entries with ``after_seq < seq <= upto_seq``, in chain order.
+
+        Pages are seq ranges, not ``LIMIT`` alone: seq is gapless per subject, and with both
+        bounds PostgreSQL walks the (subject_id, seq) key even without statistics for a new
+        incident (otherwise it may fetch and sort all of the subject's entries per page).
+        """
         query = (
             select(entries)
-            .where(entries.c.subject_id == subject_id, entries.c.seq > after_seq)
+            .where(
+                entries.c.subject_id == subject_id,
+                entries.c.seq > after_seq,
+                entries.c.seq <= upto_seq,
+            )
             .order_by(entries.c.seq)
         )
-        if upto_seq is not None:
-            query = query.where(entries.c.seq <= upto_seq)
-        if limit is not None:
-            query = query.limit(limit)
         with self.engine.connect() as conn:
             return list(conn.execute(query).mappings().all())
 
+    def timeline_page(
+        self, subject_id: str, *, after_seq: int, upto_seq: int
+    ) -> tuple[RowMapping | None, list[Row[Any]]]:
+        """A subject's index row and its entries ``after_seq < seq <= upto_seq`` (a seq range,
+        see :meth:`entries`) as :data:`PAGE_COLUMNS`, on one connection. The entries are read
+        first: the index row, written in the same transaction as its entries, is then at
+        least as new as they are. The times come as the chain's ISO-8601 text, formatted by
+        the database: parsing them into datetimes only to print them again was a third of a
+        page's cost.
+        """
+        query = (
+            select(*self._page_columns)
+            .where(
+                entries.c.subject_id == subject_id,
+                entries.c.seq > after_seq,
+                entries.c.seq <= upto_seq,
+            )
+            .order_by(entries.c.seq)
+        )
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(query).all())
+            subject = (
+                conn.execute(select(subjects).where(subjects.c.id == subject_id)).mappings().first()
+            )
+        return subject, rows if subject is not None else []
+
     def iter_entries(
-        self, subject_id: str, *, upto_seq: int | None = None, page: int = 2000
+        self, subject_id: str, *, upto_seq: int, page: int = 2000
     ) -> Iterator[RowMapping]:
-        """Every entry of a subject (up to ``upto_seq``), a page at a time."""
-        after = 0
-        while True:
-            rows = self.entries(subject_id, after_seq=after, limit=page, upto_seq=upto_seq)
-            yield from rows
-            if len(rows) < page:
-                return
-            after = int(rows[-1]["seq"])
+        """Every entry of a subject up to ``upto_seq``, a seq range at a time."""
+        for after in range(0, upto_seq, page):
+            yield from self.entries(
+                subject_id, after_seq=after, upto_seq=min(after + page, upto_seq)
+            )
 
     def entries_of_types(self, subject_id: str, event_types: Sequence[str]) -> list[RowMapping]:
         """A subject's entries of some event types, in chain order."""
@@ -679,6 +736,16 @@ class Store(Closing):
         )
         with self.engine.connect() as conn:
             return len(conn.execute(query).all())
+
+
+def _iso_text(dialect: str, column: Any) -> ColumnElement[str]:
+    """SQL for :func:`safehub.kernel.chain.iso` of a UTC timestamp column (same text)."""
+    if dialect == "sqlite":
+        # SQLAlchemy stores "YYYY-MM-DD HH:MM:SS.ffffff" (always six fraction digits), UTC.
+        stored = type_coerce(column, Text)
+        return (func.replace(stored, " ", "T", type_=Text) + "Z").label(column.name)
+    utc = func.timezone("UTC", column)
+    return func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"', type_=Text).label(column.name)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -37,7 +37,8 @@ export function renderData(value) {
   return h("span", { class: typeof value === "string" ? "str" : "lit", text });
 }
 
-// The event's own fields first; its envelope (ids, tenant, times already shown) folded away.
+// The event's own fields first, then folded what its envelope adds to the facts above (the
+// timeline API leaves out envelope fields the entry already carries: ids, times, source …).
 function dataOf(data) {
   if (!data || typeof data !== "object" || !("envelope" in data)) return renderData(data);
   const { envelope, ...fields } = data;
