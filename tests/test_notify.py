@@ -11,6 +11,7 @@ dead-lettered with the reason, and no contact details in any event or log line.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from safehub.kernel.directory import Directory
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from services.notify.cap import Scope, Status, parse
+from services.notify.dispatcher import stable_id
+from services.notify.store import DeliveryRow, NotificationRow, RecipientRow, Store
 from tests.support.kafka import read_all
 from tests.support.notify import (
     NotifyProcess,
@@ -510,6 +513,87 @@ def test_drill_says_drill_in_every_message_and_all_clear_reaches_the_same_audien
     assert first.status is Status.EXERCISE and second.status is Status.EXERCISE
     assert [r.identifier for r in second.references] == [first.identifier]
     assert second.msg_type.value == "Update" and first.msg_type.value == "Alert"
+
+
+# -- a fan-out cut short ---------------------------------------------------------------------
+
+
+def test_a_fan_out_cut_short_is_completed_when_the_request_comes_again(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    producer: EventProducer,
+    smtp: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    """Recipients are stored chunk by chunk; what a crash between chunks leaves (the first
+    recipients stored and sent, the request not yet committed) is completed on redelivery:
+    the others get their message, the stored ones get no second one."""
+    staff = [m for m in directory().school(WASHINGTON).staff if m.contact.email]
+    request = notification_request(
+        school=WASHINGTON, audiences=[f"staff:{WASHINGTON}"], priority="ROUTINE"
+    )
+    notification_id = request["notification_id"]
+    done, rest = staff[:5], staff[5:]
+    now = time.time()
+    store = Store(f"sqlite:///{tmp_path / 'notify' / 'notify.sqlite3'}")
+    stored = store.create_notification(
+        NotificationRow(
+            notification_id=notification_id,
+            request_event_id=request["envelope"]["event_id"],
+            incident_id=None,
+            tenant=request["envelope"]["tenant"],
+            school_id=WASHINGTON,
+            building=None,
+            srp_action=None,
+            priority="ROUTINE",
+            exercise=False,
+            require_ack=True,
+            headline=request["headline"],
+            body=request["body"],
+            audiences=request["audiences"],
+            cap_identifier=None,
+            created_at=now,
+        ),
+        [
+            RecipientRow(notification_id, m.id, "staff", ["EMAIL"], None, None, 0, None)
+            for m in done
+        ],
+        [
+            DeliveryRow(
+                stable_id(notification_id, m.id, "EMAIL", "1"),
+                notification_id,
+                m.id,
+                "EMAIL",
+                1,
+                "SENT",
+                f"<{m.id}@before-the-crash>",
+                None,
+                "initial",
+                now,
+                now,
+            )
+            for m in done
+        ],
+        [],
+    )
+    store.close()
+    assert stored
+    with new_notify(kafka, catalog, tmp_path, smtp, None) as notify:
+        producer.publish(request)
+        wait_until(
+            lambda: {a for m in smtp.messages for a in m.to} >= emails_of(rest),
+            timeout=60,
+            what="the recipients not stored before the crash",
+        )
+        status = wait_until(
+            lambda: (s := notify.status(notification_id))["totals"]["reached"] == len(staff) and s,
+            timeout=30,
+            what="every recipient recorded",
+        )
+    assert sorted(a for m in smtp.messages for a in m.to) == sorted(emails_of(rest))
+    recipients = {r["recipient_id"]: r for r in status["recipients"]}
+    for member in done:  # untouched: not sent again
+        assert [d["status"] for d in recipients[member.id]["deliveries"]] == ["SENT"]
 
 
 # -- bad input ---------------------------------------------------------------------------------
