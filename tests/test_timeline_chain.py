@@ -274,7 +274,16 @@ def test_pages_are_seq_ranges_and_the_chain_check_names_tampering(
                     after = page["next_after_seq"]
 
             assert walk() == [([1, 2, 3, 4], 4), ([5, 6, 7, 8], 8), ([9], None)]
-            assert queries.timeline(state, sid, {})["chain"]["ok"]
+            checked = queries.timeline(state, sid, {})["chain"]
+            assert checked["ok"] and checked["checked"] == 9
+            # Later pages repeat the last check, even once the head has moved on (its
+            # head_hash and count say what it covered); the first page checks the new head.
+            late = {**scenario.story()[-1]}
+            late["envelope"] = {**late["envelope"], "event_id": "late-1"}
+            store.apply([draft_of(codec.decode(codec.encode(late)), [])])
+            assert queries.timeline(state, sid, {"after_seq": "8"})["chain"] == checked
+            assert queries.timeline(state, sid, {})["chain"]["checked"] == 10
+            assert queries.timeline(state, sid, {"after_seq": "8"})["chain"]["checked"] == 10
             # The stored text re-spaced: not the hashed bytes, the same content: still intact.
             _tamper(
                 store,
@@ -303,7 +312,7 @@ def test_pages_are_seq_ranges_and_the_chain_check_names_tampering(
             )
             assert queries.verify(state, sid)["problem"]["seq"] == 4
             fourth = queries.timeline(state, sid, {"limit": "4"})["entries"][3]
-            assert fourth["seq"] == 4 and set(fourth["data"]) == {"unreadable"}
+            assert fourth["seq"] == 4 and set(fourth["data"].value()) == {"unreadable"}
             # A removed entry leaves a gap in its page, not a shifted page.
             _tamper(store, "DELETE FROM entries WHERE subject_id = :s AND seq = 2", s=sid)
             assert queries.verify(state, sid)["problem"] == {

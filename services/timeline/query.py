@@ -436,15 +436,23 @@ class Queries:
     ) -> dict[str, Any]:
         """``GET /api/v1/subjects/{id}/timeline``.
 
-        The first page (``after_seq=0``) carries the chain status, recomputed when the last
-        check is older than ``chain_cache_s`` or the head moved; later pages repeat the status
-        of the same head without checking the whole chain again for every page.
+        The first page (``after_seq=0``) carries the chain status of the current head,
+        recomputed when the last check is older than ``chain_cache_s`` or the head moved;
+        later pages repeat the last check (the one the first page showed) instead of checking
+        the whole chain again for every page. Entries' ``data`` is :class:`RawJson` (see
+        :func:`dumps`).
         """
         page = self._page(reviewer, subject_id, params)
+        entries = []
+        for row in page.rows:
+            entry = self.page_entry(reviewer, row)
+            # Encoded at once: a page's parsed events never all live together (timeline_json).
+            entry["data"] = RawJson(_encode(entry["data"]))
+            entries.append(entry)
         return {
             "subject": page.subject,
             "chain": page.chain,
-            "entries": [self.page_entry(reviewer, r) for r in page.rows],
+            "entries": entries,
             "next_after_seq": page.next_after_seq,
         }
 
@@ -470,23 +478,26 @@ class Queries:
         more = end < int(subject["entry_count"]) or any(int(r[0]) > end for r in rows[-1:])
         return _Page(
             subject=self.subject_json(subject),
-            chain=self._chain(subject, max_age_s=None if after_seq else self._chain_cache_s),
+            chain=self._chain(subject, fresh=after_seq == 0),
             rows=[r for r in rows if int(r[0]) <= end],
             next_after_seq=end if more else None,
         )
 
-    def _chain(self, subject: Row, *, max_age_s: float | None) -> dict[str, Any]:
-        """The chain status of the subject's current head: the last check of that same head
-        if it is at most ``max_age_s`` old (None: any age), else recomputed now."""
+    def _chain(self, subject: Row, *, fresh: bool) -> dict[str, Any]:
+        """The chain status. ``fresh``: of the current head, checked at most ``chain_cache_s``
+        ago (else recomputed now); otherwise the last check made, whatever head it covered
+        (its ``head_hash`` and ``checked`` say which), recomputed only if there is none."""
         key = str(subject["id"])
         head, count = str(subject["head_hash"]), int(subject["entry_count"])
         with self._lock:
             cached = self._chains.get(key)
-        if (
-            cached is not None
-            and cached.head == head
-            and cached.count == count
-            and (max_age_s is None or time.monotonic() - cached.at < max_age_s)
+        if cached is not None and (
+            not fresh
+            or (
+                cached.head == head
+                and cached.count == count
+                and time.monotonic() - cached.at < self._chain_cache_s
+            )
         ):
             return cached.result
         return self._verify(subject)
