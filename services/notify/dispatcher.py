@@ -377,7 +377,7 @@ class Dispatcher:
         except AudienceError as exc:
             raise HandlerError(f"notification {notification_id}: {exc}") from exc
         # Endpoints first: one PA announcement reaches a whole building.
-        targets = sorted(targets, key=lambda t: t.kind != "endpoint")
+        everyone = targets = sorted(targets, key=lambda t: t.kind != "endpoint")
         stored = self.store.notification(notification_id)
         if stored is not None:
             known = {r.recipient_id for r in self.store.recipients_of(notification_id)}
@@ -416,8 +416,8 @@ class Dispatcher:
             recipients=len(targets),
             deliveries=deliveries,
         )
-        if self._on_notification is not None:
-            self._on_notification(notification, targets)
+        if self._on_notification is not None:  # CAP scope comes from the whole audience
+            self._on_notification(notification, everyone)
 
     @staticmethod
     def _new_notification(consumed: ConsumedEvent, school_id: str) -> NotificationRow:
