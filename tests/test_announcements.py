@@ -11,25 +11,30 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from connectors.access_control_sim.settings import AccessControlSimSection
 from connectors.pa_signage_sim.settings import PaSignageSimSection
 from connectors.pa_signage_sim.sim import PaSignageSim, spoken_text
+from safehub.connector_client import ConnectorClientConfig, ConnectorSession
 from safehub.gen.safehub.connector.v1 import connector_pb2
 from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import new_event
+from safehub.kernel.errors import ConfigError
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from services.gateway.settings import DEMO_DIRECTORY
@@ -55,6 +60,8 @@ QUIET_SCHOOL = "sch-quiet-ms"
 LINCOLN = "sch-lincoln-hs"  # school A
 WASHINGTON = "sch-washington-ms"  # school B, same district
 RIVERSIDE = "sch-riverside-es"  # another district
+
+SessionT = TypeVar("SessionT", bound=ConnectorSession[Any])
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -122,16 +129,11 @@ def producer(
         yield producer
 
 
-@contextlib.contextmanager
-def pa_sim(
-    gw: GatewayClient,
-    directory_file: Path,
-    *schools: str,
-    client_id: str = PA_NORTH,
-    **section: Any,
-) -> Iterator[PaSignageSim]:
-    """The PA / signage simulator attached to ``gw`` for ``schools`` (waits for the hub's ack)."""
-    settings = PaSignageSimSection(
+def pa_section(
+    gw: GatewayClient, directory_file: Path, *schools: str, client_id: str, **section: Any
+) -> PaSignageSimSection:
+    """PA / signage settings for ``schools``, dialling ``gw``, fast to play and reconnect."""
+    return PaSignageSimSection(
         client_id=client_id,
         gateway_address=gw.address,
         directory_file=directory_file,
@@ -141,15 +143,35 @@ def pa_sim(
         reconnect_max_s=0.5,
         **section,
     )
-    sim = PaSignageSim(settings, Directory.load(directory_file), gw.credentials_for(client_id))
-    thread = threading.Thread(target=sim.run, name=f"pa-sim-{client_id}", daemon=True)
+
+
+@contextlib.contextmanager
+def attached(session: SessionT) -> Iterator[SessionT]:
+    """``session`` running in a thread, once the hub has acknowledged its Hello."""
+    client_id = session.config.client_id
+    thread = threading.Thread(target=session.run, name=f"connector-{client_id}", daemon=True)
     thread.start()
     try:
-        wait_until(sim.connected.is_set, timeout=TIMEOUT, what=f"{client_id} attached")
-        yield sim
+        wait_until(session.connected.is_set, timeout=TIMEOUT, what=f"{client_id} attached")
+        yield session
     finally:
-        sim.close()
+        session.close()
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def pa_sim(
+    gw: GatewayClient,
+    directory_file: Path,
+    *schools: str,
+    client_id: str = PA_NORTH,
+    **section: Any,
+) -> Iterator[PaSignageSim]:
+    """The PA / signage simulator attached to ``gw`` for ``schools`` (waits for the hub's ack)."""
+    settings = pa_section(gw, directory_file, *schools, client_id=client_id, **section)
+    sim = PaSignageSim(settings, Directory.load(directory_file), gw.credentials_for(client_id))
+    with attached(sim):
+        yield sim
 
 
 class RawConnector:
@@ -612,6 +634,70 @@ def test_commands_that_cannot_be_routed_are_dead_lettered_with_the_reason(
     assert "channel EMAIL is not PUBLIC_ADDRESS or DIGITAL_SIGNAGE" in channel_reason
     # No announcement text in a reason (it may name people).
     assert not any("Locks, lights" in reason for reason in found.values())
+
+
+# -- the connector SDK ---------------------------------------------------------------------
+
+
+class SignsWithoutPlayer(ConnectorSession[ConnectorClientConfig]):
+    """A vendor session that declares signage but implements no command hook."""
+
+    def capabilities(self) -> list[connector_pb2.Capability.ValueType]:
+        return [connector_pb2.CAPABILITY_SIGNAGE]
+
+
+def test_a_command_without_a_hook_is_answered_unsupported(
+    gw: GatewayProcessHandle,
+    directory_file: Path,
+    producer: EventProducer,
+    module_kafka: KafkaSettings,
+    module_catalog: TopicCatalog,
+    codec: Codec,
+) -> None:
+    section = pa_section(gw, directory_file, WASHINGTON, client_id=PA_NORTH)
+    session = SignsWithoutPlayer(
+        section, Directory.load(directory_file), gw.credentials_for(PA_NORTH)
+    )
+    with attached(session):
+        command = announcement(WASHINGTON, channel="DIGITAL_SIGNAGE")
+        producer.publish(command)
+        receipts = receipts_until(
+            module_kafka, module_catalog, codec, has_status(command, "FAILED")
+        )
+    (failed,) = of(command, receipts)  # refused without being accepted: no SENT
+    assert failed["status"] == "FAILED"
+    assert failed["error"] == "COMMAND_OUTCOME_UNSUPPORTED: not supported by this connector"
+    assert failed["provider_message_id"] == PA_NORTH
+    assert session.sessions == 1
+
+
+@pytest.mark.parametrize(
+    ("section", "prefix"),
+    [
+        (PaSignageSimSection, "SAFEHUB_PA_SIGNAGE_SIM__"),
+        (AccessControlSimSection, "SAFEHUB_ACCESS_CONTROL_SIM__"),
+    ],
+)
+def test_a_misconfigured_connector_names_its_own_variables(
+    section: type[PaSignageSimSection | AccessControlSimSection],
+    prefix: str,
+    directory_file: Path,
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=f"set {prefix}TLS_CERT_FILE, .*{prefix}DEV_PKI_DIR"):
+        section().channel_credentials()
+    missing = tmp_path / "nowhere.json"
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{missing} does not exist: set {prefix}DIRECTORY_FILE")
+    ):
+        section(directory_file=missing).resolved_directory_file()
+    stranger = section(client_id="nobody", directory_file=directory_file)
+    with pytest.raises(ConfigError, match="client 'nobody' is not in the directory"):
+        SignsWithoutPlayer(
+            stranger,
+            Directory.load(stranger.resolved_directory_file()),
+            grpc.ssl_channel_credentials(),
+        )
 
 
 # -- the deployable ------------------------------------------------------------------------

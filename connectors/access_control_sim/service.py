@@ -11,9 +11,7 @@ NAME = "access_control_sim"
 
 def setup(runtime: Runtime[AccessControlSimSettings]) -> None:
     """Run the simulator in a runtime thread; stop it on drain."""
-    sim = AccessControlSim.from_settings(runtime.settings.access_control_sim, stop=runtime.stop)
-    runtime.on_close(sim.close)
-    runtime.spawn(sim.run, name="access-control-sim")
+    AccessControlSim.serve(runtime, runtime.settings.access_control_sim, name="access-control-sim")
 
 
 def main() -> None:

@@ -11,9 +11,7 @@ NAME = "pa_signage_sim"
 
 def setup(runtime: Runtime[PaSignageSimSettings]) -> None:
     """Run the simulator in a runtime thread; stop it on drain."""
-    sim = PaSignageSim.from_settings(runtime.settings.pa_signage_sim, stop=runtime.stop)
-    runtime.on_close(sim.close)
-    runtime.spawn(sim.run, name="pa-signage-sim")
+    PaSignageSim.serve(runtime, runtime.settings.pa_signage_sim, name="pa-signage-sim")
 
 
 def main() -> None:
