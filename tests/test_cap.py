@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from lxml import etree
 from pydantic import SecretStr
 
-from connectors.psap_cad.tls_server import ServerThread, server_ssl_context
 from safehub.embedded.pki import DevPki
 from safehub.kernel.directory import Directory, default_directory_file
+from safehub.kernel.http_server import ServerThread, server_ssl_context
 from services.notify import cap
 from services.notify.cap_endpoint import (
     ATOM_NAMESPACE,
@@ -738,13 +738,12 @@ def endpoint(pki: DevPki) -> Iterator[tuple[str, CapReceiver]]:
     receiver = CapReceiver()
     pair = pki.server("cap-endpoint")
     server = ServerThread(
-        receiver.app(),
         host="127.0.0.1",
         port=0,  # a free port
         ssl_context=server_ssl_context(pair.cert, pair.key),
         name="cap-endpoint",
     )
-    port = server.start()
+    port = server.start(receiver.app())
     yield f"https://127.0.0.1:{port}", receiver
     server.close()
 

@@ -42,12 +42,12 @@ from connectors.psap_cad.eido_validate import EidoValidator
 from connectors.psap_cad.ledger import Decision, DispatchedIncident, Ledger, LedgerError
 from connectors.psap_cad.settings import PsapCadSettings
 from connectors.psap_cad.signals import SignalFacts, facts_of
-from connectors.psap_cad.tls_server import ServerThread, server_ssl_context
 from safehub.kernel import tracing
 from safehub.kernel.bus import ConsumedEvent, EventConsumer
 from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import EVENT_NAMESPACE, event_id_for, new_event
 from safehub.kernel.errors import BusError, ConfigError
+from safehub.kernel.http_server import ServerThread, server_ssl_context
 from safehub.kernel.runtime import Runtime, run
 
 log = structlog.get_logger(__name__)
@@ -116,7 +116,6 @@ class PsapCadConnector:
         app = web.Application()
         app.router.add_post(STATUS_PATH, self._status_endpoint)
         self.inbound = ServerThread(
-            app,
             host=config.listen_host,
             port=config.listen_port,
             ssl_context=server_ssl_context(
@@ -124,7 +123,7 @@ class PsapCadConnector:
             ),
             name="psap-cad-inbound",
         )
-        port = self.inbound.start()
+        port = self.inbound.start(app)
         self.runtime.on_close(self.inbound.close)
         if config.port_file is not None:
             config.port_file.parent.mkdir(parents=True, exist_ok=True)

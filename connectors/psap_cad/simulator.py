@@ -69,7 +69,7 @@ from aiohttp import web
 
 from connectors.psap_cad.eido_validate import EidoValidator
 from connectors.psap_cad.settings import DEFAULT_EIDO_RULES
-from connectors.psap_cad.tls_server import ServerThread, server_ssl_context
+from safehub.kernel.http_server import ServerThread, server_ssl_context
 from safehub.kernel.lifecycle import Closing
 from safehub.kernel.logging import configure_logging
 
@@ -554,7 +554,6 @@ class SimulatorServer(Closing):
     ) -> None:
         self.simulator = CadSimulator(config)
         self._server = ServerThread(
-            self.simulator.app(),
             host=host,
             port=port,
             ssl_context=server_ssl_context(cert, key, client_ca),
@@ -565,7 +564,7 @@ class SimulatorServer(Closing):
 
     def start(self) -> SimulatorServer:
         """Listen; returns self."""
-        self.port = self._server.start()
+        self.port = self._server.start(self.simulator.app())
         return self
 
     @property

@@ -31,6 +31,7 @@ from safehub.kernel.bus import ConsumedEvent
 from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import EVENT_NAMESPACE, new_event
 from safehub.kernel.errors import BusError
+from safehub.kernel.http_server import ServerThread
 from safehub.kernel.runtime import Runtime, run
 from services.notify import templates
 from services.notify.audiences import Audiences, Target
@@ -60,7 +61,7 @@ from services.notify.channels.twilio import STATUS_PATH, VOICE_ACK_PATH
 from services.notify.dispatcher import SOURCE, Dispatcher, Outbox, stable_id
 from services.notify.settings import NotifySection, NotifySettings
 from services.notify.store import NotificationRow, Store
-from services.notify.web import AckLinks, NotifyWeb, WebServer
+from services.notify.web import AckLinks, NotifyWeb
 
 log = structlog.get_logger(__name__)
 
@@ -360,7 +361,8 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
     store = Store(config.database_url)
     runtime.on_close(store.close)
     links = AckLinks(config.ack_secret)
-    server = WebServer(host=config.listen_host, port=config.http_port)
+    server = ServerThread(host=config.listen_host, port=config.http_port, name="notify-web")
+    server.bind()  # the public URL (in messages and callbacks) needs the port first
     public_url = (config.public_url or f"http://{config.listen_host}:{server.port}").rstrip("/")
     links.base_url = public_url
     context = AnnouncementContextFn()

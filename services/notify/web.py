@@ -21,8 +21,6 @@ import base64
 import hashlib
 import hmac
 import html
-import socket
-import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,8 +29,7 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from safehub.kernel.errors import ConfigError, SafeHubError
-from safehub.kernel.lifecycle import Closing
+from safehub.kernel.errors import ConfigError
 from services.notify.cap import CAP_MEDIA_TYPE, Scope, parse
 from services.notify.cap_endpoint import ATOM_MEDIA_TYPE, FeedEntry, atom_feed
 from services.notify.channels import twilio
@@ -296,61 +293,3 @@ class NotifyWeb:
         if found is None:
             return web.json_response({"error": "unknown notification"}, status=404)
         return web.json_response(found)
-
-
-class WebServer(Closing):
-    """Serves an aiohttp application from its own thread and loop.
-
-    The socket is bound at construction (port 0: a free port), so the public URL is known
-    before the channels that put it in messages and callbacks are built.
-    """
-
-    def __init__(self, *, host: str, port: int) -> None:
-        try:
-            self._socket = socket.create_server((host, port), backlog=512)
-        except OSError as exc:
-            raise ConfigError(f"notify web server cannot listen on {host}:{port}: {exc}") from exc
-        self.port: int = self._socket.getsockname()[1]
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self, app: web.Application, timeout: float = 10.0) -> None:
-        """Serve ``app`` on the bound socket."""
-        self._thread = threading.Thread(
-            target=self._serve, args=(app,), name="notify-web", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error is not None:
-            raise SafeHubError(f"notify web server did not start: {self._error}") from self._error
-
-    def _serve(self, app: web.Application) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0)
-        try:
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, self._socket).start())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-    def close(self) -> None:
-        """Stop the loop (requests in flight get the runner's grace) and join."""
-        loop = self._loop
-        if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._socket.close()

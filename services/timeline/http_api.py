@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import ssl
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,6 @@ import structlog
 from aiohttp import web
 
 from safehub.kernel.directory import Reviewer
-from safehub.kernel.errors import ConfigError, SafeHubError
-from safehub.kernel.lifecycle import Closing
 from services.timeline.query import BadRequestError, Queries, QueryError, dumps
 
 log = structlog.get_logger(__name__)
@@ -186,69 +182,3 @@ class HttpApi:
             charset="utf-8",
             headers={"Content-Disposition": f'attachment; filename="timeline-{safe}.{kind}"'},
         )
-
-
-class HttpServer(Closing):
-    """Serves an aiohttp app on its own thread and loop until :meth:`close`."""
-
-    def __init__(
-        self,
-        app: web.Application,
-        *,
-        host: str,
-        port: int,
-        ssl_context: ssl.SSLContext | None = None,
-        grace_s: float = 5.0,
-    ) -> None:
-        self._app = app
-        self._host = host
-        self._requested_port = port
-        self._ssl = ssl_context
-        self._grace_s = grace_s
-        self._thread = threading.Thread(target=self._serve, name="timeline-http", daemon=True)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self.port = 0
-
-    def start(self, timeout: float = 10.0) -> int:
-        """Bind and serve; returns the bound port."""
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise SafeHubError(f"timeline HTTP server did not start in {timeout} s")
-        if self._error is not None:
-            raise ConfigError(
-                f"timeline HTTP cannot listen on {self._host}:{self._requested_port}: {self._error}"
-            ) from self._error
-        return self.port
-
-    def _serve(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=self._grace_s)
-        try:
-            loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, self._host, self._requested_port, ssl_context=self._ssl)
-            loop.run_until_complete(site.start())
-            self.port = int(runner.addresses[0][1])
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-    def close(self) -> None:
-        """Stop accepting, let requests in flight finish within the grace, stop the loop."""
-        loop = self._loop
-        if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
-        if self._thread.is_alive():
-            self._thread.join(timeout=self._grace_s + 5.0)

@@ -17,10 +17,11 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from safehub.kernel.directory import Directory
+from safehub.kernel.http_server import ServerThread
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import SPANS
 from services.timeline.grpc_api import GrpcServer, write_port_file
-from services.timeline.http_api import HttpApi, HttpServer
+from services.timeline.http_api import HttpApi
 from services.timeline.ingest import BatchConsumer, Ingest, event_topics, wait_closed
 from services.timeline.query import Queries
 from services.timeline.settings import TimelineSettings
@@ -80,13 +81,13 @@ def setup(runtime: Runtime[TimelineSettings]) -> None:
     )
 
     queries = Queries(store, directory, chain_cache_s=section.chain_cache_s)
-    http = HttpServer(
-        HttpApi(queries).app(),
+    http = ServerThread(
         host=section.http_host,
         port=section.http_port,
-        grace_s=section.grace_s,
+        name="timeline-http",
+        shutdown_timeout_s=section.grace_s,
     )
-    port = http.start()
+    port = http.start(HttpApi(queries).app())
     runtime.on_close(http.close)
     if section.port_file is not None:
         write_port_file(section.port_file, port)
