@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,14 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from safehub.contracts.registry import event_schemas
-from safehub.kernel.bus import ConsumedEvent, EventConsumer, EventProducer, PoisonPolicy
+from safehub.kernel.bus import (
+    H_EVENT_TYPE,
+    ConsumedEvent,
+    EventConsumer,
+    EventProducer,
+    PoisonPolicy,
+    header,
+)
 from safehub.kernel.codec import Codec
 from safehub.kernel.errors import HandlerError
 from safehub.kernel.settings import KafkaSettings
@@ -159,6 +166,41 @@ def test_corrupt_and_unknown_schema_go_to_dead_letter_and_consumer_keeps_going(
         assert letter["safehub-dlq-topic"] == topic
         assert letter["safehub-dlq-group"] == group_id
         assert int(letter["safehub-dlq-offset"]) >= 0
+
+
+def test_records_not_accepted_by_header_are_passed_over_without_decoding(
+    kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, group_id: str
+) -> None:
+    panic = example_event(event_schemas()["safehub.events.PanicAlert"])
+    camera = example_event(event_schemas()["safehub.events.CameraAlert"])
+    topic = catalog.topic_for("safehub.events.PanicAlert")
+    # Undecodable, but its header says it is not for this consumer: passed over, not a DLQ.
+    foreign = [(H_EVENT_TYPE, b"safehub.events.CameraAlert")]
+    handled: list[str] = []
+
+    def panics_only(headers: Sequence[tuple[str, bytes]]) -> bool:
+        return header(headers, H_EVENT_TYPE) == "safehub.events.PanicAlert"
+
+    with (
+        EventProducer(kafka, codec, catalog) as producer,
+        consuming(
+            kafka,
+            codec,
+            catalog,
+            producer,
+            group_id,
+            ["safehub.alerts.v1"],
+            lambda c: handled.append(c.event_type),
+            accept=panics_only,
+        ) as consumer,
+    ):
+        producer.publish_raw(topic, b"sch-1", b"not even avro", foreign)
+        producer.publish(camera)
+        producer.publish(panic)
+        wait_until(lambda: handled, what="the panic handled")
+        wait_until(lambda: consumer.stats.skipped == 2, what="both others passed over")
+    assert handled == ["safehub.events.PanicAlert"]
+    assert consumer.stats.dead_lettered == 0
 
 
 def test_failing_handler_is_retried_then_dead_lettered_permanent_errors_at_once(

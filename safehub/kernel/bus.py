@@ -48,6 +48,7 @@ from safehub.kernel.topics import TopicCatalog
 log = structlog.get_logger(__name__)
 
 H_EVENT_TYPE = "safehub-event-type"
+H_SOURCE = "safehub-source"
 H_EVENT_ID = "safehub-event-id"
 H_CLASSIFICATION = "safehub-classification"
 H_TENANT = "safehub-tenant"
@@ -286,6 +287,7 @@ class ConsumerStats:
     """Counters a service can expose or a test can assert on."""
 
     handled: int = 0
+    skipped: int = 0
     dead_lettered: int = 0
     retried: int = 0
     assigned: set[tuple[str, int]] = field(default_factory=set)
@@ -309,8 +311,12 @@ class EventConsumer(Closing):
         fetch_wait_max_ms: int | None = None,
         batch_size: int = 500,
         extra_config: dict[str, Any] | None = None,
+        accept: Callable[[Headers], bool] | None = None,
     ) -> None:
         self._codec = codec
+        # Decides from the headers alone whether a record is for this consumer: a topic may
+        # carry far more of other kinds, and passing them over costs no decode and no span.
+        self._accept = accept
         self._catalog = catalog
         self._handler = handler
         self._dead_letter = dead_letter
@@ -425,6 +431,9 @@ class EventConsumer(Closing):
 
     def _process(self, message: Message) -> None:
         record = _Record.of(message)
+        if self._accept is not None and not self._accept(record.headers):
+            self.stats.skipped += 1  # the offset still moves on with the batch
+            return
         event_id = next((v.decode() for k, v in record.headers if k == H_EVENT_ID), None)
         with tracing.tracer().start_as_current_span(
             f"process {record.topic}",
@@ -524,6 +533,14 @@ def dead_letter_reason(exc: BaseException, attempts: int) -> str:
     return detail[:1000]
 
 
+Headers = Sequence[tuple[str, bytes]]
+
+
+def header(headers: Headers, name: str) -> str | None:
+    """The value of header ``name`` as text (None if absent)."""
+    return next((value.decode() for key, value in headers if key == name), None)
+
+
 def event_headers(event: Event) -> tracing.Headers:
     """The ``safehub-*`` headers every published event carries (trace context is added later)."""
     envelope = event.get("envelope") or {}
@@ -531,6 +548,7 @@ def event_headers(event: Event) -> tracing.Headers:
     return [
         (H_EVENT_TYPE, str(envelope.get("event_type")).encode()),
         (H_EVENT_ID, str(envelope.get("event_id")).encode()),
+        (H_SOURCE, str(envelope.get("source") or "").encode()),
         (H_CLASSIFICATION, ",".join(envelope.get("classification") or ()).encode()),
         (
             H_TENANT,

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from safehub.kernel import tracing
-from safehub.kernel.bus import EventConsumer, EventProducer, Handler, PoisonPolicy
+from safehub.kernel.bus import EventConsumer, EventProducer, Handler, Headers, PoisonPolicy
 from safehub.kernel.codec import Codec
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.lifecycle import Closing
@@ -65,6 +65,7 @@ class Runtime(Closing, Generic[SettingsT]):
         policy: PoisonPolicy | None = None,
         fetch_wait_max_ms: int | None = None,
         extra_config: dict[str, Any] | None = None,
+        accept: Callable[[Headers], bool] | None = None,
         start: bool = True,
     ) -> EventConsumer:
         """A consumer in ``group_id`` whose loop runs in its own thread until stop.
@@ -83,6 +84,7 @@ class Runtime(Closing, Generic[SettingsT]):
             client_id=self.name,
             fetch_wait_max_ms=fetch_wait_max_ms,
             extra_config=extra_config,
+            accept=accept,
         )
         if start:
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import structlog
 
-from safehub.kernel.bus import ConsumedEvent
+from safehub.kernel.bus import H_EVENT_TYPE, H_SOURCE, ConsumedEvent, Headers, header
 from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import EVENT_NAMESPACE, new_event
 from safehub.kernel.errors import BusError
@@ -58,7 +58,7 @@ from services.notify.channels.email import SmtpEmailAdapter
 from services.notify.channels.push import WebhookPushAdapter
 from services.notify.channels.sms import TwilioSmsAdapter, TwilioVoiceAdapter
 from services.notify.channels.twilio import STATUS_PATH, VOICE_ACK_PATH
-from services.notify.dispatcher import SOURCE, Dispatcher, Outbox, stable_id
+from services.notify.dispatcher import RECEIPT, REQUESTED, SOURCE, Dispatcher, Outbox, stable_id
 from services.notify.settings import NotifySection, NotifySettings
 from services.notify.store import NotificationRow, Store
 from services.notify.web import AckLinks, NotifyWeb
@@ -409,6 +409,8 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
         ["safehub.notifications.v1"],
         dispatcher.handle,
         fetch_wait_max_ms=config.requests_fetch_wait_ms,
+        # The topic also carries our own receipts (several per recipient): pass them over.
+        accept=_for_dispatcher,
     )
     hook = IncidentHook(runtime, store, audiences)
     runtime.consumer(
@@ -417,6 +419,14 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
         hook.handle,
         fetch_wait_max_ms=config.incidents_fetch_wait_ms,
     )
+
+
+def _for_dispatcher(headers: Headers) -> bool:
+    """Requests, and receipts of other systems (the gateway's announcements), by header."""
+    event_type = header(headers, H_EVENT_TYPE)
+    if event_type == REQUESTED:
+        return True
+    return event_type == RECEIPT and header(headers, H_SOURCE) != SOURCE
 
 
 def main() -> None:
