@@ -87,8 +87,14 @@ TOPICS: tuple[TopicSpec, ...] = (
         "safehub.notifications.v1",
         12,
         KeyBy.INCIDENT_OR_SCHOOL,
-        (_E + "NotificationRequested", _E + "DeliveryReceipt", _E + "NotificationAcknowledged"),
-        "Notification requests and per-recipient delivery and acknowledgement receipts.",
+        (
+            _E + "NotificationRequested",
+            _E + "NotificationDecided",
+            _E + "DeliveryReceipt",
+            _E + "NotificationAcknowledged",
+        ),
+        "Notification requests, approvals of held family/public messages, and per-recipient "
+        "delivery and acknowledgement receipts.",
     ),
     TopicSpec(
         "safehub.announcements.v1",
