@@ -6,6 +6,11 @@ SMS, PA and signage commands, CAP), fallback from a failed SMS to email, escalat
 unacknowledged message on schedule (surviving a kill -9), acknowledgements recorded once,
 drills marked in every message, ALL CLEAR to the same audience, malformed requests
 dead-lettered with the reason, and no contact details in any event or log line.
+
+Families and the public: a real incident's message to guardians is held until an
+administrator of the school approves it (then it reaches every guardian of that school in
+their language and becomes the Public CAP alert on the Atom feed and at the CAP endpoint);
+a rejection, a drill, a refused or a repeated decision send nothing.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from services.notify.dispatcher import stable_id
 from services.notify.store import DeliveryRow, NotificationRow, RecipientRow, Store
 from tests.support.kafka import read_all
 from tests.support.notify import (
+    CapSink,
     NotifyProcess,
     SmtpSink,
     directory,
     incident,
     new_incident_id,
+    notification_decided,
     notification_request,
 )
 from tests.support.sms import ProviderSimProcess
@@ -486,6 +493,8 @@ def test_drill_says_drill_in_every_message_and_all_clear_reaches_the_same_audien
             what="ALL CLEAR to the same audience",
         )
         nids = only_notification(notify, incident_id, 2)
+        # The ALL CLEAR was handled after the action's hook call: a family message would be here.
+        held = notify.held(RIVERSIDE)
         assert notify.http is not None
         caps = [
             parse(notify.http.get(f"/cap/alerts/safehub-{n}.xml").raise_for_status().content)
@@ -509,6 +518,7 @@ def test_drill_says_drill_in_every_message_and_all_clear_reaches_the_same_audien
     assert [r["srp_action"] for r in requests] == ["LOCKDOWN", "ALL_CLEAR"]
     assert requests[0]["audiences"] == requests[1]["audiences"]
     assert not any(a.startswith("responders:") for a in requests[0]["audiences"])
+    assert held == []  # a drill prepares no family or public message
     first, second = caps
     assert first.status is Status.EXERCISE and second.status is Status.EXERCISE
     assert [r.identifier for r in second.references] == [first.identifier]
@@ -643,3 +653,379 @@ def test_malformed_requests_are_dead_lettered_with_the_reason(
             expected in reason and request["notification_id"] in reason for reason in reasons
         ), (expected, reasons)
     assert sorted(a for m in smtp.messages for a in m.to) == sorted(emails_of(nurses))
+
+
+# -- families and the public: held until an administrator approves ----------------------------
+
+#: Text that must never come back in an error answer.
+NOT_ECHOED = "TEXT-THAT-MUST-NOT-BE-ECHOED"
+
+
+@pytest.fixture
+def cap_sink() -> Iterator[CapSink]:
+    with CapSink() as sink:
+        yield sink
+
+
+def guardians_of(school: str) -> list[Any]:
+    return list(directory().school(school).guardians)
+
+
+def family_contacts(school: str | None = None) -> set[str]:
+    """Guardians' emails and phones (of one school, or of every school)."""
+    found: set[str] = set()
+    for district in directory().districts:
+        for s in district.schools:
+            if school is None or s.id == school:
+                for g in s.guardians:
+                    found |= {v for v in (g.contact.email, g.contact.phone) if v}
+    return found
+
+
+def sent_to(smtp: SmtpSink, sim: ProviderSimProcess, contacts: set[str]) -> list[str]:
+    """Every email and SMS address among ``contacts`` that got something (with repeats)."""
+    return [a for m in smtp.messages for a in m.to if a in contacts] + [
+        m["to"] for m in sim.messages() if m["to"] in contacts
+    ]
+
+
+def administrator(school: str, index: int = 0) -> Any:
+    return [m for m in directory().school(school).staff if m.role.value == "administrator"][index]
+
+
+def teacher(school: str) -> Any:
+    return next(m for m in directory().school(school).staff if m.role.value == "teacher")
+
+
+def lockdown_held(
+    notify: NotifyProcess,
+    producer: EventProducer,
+    smtp: SmtpSink,
+    sim: ProviderSimProcess,
+    school: str,
+) -> tuple[str, dict[str, Any]]:
+    """A real lockdown: wait for the staff messages and the held family message."""
+    incident_id = new_incident_id()
+    producer.publish(
+        incident("IncidentOpened", incident_id=incident_id, school=school, srp_action="LOCKDOWN")
+    )
+    staff = people(school, ("staff", "responders"))
+    wait_until(
+        lambda: (
+            {a for m in smtp.messages for a in m.to} >= emails_of(staff)
+            and {m["to"] for m in sim.messages()} >= phones_of(staff)
+        ),
+        timeout=60,
+        what="the staff lockdown messages",
+    )
+    [held] = wait_until(lambda: notify.held(school), timeout=30, what="the held family message")
+    return incident_id, held
+
+
+def settle(producer: EventProducer, smtp: SmtpSink, school: str, incident_id: str) -> None:
+    """A request on the incident's partition to one staff member: once its email is in, the
+    requests consumer has handled every decision and request published before it."""
+    member = next(m for m in directory().school(school).staff if m.contact.email)
+    request = notification_request(
+        school=school,
+        recipients=[{"recipient_id": member.id, "channels": ["EMAIL"]}],
+        priority="ROUTINE",
+        require_ack=False,
+        headline=f"marker {new_incident_id()}",
+    )
+    request["envelope"]["incident_id"] = incident_id  # same key, same partition
+    producer.publish(request)
+    wait_until(
+        lambda: any(m.subject == request["headline"] for m in smtp.to(member.contact.email)),
+        timeout=60,
+        what="the marker message",
+    )
+
+
+def test_a_family_message_is_held_until_an_administrator_approves_it(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+    producer: EventProducer,
+    smtp: SmtpSink,
+    sim: ProviderSimProcess,
+    cap_sink: CapSink,
+    tmp_path: Path,
+) -> None:
+    admin = administrator(LINCOLN)
+    notify = new_notify(
+        kafka, catalog, tmp_path, smtp, sim, SAFEHUB_NOTIFY__CAP_ENDPOINT_URL=cap_sink.url
+    ).start()
+    try:
+        incident_id, held = lockdown_held(notify, producer, smtp, sim, LINCOLN)
+        nid = held["notification_id"]
+        refused = {
+            "is a teacher; only an administrator of sch-lincoln-hs may decide": notify.decide(
+                nid, decision="APPROVED", decided_by=teacher(LINCOLN).id
+            ),
+            "decided_by 'stf-nobody' is not a staff member of sch-lincoln-hs": notify.decide(
+                nid, decision="APPROVED", decided_by="stf-nobody"
+            ),
+            f"decided_by '{administrator(WASHINGTON).id}' is not a staff member of {LINCOLN}": (
+                notify.decide(nid, decision="APPROVED", decided_by=administrator(WASHINGTON).id)
+            ),
+            "unknown held notification 'ntf-unknown'": notify.decide(
+                "ntf-unknown", decision="APPROVED", decided_by=admin.id
+            ),
+            "decision must be APPROVED or REJECTED": notify.decide(
+                nid, decision="MAYBE", decided_by=admin.id
+            ),
+            "headline and body can only be edited when approving": notify.decide(
+                nid, decision="REJECTED", decided_by=admin.id, body=NOT_ECHOED
+            ),
+            "body is longer than 1600 characters": notify.decide(
+                nid, decision="APPROVED", decided_by=admin.id, body=NOT_ECHOED * 100
+            ),
+        }
+        anonymous = httpx.post(
+            f"{notify.base_url}/notifications/{nid}/decision",
+            json={"decision": "APPROVED", "decided_by": admin.id},
+        )
+        # Nothing reached a family before the decision (every request before this is handled).
+        settle(producer, smtp, LINCOLN, incident_id)
+        before = sent_to(smtp, sim, family_contacts())
+        feed_before = notify.feed()
+        approved = notify.decide(nid, decision="APPROVED", decided_by=admin.id)
+        want = family_contacts(LINCOLN)
+        wait_until(
+            lambda: set(sent_to(smtp, sim, want)) == want,
+            timeout=60,
+            what="an email and an SMS to every guardian of the school",
+        )
+        [public] = wait_until(notify.feed, timeout=30, what="the public alert on the feed")
+        posted = wait_until(
+            lambda: [a for a in cap_sink.received() if a.scope is Scope.PUBLIC],
+            timeout=30,
+            what="the public alert at the CAP endpoint",
+        )
+        again = notify.decide(nid, decision="REJECTED", decided_by=administrator(LINCOLN, 1).id)
+        still_held = notify.held(LINCOLN)
+        staff_nid = next(
+            n["notification_id"]
+            for n in notify.notifications(incident_id)
+            if n["notification_id"] != nid and n["srp_action"] == "LOCKDOWN"
+        )
+        family_status = notify.status(nid)
+    finally:
+        notify.stop()
+    # The held message: the families' text, in both languages, nothing for staff.
+    assert held["status"] == "held" and held["srp_action"] == "LOCKDOWN"
+    assert held["audiences"] == [f"guardians:{LINCOLN}"] and held["incident_id"] == incident_id
+    assert set(held["texts"]) == {"en-US", "es-US"}
+    assert "do not come to the school" in held["body"] and "Locks, lights" not in held["body"]
+    # Refusals name the reason and never echo the text.
+    for reason, answer in refused.items():
+        assert answer.status_code == 400, (reason, answer.text)
+        assert reason in answer.json()["error"] and NOT_ECHOED not in answer.text
+    assert anonymous.status_code == 401
+    assert before == [] and feed_before == []
+    # Approved: every guardian of the school once per channel, nobody of another school.
+    assert approved.status_code == 202, approved.text
+    guardians = guardians_of(LINCOLN)
+    got = sent_to(smtp, sim, family_contacts())
+    assert sorted(got) == sorted(want)
+    for guardian in guardians:
+        [mail] = smtp.to(guardian.contact.email)
+        [sms] = [m for m in sim.messages() if m["to"] == guardian.contact.phone]
+        if guardian.contact.language.value == "es":
+            assert mail.subject == "Cierre de emergencia en Lincoln High School"
+            assert "no venga a la escuela" in mail.body and "no venga a la escuela" in sms["body"]
+        else:
+            assert mail.subject == "Lockdown at Lincoln High School"
+            assert "do not come to the school" in mail.body
+            assert "do not come to the school" in sms["body"]
+        for text in (mail.body, sms["body"]):
+            assert "Locks, lights" not in text and "/ack/" not in text and "Reply 1" not in text
+    assert {g.contact.language.value for g in guardians} == {"en", "es"}
+    recipients = {r["recipient_id"] for r in family_status["recipients"]}
+    assert recipients == {g.id for g in guardians} and not family_status["require_ack"]
+    # The public CAP alert: valid CAP 1.2 (parsed against the XSD), Public, Actual.
+    assert public.identifier == f"safehub-{nid}" and posted[0].identifier == public.identifier
+    assert public.scope is Scope.PUBLIC and public.status is Status.ACTUAL
+    assert public.msg_type.value == "Alert" and public.restriction is None
+    assert public.incidents == (incident_id,)
+    assert {i.language for i in public.infos} == {"en-US", "es-US"}
+    for info in public.infos:
+        assert [(c.name, c.value) for c in info.event_codes] == [("SRP", "LOCKDOWN")]
+        assert info.audience == "Parents, guardians and the public"
+        assert info.instruction and "Locks, lights" not in info.instruction
+    assert f"safehub-{staff_nid}" not in {a.identifier for a in cap_sink.received()} - {
+        a.identifier for a in cap_sink.received() if a.scope is Scope.RESTRICTED
+    }
+    # The record: who released what, and when; a second decision is refused.
+    assert again.status_code == 400
+    assert f"already decided (approved by {admin.id})" in again.json()["error"]
+    assert still_held == []
+    topic = events(kafka, catalog, codec, NOTIFICATIONS)
+    [decided] = of_type(topic, "NotificationDecided")
+    assert (decided["notification_id"], decided["decision"], decided["decided_by"]) == (
+        nid,
+        "APPROVED",
+        admin.id,
+    )
+    assert decided["envelope"]["incident_id"] == incident_id
+    [released] = [r for r in of_type(topic, "NotificationRequested") if r["notification_id"] == nid]
+    assert released["requested_by"] == admin.id
+    assert released["envelope"]["causation_id"] == decided["envelope"]["event_id"]
+    assert released["priority"] == "URGENT" and released["require_ack"] is False
+    assert released["audiences"] == [f"guardians:{LINCOLN}"]
+    assert released["envelope"]["incident_id"] == incident_id
+    assert not released["envelope"]["exercise"]
+
+
+def test_decisions_count_once_and_all_clear_prepares_a_public_update(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+    producer: EventProducer,
+    smtp: SmtpSink,
+    sim: ProviderSimProcess,
+    tmp_path: Path,
+) -> None:
+    first_admin, second_admin = administrator(WASHINGTON), administrator(WASHINGTON, 1)
+    want = family_contacts(WASHINGTON)
+    edited = {
+        "headline": "All clear at Washington Middle School / Fin de la emergencia",
+        "body": "Pick up at the north gate from 3 pm. / Recogida en la puerta norte desde las 3.",
+    }
+    with new_notify(kafka, catalog, tmp_path, smtp, sim) as notify:
+        incident_id, held = lockdown_held(notify, producer, smtp, sim, WASHINGTON)
+        lockdown_nid = held["notification_id"]
+        accepted = notify.decide(lockdown_nid, decision="APPROVED", decided_by=first_admin.id)
+        wait_until(
+            lambda: set(sent_to(smtp, sim, want)) == want, timeout=60, what="the family messages"
+        )
+        # The same decision again (a redelivery, byte for byte) and a different later one.
+        [record] = [
+            r
+            for r in read_all(kafka, catalog.name(NOTIFICATIONS))
+            if dict(r.headers())["safehub-event-type"] == b"safehub.events.NotificationDecided"
+        ]
+        producer.publish_raw(record.topic(), record.key(), record.value(), record.headers())
+        producer.publish(
+            notification_decided(
+                lockdown_nid,
+                decision="REJECTED",
+                decided_by=second_admin.id,
+                incident_id=incident_id,
+                school=WASHINGTON,
+            )
+        )
+        settle(producer, smtp, WASHINGTON, incident_id)
+        after_repeats = sorted(sent_to(smtp, sim, want))
+        # ALL CLEAR of the real incident: staff at once, families once approved.
+        producer.publish(
+            incident("IncidentCleared", incident_id=incident_id, version=2, school=WASHINGTON)
+        )
+        [clear] = wait_until(
+            lambda: notify.held(WASHINGTON), timeout=60, what="the held ALL CLEAR message"
+        )
+        released = notify.decide(
+            clear["notification_id"], decision="APPROVED", decided_by=second_admin.id, **edited
+        )
+        wait_until(
+            lambda: len(sent_to(smtp, sim, want)) == 2 * len(want),
+            timeout=60,
+            what="the ALL CLEAR to every guardian",
+        )
+        alerts = wait_until(
+            lambda: len(found := notify.feed()) == 2 and found, timeout=30, what="two public alerts"
+        )
+    store = Store(f"sqlite:///{tmp_path / 'notify' / 'notify.sqlite3'}")
+    lockdown_record = store.held_message(lockdown_nid)
+    store.close()
+    assert accepted.status_code == 202 and released.status_code == 202
+    # Redelivered and competing decisions: nothing new (one message per guardian and channel).
+    assert after_repeats == sorted(want)
+    assert lockdown_record is not None
+    assert (lockdown_record.status, lockdown_record.decided_by) == ("approved", first_admin.id)
+    topic = events(kafka, catalog, codec, NOTIFICATIONS)
+    assert len(of_type(topic, "NotificationDecided")) == 4  # approved, repeated, rejected, clear
+    family_requests = [
+        r
+        for r in of_type(topic, "NotificationRequested")
+        if r["audiences"] == [f"guardians:{WASHINGTON}"]
+    ]
+    assert [(r["srp_action"], r["requested_by"]) for r in family_requests] == [
+        ("LOCKDOWN", first_admin.id),
+        ("ALL_CLEAR", second_admin.id),
+    ]
+    # The edited ALL CLEAR went out as written, to every guardian in either language.
+    assert clear["srp_action"] == "ALL_CLEAR" and clear["incident_id"] == incident_id
+    for guardian in guardians_of(WASHINGTON):
+        last = smtp.to(guardian.contact.email)[-1]
+        assert (last.subject, last.body.strip()) == (edited["headline"], edited["body"])
+    # The public thread: the ALL CLEAR is an Update referencing the public lockdown alert only.
+    update, alert = alerts  # newest first
+    assert alert.identifier == f"safehub-{lockdown_nid}" and alert.msg_type.value == "Alert"
+    assert update.msg_type.value == "Update" and update.scope is Scope.PUBLIC
+    assert [r.identifier for r in update.references] == [alert.identifier]
+    [info] = update.infos  # edited text: one info, as written
+    assert (info.headline, info.description) == (edited["headline"], edited["body"])
+    assert [(c.name, c.value) for c in info.event_codes] == [("SRP", "ALL_CLEAR")]
+
+
+def test_a_rejected_family_message_sends_nothing_and_bad_decisions_are_dead_lettered(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+    producer: EventProducer,
+    smtp: SmtpSink,
+    sim: ProviderSimProcess,
+    tmp_path: Path,
+) -> None:
+    admin = administrator(RIVERSIDE)
+    with new_notify(kafka, catalog, tmp_path, smtp, sim) as notify:
+        incident_id, held = lockdown_held(notify, producer, smtp, sim, RIVERSIDE)
+        nid = held["notification_id"]
+        # Straight on the bus, past the API's checks: refused by the consumer too.
+        for decided_by, target in [(teacher(RIVERSIDE).id, nid), (admin.id, "ntf-unknown")]:
+            producer.publish(
+                notification_decided(
+                    target,
+                    decision="APPROVED",
+                    decided_by=decided_by,
+                    incident_id=incident_id,
+                    school=RIVERSIDE,
+                )
+            )
+        dead = wait_until(
+            lambda: (
+                len(found := read_all(kafka, catalog.name("safehub.deadletter.v1"))) >= 2 and found
+            ),
+            timeout=30,
+            what="two dead-lettered decisions",
+        )
+        rejected = notify.decide(
+            nid, decision="REJECTED", decided_by=admin.id, note="Police asked for no message yet."
+        )
+        wait_until(lambda: notify.held(RIVERSIDE) == [], timeout=30, what="the rejection applied")
+        settle(producer, smtp, RIVERSIDE, incident_id)
+        late = notify.decide(nid, decision="APPROVED", decided_by=admin.id)
+        feed = notify.feed()
+    reasons = [dict(r.headers())["safehub-dlq-reason"].decode() for r in dead]
+    assert any(f"'{teacher(RIVERSIDE).id}' is a teacher" in r for r in reasons), reasons
+    assert any("unknown held notification 'ntf-unknown'" in r for r in reasons), reasons
+    assert rejected.status_code == 202
+    assert sent_to(smtp, sim, family_contacts()) == [] and feed == []
+    assert late.status_code == 400
+    assert f"already decided (rejected by {admin.id})" in late.json()["error"]
+    topic = events(kafka, catalog, codec, NOTIFICATIONS)
+    assert not [r for r in of_type(topic, "NotificationRequested") if r["notification_id"] == nid]
+    [decision] = [
+        d for d in of_type(topic, "NotificationDecided") if d["envelope"]["source"] == "notify"
+    ]
+    assert (decision["decision"], decision["decided_by"], decision["note"]) == (
+        "REJECTED",
+        admin.id,
+        "Police asked for no message yet.",
+    )
+    store = Store(f"sqlite:///{tmp_path / 'notify' / 'notify.sqlite3'}")
+    record = store.held_message(nid)
+    store.close()
+    assert record is not None and record.status == "rejected" and record.released_body is None

@@ -1,7 +1,8 @@
 """The notify store on each supported database (SQLite file and PostgreSQL): acknowledgements
 claimed once, escalation moves once per level, statuses never go back, incident marks only move
-forward, the outbox keeps what the broker has not confirmed; and the pure parts (audiences,
-templates, ack tokens) that the service builds on.
+forward, the outbox keeps what the broker has not confirmed, a held family message is decided
+once and superseded by a newer one; and the pure parts (audiences, templates, ack tokens) that
+the service builds on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from services.notify.dispatcher import TokenBucket
 from services.notify.settings import RateLimit
 from services.notify.store import (
     DeliveryRow,
+    HeldRow,
     NotificationRow,
     OutboxItem,
     RecipientRow,
@@ -177,10 +179,86 @@ def test_cap_documents_are_kept_per_incident(store: Store) -> None:
     )
     assert store.cap("cap-1") == ("<alert/>", "Restricted")
     assert n.incident_id is not None
-    assert store.cap_of_incident(n.incident_id) == [("cap-1", n.created_at)]
+    assert store.cap_of_incident(n.incident_id, "Restricted") == [("cap-1", n.created_at)]
+    assert store.cap_of_incident(n.incident_id, "Public") == []  # a separate thread
     assert store.cap_unposted() == [("cap-1", "<alert/>")]
     store.cap_posted("cap-1")
     assert store.cap_unposted() == []
+
+
+def _held(incident_id: str, action: str = "LOCKDOWN") -> HeldRow:
+    return HeldRow(
+        notification_id=f"h-{uuid.uuid4().hex[:10]}",
+        incident_id=incident_id,
+        tenant={"state": "TX", "district": "dist-north-isd", "school": "sch-lincoln-hs"},
+        school_id="sch-lincoln-hs",
+        srp_action=action,
+        priority="URGENT",
+        headline="Lockdown at Lincoln",
+        body="Please do not come to the school.",
+        audiences=["guardians:sch-lincoln-hs"],
+        causation_id="ev-incident",
+        created_at=time.time(),
+    )
+
+
+def test_a_held_message_is_decided_once_even_concurrently(store: Store) -> None:
+    held = _held("inc-h1")
+    assert store.hold(held) and not store.hold(held)  # a redelivered incident: no change
+    assert [h.notification_id for h in store.held_messages("sch-lincoln-hs")] == [
+        held.notification_id
+    ]
+
+    def decide(i: int) -> bool:
+        return store.decide(
+            held.notification_id,
+            status="approved" if i % 2 else "rejected",
+            decided_by=f"stf-{i}",
+            decision_event_id=f"dec-{i}",
+            note=None,
+            released_headline="h" if i % 2 else None,
+            released_body="b" if i % 2 else None,
+            outbox=[OutboxItem(f"release-{i}", b"r")] if i % 2 else [],
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(decide, range(8)))
+    assert results.count(True) == 1
+    winner = results.index(True)
+    decided = store.held_message(held.notification_id)
+    assert decided is not None and decided.decided_by == f"stf-{winner}"
+    assert decided.status == ("approved" if winner % 2 else "rejected")
+    assert decided.decided_at is not None and decided.decision_event_id == f"dec-{winner}"
+    # Only the winner's release (if it approved) is in the outbox.
+    assert [i.event_id for i in store.outbox_pending()] == (
+        [f"release-{winner}"] if winner % 2 else []
+    )
+    assert store.held_messages("sch-lincoln-hs") == []
+    assert [h.status for h in store.held_messages("sch-lincoln-hs", None)] == [decided.status]
+
+
+def test_a_newer_held_message_supersedes_the_undecided_one_of_its_incident(store: Store) -> None:
+    lockdown, other = _held("inc-h2"), _held("inc-h3")
+    store.hold(lockdown)
+    store.hold(other)
+    clear = _held("inc-h2", "ALL_CLEAR")
+    store.hold(clear)
+    statuses = {h.notification_id: h.status for h in store.held_messages("sch-lincoln-hs", None)}
+    assert statuses == {
+        lockdown.notification_id: "superseded",
+        other.notification_id: "held",  # another incident: untouched
+        clear.notification_id: "held",
+    }
+    assert not store.decide(
+        lockdown.notification_id,
+        status="approved",
+        decided_by="stf-1",
+        decision_event_id="d",
+        note=None,
+        released_headline=None,
+        released_body=None,
+        outbox=[],
+    )
 
 
 def test_a_wrong_database_url_names_the_problem() -> None:
@@ -267,3 +345,48 @@ def test_token_bucket_allows_the_burst_then_waits() -> None:
     stop.set()
     assert slow.acquire(stop)  # the burst
     assert not slow.acquire(stop)  # would wait ~1000 s; a stopping service is told at once
+
+
+def test_families_get_their_own_calm_text_in_their_language() -> None:
+    school = "Lincoln High School"
+    stay_away = {"en-US": "do not come to the school", "es-US": "no venga a la escuela"}
+    for action in templates.ACTIONS:
+        for language, words in stay_away.items():
+            text = templates.family(action, school, language)
+            assert text is not None and school in text.headline
+            staff_instruction = templates.ACTIONS[action][templates.primary(language)][1]
+            assert staff_instruction not in text.text
+            # While the action lasts, families are asked to stay away.
+            assert (words in text.instruction) is (action != "ALL_CLEAR"), (action, language)
+    prepared = templates.family("LOCKDOWN", school, "en")
+    assert prepared is not None
+    assert "do not come to the school" in prepared.instruction
+    assert "pick up your child" in prepared.instruction
+
+    def to_guardian(language: str, headline: str, body: str) -> templates.Rendered:
+        return templates.render(
+            srp_action="LOCKDOWN",
+            headline=headline,
+            body=body,
+            school_name=school,
+            language=language,
+            channel="SMS",
+            exercise=False,
+            ack_url=None,
+            require_ack=False,
+            for_family=True,
+        )
+
+    spanish = to_guardian("es-US", prepared.headline, prepared.text)
+    assert spanish.subject == f"Cierre de emergencia en {school}"
+    assert "Por favor, no venga a la escuela" in spanish.text and "Locks" not in spanish.text
+    assert to_guardian("en-US", prepared.headline, prepared.text).text == prepared.text
+    # Edited by the approver: sent as written, in every language.
+    edited = to_guardian("es-US", "Lockdown: update", "Reunification at the stadium at 3 pm.")
+    assert (edited.subject, edited.text) == (
+        "Lockdown: update",
+        "Reunification at the stadium at 3 pm.",
+    )
+    assert templates.family_as_prepared("LOCKDOWN", school, prepared.headline, prepared.text)
+    assert not templates.family_as_prepared("LOCKDOWN", school, prepared.headline, "x")
+    assert not templates.family_as_prepared(None, school, "h", "b")

@@ -346,7 +346,7 @@ class CapText:
     language: str
     headline: str
     description: str
-    instruction: str
+    instruction: str | None  # None: the description says it all (text written by a person)
 
 
 def school_area(school: School, *, radius_km: float = SCHOOL_RADIUS_KM) -> CapArea:
@@ -403,11 +403,13 @@ def srp_alert(
     references: Sequence[Reference] = (),
     incident_id: str | None = None,
     restriction: str = STAFF_RESTRICTION,
+    audience: str | None = None,
 ) -> CapAlert:
     """A SafeHub notification as CAP: one info per text, drills as status Exercise.
 
     ``scope`` Restricted is for staff (``restriction`` says who may see it), Public for the
-    public; Update and Cancel need ``references`` (see :func:`references_for`).
+    public; Update and Cancel need ``references`` (see :func:`references_for`). ``audience``
+    is each info's ``audience`` text.
     """
     return CapAlert(
         identifier=identifier,
@@ -420,7 +422,10 @@ def srp_alert(
         note=EXERCISE_NOTE if exercise else None,
         references=tuple(references),
         incidents=(incident_id,) if incident_id else (),
-        infos=tuple(srp_info(action, t, sender_name=sender_name, area=area) for t in texts),
+        infos=tuple(
+            srp_info(action, t, sender_name=sender_name, area=area, audience=audience)
+            for t in texts
+        ),
     )
 
 

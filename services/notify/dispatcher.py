@@ -789,6 +789,7 @@ class Dispatcher:
                 exercise=n.exercise,
                 ack_url=ack_url,
                 require_ack=n.require_ack and person,
+                for_family=target.kind == "guardian",
             )
             subject, text, language = rendered.subject, rendered.text, target.language
         else:

@@ -8,12 +8,16 @@ Two consumers:
   acknowledgement required; no human step in between. Its id is derived from the incident
   version, so a redelivered incident event never notifies twice. ALL CLEAR goes to the
   audiences of the action it ends.
+  For a real incident it also prepares the message to guardians and the public, held
+  until an administrator approves it (:mod:`services.notify.approvals`).
 * **requests** (group ``notify-requests``): every NotificationRequested, from the hook or
   any other producer, is fanned out by the :class:`~services.notify.dispatcher.Dispatcher`;
-  receipts from elsewhere (PA/signage command results) update the store.
+  receipts from elsewhere (PA/signage command results) update the store; a
+  NotificationDecided releases (or rejects) a held message.
 
 Every notification also becomes a CAP 1.2 document (stored, on the feed when Public, POSTed
-to ``cap_endpoint_url`` when set).
+to ``cap_endpoint_url`` when set): Restricted when staff, responders or endpoints are among
+its recipients, else Public (the released family message is the public alert).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from safehub.kernel.errors import BusError
 from safehub.kernel.http_server import ServerThread
 from safehub.kernel.runtime import Runtime, run
 from services.notify import templates
+from services.notify.approvals import DECIDED, Approvals
 from services.notify.audiences import Audiences, Target
 from services.notify.cap import (
     CapAlert,
@@ -70,17 +75,24 @@ OPENED = EVENT_NAMESPACE + "IncidentOpened"
 CHANGED = EVENT_NAMESPACE + "IncidentChanged"
 CLEARED = EVENT_NAMESPACE + "IncidentCleared"
 HOOK_REQUESTER = "notify:incident-hook"
+#: CAP ``audience`` of public (family) alerts.
+PUBLIC_AUDIENCE = "Parents, guardians and the public"
 
 
 class IncidentHook:
     """Turns a new SRP action on an incident into a NotificationRequested."""
 
     def __init__(
-        self, runtime: Runtime[NotifySettings], store: Store, audiences: Audiences
+        self,
+        runtime: Runtime[NotifySettings],
+        store: Store,
+        audiences: Audiences,
+        approvals: Approvals,
     ) -> None:
         self._runtime = runtime
         self._store = store
         self._audiences = audiences
+        self._approvals = approvals
         self._notify_responders = runtime.settings.notify.notify_responders
 
     def handle(self, consumed: ConsumedEvent) -> None:
@@ -138,6 +150,12 @@ class IncidentHook:
             },
         )
         self._runtime.producer.publish(request)
+        # Families and the public: prepared now, sent once an administrator approves.
+        family_id = None
+        if not exercise:
+            family_id = self._approvals.prepare(
+                incident=consumed, incident_id=incident_id, version=version, action=action
+            )
         self._store.mark_incident(incident_id, action, version, notification_id, audiences)
         log.info(
             "SRP action notified",
@@ -146,6 +164,7 @@ class IncidentHook:
             srp_action=action,
             exercise=exercise,
             notification_id=notification_id,
+            held_family_notification_id=family_id,
         )
 
 
@@ -165,7 +184,7 @@ class CapPublisher:
         """The CAP alert of a notification (Update with references after the first)."""
         restricted = any(t.kind in ("staff", "responder", "endpoint") for t in targets)
         scope = Scope.RESTRICTED if restricted else Scope.PUBLIC
-        previous = self._store.cap_of_incident(n.incident_id) if n.incident_id else []
+        previous = self._store.cap_of_incident(n.incident_id, scope) if n.incident_id else []
         references = tuple(
             Reference(self._config.cap_sender, identifier, datetime.fromtimestamp(sent, UTC))
             for identifier, sent in previous
@@ -175,7 +194,10 @@ class CapPublisher:
         area = school_area(school)
         sent = datetime.fromtimestamp(n.created_at, UTC)
         identifier = f"safehub-{n.notification_id}"
-        texts = [self._text(n, school.name, language) for language in ("en-US", "es-US")]
+        if restricted:
+            texts = [self._text(n, school.name, language) for language in ("en-US", "es-US")]
+        else:
+            texts = self._public_texts(n, school.name)
         if n.srp_action in templates.ACTIONS:
             return srp_alert(
                 identifier=identifier,
@@ -190,6 +212,7 @@ class CapPublisher:
                 msg_type=msg_type,
                 references=references,
                 incident_id=n.incident_id,
+                audience=None if restricted else PUBLIC_AUDIENCE,
             )
         routine = n.priority == "ROUTINE"
         return CapAlert(
@@ -236,6 +259,17 @@ class CapPublisher:
             description=n.body if language == "en-US" else rendered.text,
             instruction=action[1] if action else rendered.text,
         )
+
+    @staticmethod
+    def _public_texts(n: NotificationRow, school_name: str) -> list[CapText]:
+        """Family/public words: per language as prepared, or the approver's text as written."""
+        if not templates.family_as_prepared(n.srp_action, school_name, n.headline, n.body):
+            return [CapText("en-US", n.headline, n.body, None)]
+        return [
+            CapText(language, text.headline, text.description, text.instruction)
+            for language in ("en-US", "es-US")
+            if (text := templates.family(str(n.srp_action), school_name, language)) is not None
+        ]
 
     def publish(self, n: NotificationRow, targets: Sequence[Target]) -> None:
         """Build, store and queue for the endpoint (never fails the notification)."""
@@ -382,8 +416,12 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
         on_notification=cap.publish,
     )
     context.dispatcher = dispatcher
+    approvals = Approvals(
+        store=store, audiences=audiences, outbox=outbox, publish=runtime.producer.publish
+    )
     web = NotifyWeb(
         dispatcher=dispatcher,
+        approvals=approvals,
         store=store,
         links=links,
         twilio_token=config.twilio.auth_token if config.sms_enabled else None,
@@ -404,15 +442,22 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
         runtime.spawn(target, name=name)
     runtime.spawn(cap.post_loop, name="notify-cap-post")
     log.info("dispatcher started", ms=round((time.monotonic() - started) * 1000))
+
+    def requests(consumed: ConsumedEvent) -> None:
+        if consumed.event_type == DECIDED:
+            approvals.handle(consumed)
+        else:
+            dispatcher.handle(consumed)
+
     runtime.consumer(
         "notify-requests",
         ["safehub.notifications.v1"],
-        dispatcher.handle,
+        requests,
         fetch_wait_max_ms=config.requests_fetch_wait_ms,
         # The topic also carries our own receipts (several per recipient): pass them over.
         accept=_for_dispatcher,
     )
-    hook = IncidentHook(runtime, store, audiences)
+    hook = IncidentHook(runtime, store, audiences, approvals)
     runtime.consumer(
         "notify-incidents",
         ["safehub.incidents.v1"],
@@ -422,9 +467,9 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
 
 
 def _for_dispatcher(headers: Headers) -> bool:
-    """Requests, and receipts of other systems (the gateway's announcements), by header."""
+    """Requests, decisions, and receipts of other systems (the gateway's announcements)."""
     event_type = header(headers, H_EVENT_TYPE)
-    if event_type == REQUESTED:
+    if event_type in (REQUESTED, DECIDED):
         return True
     return event_type == RECEIPT and header(headers, H_SOURCE) != SOURCE
 

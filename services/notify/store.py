@@ -116,6 +116,34 @@ class StatusChange:
 
 
 @dataclass(frozen=True)
+class HeldRow:
+    """A family/public message waiting for (or past) an administrator's decision.
+
+    ``status``: held | approved | rejected | superseded (a newer message of the same
+    incident replaced it before anyone decided). ``released_*`` is the text that went out.
+    """
+
+    notification_id: str
+    incident_id: str | None
+    tenant: dict[str, str | None]
+    school_id: str
+    srp_action: str | None
+    priority: str
+    headline: str
+    body: str
+    audiences: list[str]
+    causation_id: str | None
+    created_at: float
+    status: str = "held"
+    decided_by: str | None = None
+    decided_at: float | None = None
+    decision_event_id: str | None = None
+    note: str | None = None
+    released_headline: str | None = None
+    released_body: str | None = None
+
+
+@dataclass(frozen=True)
 class OutboxItem:
     """An encoded event waiting for the broker's confirmation."""
 
@@ -210,6 +238,28 @@ class Store(Closing):
             Column("version", Integer, nullable=False),
             Column("notification_id", String(200), nullable=False),
             Column("audiences", Text, nullable=False),
+        )
+        self.held = Table(
+            f"{p}held",
+            metadata,
+            Column("notification_id", String(200), primary_key=True),
+            Column("incident_id", String(200), index=True),
+            Column("tenant", Text, nullable=False),
+            Column("school_id", String(200), nullable=False, index=True),
+            Column("srp_action", String(40)),
+            Column("priority", String(40), nullable=False),
+            Column("headline", Text, nullable=False),
+            Column("body", Text, nullable=False),
+            Column("audiences", Text, nullable=False),
+            Column("causation_id", String(100)),
+            Column("created_at", Double, nullable=False),
+            Column("status", String(20), nullable=False),
+            Column("decided_by", String(200)),
+            Column("decided_at", Double),
+            Column("decision_event_id", String(100)),
+            Column("note", Text),
+            Column("released_headline", Text),
+            Column("released_body", Text),
         )
         self.cap_alerts = Table(
             f"{p}cap_alerts",
@@ -628,6 +678,111 @@ class Store(Closing):
                 )
             )
 
+    # -- held family/public messages ---------------------------------------------------------
+
+    def hold(self, row: HeldRow) -> bool:
+        """Store a message for approval; older undecided ones of its incident are superseded.
+
+        False if it is already stored (a redelivered incident event): nothing changes.
+        """
+        table = self.held
+        try:
+            with self._begin() as conn:
+                inserted = conn.execute(
+                    self._insert(table)
+                    .values(
+                        notification_id=row.notification_id,
+                        incident_id=row.incident_id,
+                        tenant=json.dumps(row.tenant),
+                        school_id=row.school_id,
+                        srp_action=row.srp_action,
+                        priority=row.priority,
+                        headline=row.headline,
+                        body=row.body,
+                        audiences=json.dumps(row.audiences),
+                        causation_id=row.causation_id,
+                        created_at=row.created_at,
+                        status="held",
+                    )
+                    .on_conflict_do_nothing(index_elements=["notification_id"])
+                    .returning(table.c.notification_id)
+                )
+                if inserted.first() is None:
+                    return False
+                if row.incident_id is not None:
+                    # Parents must never get an older action's message after a newer one.
+                    conn.execute(
+                        table.update()
+                        .where(
+                            table.c.incident_id == row.incident_id,
+                            table.c.notification_id != row.notification_id,
+                            table.c.status == "held",
+                        )
+                        .values(status="superseded")
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot hold notification: {type(exc).__name__}") from exc
+        return True
+
+    def held_message(self, notification_id: str) -> HeldRow | None:
+        """A held (or decided) family/public message by id."""
+        table = self.held
+        with self._engine.connect() as conn:
+            row = (
+                conn.execute(select(table).where(table.c.notification_id == notification_id))
+                .mappings()
+                .first()
+            )
+        return None if row is None else _held(row)
+
+    def held_messages(self, school_id: str, status: str | None = "held") -> list[HeldRow]:
+        """A school's family/public messages in ``status`` (None: all), oldest first."""
+        table = self.held
+        query = select(table).where(table.c.school_id == school_id).order_by(table.c.created_at)
+        if status is not None:
+            query = query.where(table.c.status == status)
+        with self._engine.connect() as conn:
+            return [_held(r) for r in conn.execute(query).mappings()]
+
+    def decide(
+        self,
+        notification_id: str,
+        *,
+        status: str,
+        decided_by: str,
+        decision_event_id: str,
+        note: str | None,
+        released_headline: str | None,
+        released_body: str | None,
+        outbox: Sequence[OutboxItem],
+    ) -> bool:
+        """Record the decision on a held message with its release (outbox), atomically.
+
+        Only a message still held can be decided: False for a second or redelivered decision.
+        """
+        table = self.held
+        try:
+            with self._begin() as conn:
+                moved = conn.execute(
+                    table.update()
+                    .where(table.c.notification_id == notification_id, table.c.status == "held")
+                    .values(
+                        status=status,
+                        decided_by=decided_by,
+                        decided_at=time.time(),
+                        decision_event_id=decision_event_id,
+                        note=note,
+                        released_headline=released_headline,
+                        released_body=released_body,
+                    )
+                )
+                if not moved.rowcount:
+                    return False
+                self._outbox(conn, outbox)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record the decision: {type(exc).__name__}") from exc
+        return True
+
     # -- CAP ---------------------------------------------------------------------------------
 
     def put_cap(
@@ -669,13 +824,16 @@ class Store(Closing):
             ).first()
         return None if row is None else (str(row[0]), str(row[1]))
 
-    def cap_of_incident(self, incident_id: str) -> list[tuple[str, float]]:
-        """(identifier, sent time) of the CAP alerts already issued for an incident."""
+    def cap_of_incident(self, incident_id: str, scope: str) -> list[tuple[str, float]]:
+        """(identifier, sent time) of the CAP alerts of ``scope`` already issued for an incident.
+
+        Staff and public alerts are separate threads: a public Update references public alerts.
+        """
         c, n = self.cap_alerts, self.notifications
         query = (
             select(c.c.identifier, c.c.sent_at)
             .join(n, n.c.notification_id == c.c.notification_id)
-            .where(n.c.incident_id == incident_id)
+            .where(n.c.incident_id == incident_id, c.c.scope == scope)
             .order_by(c.c.sent_at)
         )
         with self._engine.connect() as conn:
@@ -755,6 +913,29 @@ def _notification(row: Any) -> NotificationRow:
         audiences=list(json.loads(row["audiences"])),
         cap_identifier=row["cap_identifier"],
         created_at=float(row["created_at"]),
+    )
+
+
+def _held(row: Any) -> HeldRow:
+    return HeldRow(
+        notification_id=str(row["notification_id"]),
+        incident_id=row["incident_id"],
+        tenant=json.loads(row["tenant"]),
+        school_id=str(row["school_id"]),
+        srp_action=row["srp_action"],
+        priority=str(row["priority"]),
+        headline=str(row["headline"]),
+        body=str(row["body"]),
+        audiences=list(json.loads(row["audiences"])),
+        causation_id=row["causation_id"],
+        created_at=float(row["created_at"]),
+        status=str(row["status"]),
+        decided_by=row["decided_by"],
+        decided_at=row["decided_at"],
+        decision_event_id=row["decision_event_id"],
+        note=row["note"],
+        released_headline=row["released_headline"],
+        released_body=row["released_body"],
     )
 
 

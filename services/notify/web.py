@@ -11,6 +11,10 @@ the CAP feed and per-notification status.
   ones need the status token when one is set).
 * ``GET /notifications?incident_id=…`` and ``GET /notifications/{id}``: who was reached on
   which channel, who acknowledged, who has not (bearer ``status_token`` when set).
+* ``GET /notifications/held?school=…``: family/public messages awaiting approval, with their
+  text per language; ``POST /notifications/{id}/decision`` ``{"decision": "APPROVED" |
+  "REJECTED", "decided_by": <administrator's staff id>, "headline"?, "body"?, "note"?}``
+  publishes the decision (202) or answers 400 naming what is wrong (bearer token as above).
 * ``GET /healthz``.
 """
 
@@ -29,7 +33,9 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from safehub.kernel.errors import ConfigError
+from safehub.kernel.errors import BusError, ConfigError
+from services.notify.approvals import ApprovalError, Approvals, Decision
+from services.notify.audiences import AudienceError
 from services.notify.cap import CAP_MEDIA_TYPE, Scope, parse
 from services.notify.cap_endpoint import ATOM_MEDIA_TYPE, FeedEntry, atom_feed
 from services.notify.channels import twilio
@@ -94,6 +100,7 @@ class NotifyWeb:
         self,
         *,
         dispatcher: Dispatcher,
+        approvals: Approvals,
         store: Store,
         links: AckLinks,
         twilio_token: SecretStr | None,
@@ -101,6 +108,7 @@ class NotifyWeb:
         cap_xsd: Path,
     ) -> None:
         self.dispatcher = dispatcher
+        self.approvals = approvals
         self.store = store
         self.links = links
         self._twilio_token = twilio_token.get_secret_value() if twilio_token else ""
@@ -124,7 +132,9 @@ class NotifyWeb:
         app.router.add_get("/cap/feed.atom", self._feed)
         app.router.add_get("/cap/alerts/{identifier}.xml", self._cap_alert)
         app.router.add_get("/notifications", self._notifications)
+        app.router.add_get("/notifications/held", self._held)  # before the {id} route
         app.router.add_get("/notifications/{notification_id}", self._status)
+        app.router.add_post("/notifications/{notification_id}/decision", self._decision)
         return app
 
     async def _healthz(self, _request: web.Request) -> web.Response:
@@ -293,3 +303,46 @@ class NotifyWeb:
         if found is None:
             return web.json_response({"error": "unknown notification"}, status=404)
         return web.json_response(found)
+
+    # -- approval of family and public messages -------------------------------------------
+
+    async def _held(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": "bearer token required"}, status=401)
+        school = request.query.get("school")
+        if not school:
+            return web.json_response({"error": "query parameter school is required"}, status=400)
+        try:
+            found = await asyncio.to_thread(self.approvals.pending, school)
+        except AudienceError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(found)
+
+    async def _decision(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": "bearer token required"}, status=401)
+        notification_id = request.match_info["notification_id"]
+        try:
+            data = await request.json()
+        except ValueError:
+            return web.json_response({"error": "the body must be JSON"}, status=400)
+        try:
+            decision = Decision.of(notification_id, data)
+            event_id = await asyncio.to_thread(self.approvals.submit, decision)
+        except (ApprovalError, AudienceError) as exc:
+            log.warning("decision refused", notification_id=notification_id[:200], error=str(exc))
+            return web.json_response({"error": str(exc)}, status=400)
+        except BusError as exc:
+            log.error("decision not published", notification_id=notification_id, error=str(exc))
+            return web.json_response(
+                {"error": "the decision could not be recorded; try again"}, status=503
+            )
+        return web.json_response(
+            {
+                "notification_id": notification_id,
+                "decision": decision.decision,
+                "decided_by": decision.decided_by,
+                "event_id": event_id,
+            },
+            status=202,
+        )

@@ -1,5 +1,6 @@
-"""Helpers for notify tests and the notify benchmark: a real SMTP server (aiosmtpd), the
-notify service as a process, incident and notification events, and directory generation.
+"""Helpers for notify tests and the notify benchmark: a real SMTP server (aiosmtpd), a CAP
+endpoint, the notify service as a process (with its approval API and Atom feed at hand),
+incident and notification events, and directory generation.
 
 Typical use::
 
@@ -24,13 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from lxml import etree  # type: ignore[import-untyped]
 
 from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.envelope import new_event
+from safehub.kernel.http_server import ServerThread
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
+from services.notify.cap import CapAlert, parse
+from services.notify.cap_endpoint import ATOM_NAMESPACE
 from tests.support.processes import Component
 from tests.support.sms import ProviderSimProcess
 from tests.support.waiting import wait_until
@@ -115,6 +121,41 @@ class SmtpSink:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class CapSink:
+    """A CAP endpoint (HTTP): records every document POSTed to ``/cap`` after parsing it
+    with the same safe, XSD-validating parser; 400 for anything that is not valid CAP."""
+
+    def __init__(self) -> None:
+        self.alerts: list[CapAlert] = []
+        self._lock = threading.Lock()
+        self._server = ServerThread(host="127.0.0.1", port=0, name="cap-sink")
+        self.url = ""
+
+    async def _intake(self, request: web.Request) -> web.Response:
+        try:
+            alert = parse(await request.read())
+        except Exception as exc:
+            return web.Response(status=400, text=str(exc))
+        with self._lock:
+            self.alerts.append(alert)
+        return web.Response(status=201)
+
+    def received(self) -> list[CapAlert]:
+        """The documents received so far."""
+        with self._lock:
+            return list(self.alerts)
+
+    def __enter__(self) -> CapSink:
+        app = web.Application()
+        app.router.add_post("/cap", self._intake)
+        port = self._server.start(app)
+        self.url = f"http://127.0.0.1:{port}/cap"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.close()
 
 
 def notify_env(
@@ -210,6 +251,31 @@ class NotifyProcess(Component):
         )
         return found
 
+    def held(self, school: str) -> list[dict[str, Any]]:
+        """GET /notifications/held?school=… (family/public messages awaiting approval)."""
+        assert self.http is not None
+        found: list[dict[str, Any]] = (
+            self.http.get("/notifications/held", params={"school": school})
+            .raise_for_status()
+            .json()
+        )
+        return found
+
+    def decide(self, notification_id: str, **body: Any) -> httpx.Response:
+        """POST /notifications/{id}/decision with ``body`` as JSON (the answer, unchecked)."""
+        assert self.http is not None
+        return self.http.post(f"/notifications/{notification_id}/decision", json=body)
+
+    def feed(self) -> list[CapAlert]:
+        """The public Atom feed's alerts, each fetched without a token and parsed (validated)."""
+        with httpx.Client(timeout=30) as anonymous:
+            atom = anonymous.get(f"{self.base_url}/cap/feed.atom").raise_for_status()
+            root = etree.fromstring(atom.content, etree.XMLParser(resolve_entities=False))
+            links = root.findall("atom:entry/atom:link[@rel='alternate']", {"atom": ATOM_NAMESPACE})
+            return [
+                parse(anonymous.get(link.get("href")).raise_for_status().content) for link in links
+            ]
+
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.http is not None:
             self.http.close()
@@ -303,6 +369,32 @@ def notification_request(
             "recipients": recipients or [],
             "require_ack": require_ack,
             "requested_by": "stf-lincoln-000",
+        },
+    )
+
+
+def notification_decided(
+    notification_id: str,
+    *,
+    decision: str,
+    decided_by: str,
+    incident_id: str | None,
+    school: str = "sch-lincoln-hs",
+    source: str = "console",
+) -> dict[str, Any]:
+    """A NotificationDecided published straight on the bus (not through notify's API)."""
+    return new_event(
+        "NotificationDecided",
+        source=source,
+        tenant=directory().tenant(school),
+        incident_id=incident_id,
+        payload={
+            "notification_id": notification_id,
+            "decision": decision,
+            "decided_by": decided_by,
+            "headline": None,
+            "body": None,
+            "note": None,
         },
     )
 
