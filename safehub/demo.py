@@ -280,6 +280,7 @@ def _scenario(
     acknowledged = people.acknowledge_some()
     status = people.wait_acknowledged(status, acknowledged)
     checks = people.report(status, console)
+    checks |= people.release_family_message("LOCKDOWN", console)
     journal.wait_for(
         "units on scene", _is("CadStatusUpdate", incident_id=incident_id, status="ResourcesOnscene")
     )
@@ -395,6 +396,8 @@ def _detail(event: Event) -> str:
             return f"{event['door_id']} {event['state']}"
         case "NotificationRequested":
             return f"{event['srp_action']} to {', '.join(event['audiences'])}"[:110]
+        case "NotificationDecided":
+            return f"family/public message {event['decision']} by {event['decided_by']}"
         case "LockdownProgress":
             return f"{len(event['doors_confirmed'])}/{len(event['doors_expected'])} confirmed" + (
                 ", deadline passed" if event["deadline_passed"] else ""

@@ -12,6 +12,7 @@ import json
 import mailbox
 import re
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
@@ -117,6 +118,60 @@ class PeopleDemo:
         if newest is None:
             raise SafeHubError("demo: no e-mail with an acknowledgement link for the teacher")
         return newest[1]
+
+    def release_family_message(self, srp_action: str, console: Console) -> dict[str, bool]:
+        """An administrator approves the held message to families (a teacher may not)."""
+        held = self._held(srp_action)
+        url = f"{self.hub.notify_url}/notifications/{held['notification_id']}/decision"
+        teacher = next(m for m in self.school.staff if m.role.value == "teacher")
+        try:
+            _call(url, {"decision": "APPROVED", "decided_by": teacher.id}, method="POST")
+            refused = False
+        except urllib.error.HTTPError as exc:
+            refused = exc.code == 400
+        admin = next(m for m in self.school.staff if m.role.value == "administrator")
+        _call(url, {"decision": "APPROVED", "decided_by": admin.id}, method="POST")
+        guardians = len(self.school.guardians)
+        status = self._wait_reached(held["notification_id"], guardians)
+        feed = urllib.request.urlopen(  # noqa: S310 - the hub's own notify endpoint
+            f"{self.hub.notify_url}/cap/feed.atom", timeout=10
+        ).read()
+        console.print(
+            f"family message ({srp_action}) held until {admin.id} (administrator) released it"
+            f"{'; a teacher was refused' if refused else ''}: "
+            f"{status['totals']['reached']}/{guardians} guardians reached; public CAP feed "
+            f"{feed.count(b'<entry')} alert(s)"
+        )
+        return {
+            f"{srp_action} family message held until an administrator released it": refused
+            and status["totals"]["reached"] == guardians,
+            f"{srp_action} public CAP alert on the feed": b"<entry" in feed,
+        }
+
+    def _held(self, srp_action: str, timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        url = f"{self.hub.notify_url}/notifications/held?school={self.school.id}"
+        while time.monotonic() < deadline:
+            rows = _call(url)
+            rows = rows["held"] if isinstance(rows, dict) else rows
+            for row in rows:
+                if row.get("srp_action") == srp_action:
+                    return row
+            time.sleep(0.1)
+        raise SafeHubError(f"demo: no held family message for {srp_action}")
+
+    def _wait_reached(self, notification_id: str, count: int, timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        url = f"{self.hub.notify_url}/notifications/{notification_id}"
+        while time.monotonic() < deadline:
+            try:
+                status = _call(url)
+            except urllib.error.HTTPError:
+                status = None  # not published yet: the release is on its way through the bus
+            if status and status["totals"]["reached"] >= count:
+                return status
+            time.sleep(0.1)
+        raise SafeHubError("demo: the released family message did not reach every guardian")
 
     def mail_recipients(self) -> Counter[str]:
         """How many messages each address received at the local mail server."""

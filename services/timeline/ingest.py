@@ -64,6 +64,7 @@ LANES: dict[str, str] = {
     "DeliveryReceipt": "notifications",
     "AnnouncementCommand": "notifications",
     "NotificationAcknowledged": "people",
+    "NotificationDecided": "people",
     "ReunificationStatus": "reunification",
     "TipSubmitted": "tips",
     "TipUpdated": "tips",
@@ -84,6 +85,7 @@ ACTOR_FIELDS = (
     "opened_by",
     "referred_by",
     "disclosed_by",
+    "decided_by",
     "recorded_by",
     "recipient_id",
     "activated_by",
@@ -161,6 +163,8 @@ def summarize(kind: str, e: Mapping[str, Any]) -> str:  # noqa: PLR0912, PLR0915
             text += f" ({e.get('error')})" if e.get("error") else ""
         case "NotificationAcknowledged":
             text = f"{e.get('recipient_id')} answered {_words(e.get('response'))}"
+        case "NotificationDecided":
+            text = f"Family/public message {_words(e.get('decision'))} by {e.get('decided_by')}"
         case "AnnouncementCommand":
             text = f"{e.get('channel')} announcement to {e.get('recipient_id')}"
         case "ReunificationStatus":
