@@ -61,6 +61,7 @@ def review(hub: Hub, incident_id: str, console: Console, timeout: float = 30) ->
     page: Any = None
     entries: list[Any] = []
     trace_services: set[str] = set()
+    settled_count = -1
     while time.monotonic() < deadline:
         page, entries = _entries(hub, incident_id)
         types = [e["event_type"].rsplit(".", 1)[-1] for e in entries]
@@ -69,13 +70,16 @@ def review(hub: Hub, incident_id: str, console: Console, timeout: float = 30) ->
             status, trace = _get(hub, f"/api/v1/traces/{panic['trace_id']}", STATE_AUDITOR)
             if status == 200:
                 trace_services = {s["service"] for s in trace["spans"]}
+        settled = len(entries) == settled_count  # receipts still arriving would change it
+        settled_count = len(entries)
         if (
             "IncidentCleared" in types
             and "NotificationAcknowledged" in types
             and set(TRACE_PATH) <= trace_services
+            and settled
         ):
             break
-        time.sleep(0.2)
+        time.sleep(0.5)
     if page is None:
         raise SafeHubError("demo: the timeline never showed the incident")
     lanes = Counter(e["lane"] for e in entries)
