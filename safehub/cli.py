@@ -129,6 +129,13 @@ def up(
         table.add_row("gateway (gRPC, mTLS)", hub.gateway_address)
         table.add_row("door states (HTTP)", hub.doorstate_url)
         table.add_row("CAD simulator (HTTPS)", hub.cad_simulator_url)
+        table.add_row("notify (ack links, CAP feed, status)", hub.notify_url)
+        table.add_row("mail server (SMTP → Maildir)", f"127.0.0.1:{hub.ports.smtp} → {hub.maildir}")
+        table.add_row("SMS/voice provider simulator", hub.sms_simulator_url)
+        table.add_row(
+            "timeline (reviewer's view, API)", f"{hub.timeline_url}/?token=demo-token-north-aar"
+        )
+        table.add_row("timeline gRPC (mTLS)", f"127.0.0.1:{hub.ports.timeline_grpc}")
         table.add_row("dev CA / client certs", str(hub.pki.root))
         table.add_row("logs", str(hub.run_dir / "logs"))
         console.print(table)
