@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -99,11 +100,16 @@ def review(hub: Hub, incident_id: str, console: Console, timeout: float = 30) ->
     console.print(
         f"reviewer's view: {hub.timeline_url}/incidents/{incident_id}?token={NORTH_REVIEWER}"
     )
-    seqs = [e["seq"] for e in entries]
+    first: dict[str, str] = {}
+    for entry in entries:
+        first.setdefault(entry["event_type"].rsplit(".", 1)[-1], entry["occurred_at"])
+    steps = ("PanicAlert", "IncidentOpened", "CadDispatch", "IncidentCleared")
+    happened = [datetime.fromisoformat(first[s]) for s in steps if s in first]
     return {
-        "timeline holds the incident in order, chain verified": bool(chain.get("ok"))
-        and seqs == sorted(seqs)
-        and "IncidentCleared" in {e["event_type"].rsplit(".", 1)[-1] for e in entries},
+        "timeline holds every step in the order it happened, chain verified": bool(chain.get("ok"))
+        and len(happened) == len(steps)
+        and happened == sorted(happened)
+        and [e["seq"] for e in entries] == list(range(1, len(entries) + 1)),
         "one trace links gateway → incidents → CAD": set(TRACE_PATH) <= trace_services,
         "district reviewer sees it, another district's does not": north == 200 and south == 404,
     }
