@@ -88,6 +88,7 @@ class PeopleDemo:
         """Three staff reply "1" by SMS; one clicks the link in the e-mail."""
         acked = []
         for member in self.sms_repliers:
+            self._wait_sms_to(member.contact.phone or "")  # a reply answers a received SMS
             _call(
                 f"{self.hub.sms_simulator_url}/_sim/reply",
                 {"from": member.contact.phone, "body": "1"},
@@ -104,6 +105,13 @@ class PeopleDemo:
         urllib.request.urlopen(click, timeout=10).close()  # noqa: S310
         acked.append(clicker.id)
         return acked
+
+    def _wait_sms_to(self, phone: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while phone not in self.sms_recipients():
+            if time.monotonic() > deadline:
+                raise SafeHubError("demo: the SMS to reply to never reached the simulator")
+            time.sleep(0.1)
 
     def _ack_link(self, address: str) -> str:
         """The link in the newest real (not drill) alert e-mail to ``address``."""

@@ -377,6 +377,9 @@ def _lockdown_with_acks(
         link3 = re.search(r"https?://\S+/ack/\S+", third)
         assert link3 is not None
         answers["both"] = [browser.post(link3.group(0))]
+    # A reply answers an SMS the phone received: the simulator must have delivered it first.
+    for member in staff[1:3]:
+        wait_until(lambda m=member: sim.messages(to=m.contact.phone), what="the SMS to reply to")
     answers["replies"] = [sim.reply(staff[1].contact.phone, "1") for _ in range(2)]
     answers["both"].append(sim.reply(staff[2].contact.phone, "1"))
     answers["status"] = wait_until(
