@@ -59,8 +59,15 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_PLAIN = frozenset({str, int, float, bool})
+
+
 def jsonable(value: Any) -> Any:
     """``value`` with datetimes and bytes turned into their canonical strings."""
+    if value is None or type(value) in _PLAIN:  # most fields: no conversion, no ABC check
+        return value
+    if type(value) is dict:
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, datetime):
         return iso(value)
     if isinstance(value, bytes | bytearray | memoryview):
