@@ -23,6 +23,7 @@ from safehub.kernel.admin import ensure_topics
 from safehub.kernel.codec import Codec
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
+from tests.support.processes import Component
 
 _SPANS = InMemorySpanExporter()
 
@@ -50,6 +51,16 @@ def _docker_kafka() -> Any | None:
         return KafkaContainer().with_kraft()
     except docker.errors.DockerException:
         return None
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes() -> Iterator[None]:
+    """Kill component processes a test started and left running (e.g. it failed half-way)."""
+    before = set(map(id, Component.running))
+    yield
+    for component in [c for c in Component.running if id(c) not in before]:
+        component.kill()
+        Component.running.remove(component)
 
 
 @pytest.fixture(scope="session")

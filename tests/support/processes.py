@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from safehub.kernel.settings import KafkaSettings
 from tests.support.waiting import wait_until
@@ -17,6 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class Component:
     """``python -m <module>`` with the test's broker and topic prefix."""
+
+    #: Every component started and not yet stopped; a test that fails half-way leaves its
+    #: processes here, and the suite's teardown (``tests/conftest.py``) kills them.
+    running: ClassVar[list[Component]] = []
 
     def __init__(
         self,
@@ -44,6 +49,7 @@ class Component:
 
     def start(self, *, wait: bool = True, timeout: float = 60.0) -> Component:
         self.ready_file.unlink(missing_ok=True)
+        Component.running.append(self)
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", self.module],
