@@ -138,9 +138,23 @@ def test_incident_lands_in_order_once_scoped_and_redacted(
         assert anonymous.get("/static/..%2Fstore.py").status_code == 404
     with timeline.client("not-a-token") as stranger:
         assert stranger.get("/api/v1/subjects").status_code == 401
+    # Bad input: 400 naming the parameter, whatever the route.
+    incident_path = f"/api/v1/subjects/{scenario.incident_id}"
     with timeline.client(STATE_TOKEN) as state:
-        assert state.get("/api/v1/subjects?limit=0").status_code == 400
-        assert "limit" in state.get("/api/v1/subjects?limit=0").json()["error"]
+        for path, named in [
+            ("/api/v1/subjects?limit=0", "limit"),
+            ("/api/v1/subjects?from=yesterday", "from"),
+            ("/api/v1/subjects?exercise=maybe", "exercise"),
+            ("/api/v1/subjects?kind=school", "kind"),
+            ("/api/v1/subjects?status=burning", "status"),
+            ("/api/v1/subjects?cursor=not-ours", "cursor"),
+            (f"{incident_path}/timeline?after_seq=abc", "after_seq"),
+            (f"{incident_path}/export?format=pdf", "format"),
+            ("/api/v1/traces/xyz", "trace_id"),
+        ]:
+            answer = state.get(path)
+            assert answer.status_code == 400, path
+            assert answer.json()["error"].startswith(named), (path, answer.json())
 
     # Clearance: the EIDO (student record) is withheld from a reviewer without clearance.
     with timeline.client(NORTH_TOKEN) as north:
@@ -170,6 +184,10 @@ def test_incident_lands_in_order_once_scoped_and_redacted(
         assert not stub.ListSubjects(timeline_pb2.ListSubjectsRequest()).subjects
     with pki.grpc_channel(timeline.grpc_address, "rev-north-aar") as channel:
         stub = timeline_pb2_grpc.TimelineServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.GetTrace(timeline_pb2.GetTraceRequest(trace_id="xyz"))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "trace_id" in (bad.value.details() or "")
         page = stub.GetTimeline(timeline_pb2.GetTimelineRequest(subject_id=scenario.incident_id))
         assert [e.seq for e in page.entries] == list(range(1, len(events) + 3))
         grpc_dispatch = next(e for e in page.entries if e.event_type == "CadDispatch")
