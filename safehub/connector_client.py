@@ -352,8 +352,10 @@ class ConnectorSession(ABC, Generic[ConfigT]):
             case "announcement":
                 if self._first_delivery(message.announcement.command_id):
                     self.on_announcement(message.announcement)
-            case _:
-                pass  # a kind added by a newer hub: this connector cannot know it
+            case kind:
+                # A kind added by a newer hub: this connector cannot know it; say so once per
+                # message rather than fail the session.
+                log.info("hub message of an unknown kind ignored", kind=kind)
 
     def _first_delivery(self, command_id: str) -> bool:
         """False for a command redelivered after a reconnect: it is executed at most once."""

@@ -386,8 +386,8 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
                     )
                 except Exception:
                     log.exception("connector message failed", session=session.id)
-        except grpc.RpcError:
-            pass  # the call ended (client gone, server stopping)
+        except grpc.RpcError:  # the call ended (client gone, server stopping)
+            log.info("connector session ended by the transport", session=session.id)
         finally:
             session.close()
 
