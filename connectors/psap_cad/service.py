@@ -48,6 +48,7 @@ from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import EVENT_NAMESPACE, event_id_for, new_event
 from safehub.kernel.errors import BusError, ConfigError
 from safehub.kernel.http_server import ServerThread, server_ssl_context
+from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
 
 log = structlog.get_logger(__name__)
@@ -126,10 +127,7 @@ class PsapCadConnector:
         port = self.inbound.start(app)
         self.runtime.on_close(self.inbound.close)
         if config.port_file is not None:
-            config.port_file.parent.mkdir(parents=True, exist_ok=True)
-            temporary = config.port_file.with_suffix(".tmp")
-            temporary.write_text(str(port))
-            temporary.replace(config.port_file)  # atomic: a reader never sees half a number
+            write_port_file(config.port_file, port)
         log.info("inbound endpoint listening", host=config.listen_host, port=port)
         fast = {"max.poll.interval.ms": MAX_POLL_INTERVAL_MS}
         self.signal_consumer = self.runtime.consumer(

@@ -70,7 +70,7 @@ from aiohttp import web
 from connectors.psap_cad.eido_validate import EidoValidator
 from connectors.psap_cad.settings import DEFAULT_EIDO_RULES
 from safehub.kernel.http_server import ServerThread, server_ssl_context
-from safehub.kernel.lifecycle import Closing
+from safehub.kernel.lifecycle import Closing, write_port_file
 from safehub.kernel.logging import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -624,9 +624,7 @@ def main(argv: list[str] | None = None) -> None:
     ) as server:
         server.start()
         if args.port_file:
-            temporary = args.port_file.with_suffix(".tmp")
-            temporary.write_text(str(server.port))
-            temporary.replace(args.port_file)
+            write_port_file(args.port_file, server.port)
         log.info("CAD simulator listening", url=server.intake_url, auto=args.auto)
         stop.wait()
 

@@ -1,8 +1,10 @@
-"""Context-manager lifecycle shared by the kernel's clients."""
+"""Context-manager lifecycle shared by the kernel's clients, and publishing a bound port."""
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -24,3 +26,11 @@ class Closing(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Publish a bound port: write then rename, so a reader never sees a half-written number."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(f"{port}\n", encoding="utf-8")
+    temporary.replace(path)

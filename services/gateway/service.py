@@ -8,7 +8,6 @@ turns NOT_SERVING, connector sessions end, in-flight calls get ``grace_s`` to fi
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from safehub.gen.safehub.connector.v1 import connector_pb2, connector_pb2_grpc
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.kernel.directory import Directory
 from safehub.kernel.errors import ConfigError
+from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
 from services.gateway.connectors import ConnectorHub
 from services.gateway.dedupe import Deduper
@@ -77,14 +77,6 @@ def tls_files(settings: GatewaySection) -> TlsFiles:
         if not path.is_file():
             raise ConfigError(f"TLS file {path} does not exist")
     return files
-
-
-def _write_port_file(path: Path, port: int) -> None:
-    # Write then rename, so a reader never sees a half-written number.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{port}\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 class Gateway:
@@ -148,7 +140,7 @@ class Gateway:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.port_file is not None:
-            _write_port_file(self.settings.port_file, port)
+            write_port_file(self.settings.port_file, port)
         log.info("gateway listening", host=self.settings.host, port=port)
         return port
 

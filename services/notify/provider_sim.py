@@ -73,6 +73,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.logging import configure_logging
 from services.notify.channels.twilio import SIGNATURE_HEADER, sign
 
@@ -901,9 +902,7 @@ async def serve(
         await site.start()
         bound = int(runner.addresses[0][1])
         if port_file is not None:
-            temporary = port_file.with_suffix(".tmp")
-            temporary.write_text(str(bound))
-            temporary.replace(port_file)
+            write_port_file(port_file, bound)
         log.info(
             "provider simulator listening",
             url=f"http://{host}:{bound}",

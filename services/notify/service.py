@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 import structlog
 
@@ -36,6 +35,7 @@ from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import EVENT_NAMESPACE, new_event
 from safehub.kernel.errors import BusError
 from safehub.kernel.http_server import ServerThread
+from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
 from services.notify import templates
 from services.notify.approvals import DECIDED, Approvals
@@ -379,13 +379,6 @@ class AnnouncementContextFn:
         )
 
 
-def _write_port(path: Path, port: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(str(port))
-    temporary.replace(path)  # atomic: a reader never sees half a number
-
-
 def setup(runtime: Runtime[NotifySettings]) -> None:
     """Store, web endpoint, channels, dispatcher, then the two consumers."""
     config = runtime.settings.notify
@@ -431,7 +424,7 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
     server.start(web.app())
     runtime.on_close(server.close)
     if config.port_file is not None:
-        _write_port(config.port_file, server.port)
+        write_port_file(config.port_file, server.port)
     log.info("notify listening", port=server.port, channels=sorted(adapters), public_url=public_url)
     started = time.monotonic()
     try:

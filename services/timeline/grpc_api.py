@@ -8,7 +8,6 @@ UNAUTHENTICATED, bad parameter → INVALID_ARGUMENT, out of scope → PERMISSION
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from safehub.gen.safehub.timeline.v1 import timeline_pb2, timeline_pb2_grpc
 from safehub.kernel import chain
 from safehub.kernel.directory import Reviewer
 from safehub.kernel.errors import ConfigError
+from safehub.kernel.lifecycle import write_port_file
 from services.timeline.http_api import render_html
 from services.timeline.query import Queries, QueryError, RawJson
 from services.timeline.settings import TimelineSection
@@ -318,11 +318,3 @@ class GrpcServer:
         """NOT_SERVING, then let calls in flight finish within the grace."""
         self.health.enter_graceful_shutdown()
         self.server.stop(self.section.grace_s).wait(self.section.grace_s + 1.0)
-
-
-def write_port_file(path: Path, port: int) -> None:
-    """Write then rename, so a reader never sees a half-written number."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{port}\n", encoding="utf-8")
-    tmp.replace(path)

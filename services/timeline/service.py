@@ -18,9 +18,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from safehub.kernel.directory import Directory
 from safehub.kernel.http_server import ServerThread
+from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import SPANS
-from services.timeline.grpc_api import GrpcServer, write_port_file
+from services.timeline.grpc_api import GrpcServer
 from services.timeline.http_api import HttpApi
 from services.timeline.ingest import BatchConsumer, Ingest, event_topics, wait_closed
 from services.timeline.query import Queries
