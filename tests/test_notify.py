@@ -23,10 +23,12 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
 from safehub.kernel.directory import Directory
+from safehub.kernel.http_server import ServerThread
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from services.notify.cap import Scope, Status, parse
@@ -1032,3 +1034,76 @@ def test_a_rejected_family_message_sends_nothing_and_bad_decisions_are_dead_lett
     record = store.held_message(nid)
     store.close()
     assert record is not None and record.status == "rejected" and record.released_body is None
+
+
+class PushGateway:
+    """A real HTTP push gateway (the app vendor's webhook): records each JSON POST."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self._server = ServerThread(host="127.0.0.1", port=0, name="push-gateway")
+
+    async def _post(self, request: web.Request) -> web.Response:
+        self.received.append((dict(request.headers), await request.json()))
+        return web.json_response({"id": f"push-{len(self.received)}"}, status=201)
+
+    def __enter__(self) -> str:
+        app = web.Application()
+        app.router.add_post("/push", self._post)
+        return f"http://127.0.0.1:{self._server.start(app)}/push"
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.close()
+
+
+def test_app_push_goes_through_the_webhook_and_its_button_acknowledges(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+    producer: EventProducer,
+    smtp: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    # Staff without a phone but with the app: a life-safety message goes by push + e-mail.
+    app_only = {
+        m.contact.push_token: m
+        for m in directory().school(LINCOLN).staff
+        if m.contact.push_token and not m.contact.phone
+    }
+    assert app_only, "the demo directory has staff reachable by app only"
+    gateway = PushGateway()
+    with (
+        gateway as push_url,
+        new_notify(
+            kafka, catalog, tmp_path, smtp, None, SAFEHUB_NOTIFY__PUSH_URL=push_url
+        ) as notify,
+    ):
+        incident_id = new_incident_id()
+        producer.publish(incident("IncidentOpened", incident_id=incident_id, srp_action="LOCKDOWN"))
+        wait_until(
+            lambda: set(app_only) <= {body["token"] for _, body in gateway.received},
+            timeout=60,
+            what="a push to every staff member who has only the app",
+        )
+        headers, body = next((h, b) for h, b in gateway.received if b["token"] in app_only)
+        member = app_only[body["token"]]
+        assert body["recipient_id"] == member.id and body["exercise"] is False
+        assert "traceparent" in {k.lower() for k in headers}, "the webhook call is traced"
+        # The app's button posts the acknowledgement link it was given.
+        assert httpx.post(body["ack_url"], timeout=10).status_code == 200
+        assert httpx.post(body["ack_url"], timeout=10).status_code == 200
+        [nid] = only_notification(notify, incident_id)
+        status = wait_until(
+            lambda: (s := notify.status(nid))["totals"]["acknowledged"] >= 1 and s,
+            what="the acknowledgement recorded",
+        )
+        mine = next(r for r in status["recipients"] if r["recipient_id"] == member.id)
+        assert mine["acknowledged"] and mine["ack_channel"] == "PUSH"
+    acks = [
+        e
+        for e in of_type(
+            events(kafka, catalog, codec, "safehub.notifications.v1"), "NotificationAcknowledged"
+        )
+        if e["recipient_id"] == member.id
+    ]
+    assert len(acks) == 1

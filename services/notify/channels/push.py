@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import structlog
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from pydantic import SecretStr
 
 from safehub.kernel.lifecycle import Closing
@@ -44,6 +45,8 @@ class WebhookPushAdapter(Closing):
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
         )
+        # A client span (and traceparent) per webhook call, like every outbound HTTP call.
+        HTTPXClientInstrumentor.instrument_client(self._client)
 
     def send(self, message: OutboundMessage) -> SendResult:
         """POST the message to the webhook."""
