@@ -91,11 +91,14 @@ class _Handler:
 class SmtpSink:
     """A real SMTP server on a free port recording every accepted message."""
 
-    def __init__(self) -> None:
+    def __init__(self, **server_options: Any) -> None:
+        """``server_options`` go to aiosmtpd (e.g. ``tls_context``, ``require_starttls``)."""
         self.port = free_port()
         self.messages: list[Mail] = []
         self._lock = threading.Lock()
-        self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(
+            _Handler(self), hostname="127.0.0.1", port=self.port, **server_options
+        )
 
     def add(self, mail: Mail) -> None:
         """Record one message (called by the handler)."""
