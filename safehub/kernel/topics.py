@@ -67,14 +67,16 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         "safehub.incidents.v1",
         12,
-        KeyBy.INCIDENT,
+        KeyBy.INCIDENT_OR_SCHOOL,
         (
             _E + "IncidentOpened",
             _E + "IncidentChanged",
             _E + "IncidentCleared",
             _E + "LockdownProgress",
+            _E + "SignalDecided",
         ),
-        "Incident lifecycle, SRP state and lockdown progress, one key per incident.",
+        "Incident lifecycle, SRP state, decisions on SRP requests and cancellations, and "
+        "lockdown progress; one key per incident (a refusal with no incident: its school).",
     ),
     TopicSpec(
         "safehub.dispatch.v1",

@@ -181,6 +181,40 @@ REJECT_REASON_INTERNAL: RejectReason.ValueType  # 5
 """The hub failed to accept the item; retry it with the same client_event_id."""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
+class _SignalOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SignalOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SignalOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SIGNAL_OUTCOME_UNSPECIFIED: _SignalOutcome.ValueType  # 0
+    """Not set (a hub older than this field)."""
+    SIGNAL_OUTCOME_APPLIED: _SignalOutcome.ValueType  # 1
+    """The action took effect (or the panic was cancelled)."""
+    SIGNAL_OUTCOME_UNCHANGED: _SignalOutcome.ValueType  # 2
+    """The same action was already in force: nothing changed."""
+    SIGNAL_OUTCOME_PENDING: _SignalOutcome.ValueType  # 3
+    """Durably recorded, but the incident service did not decide within the gateway's wait (for
+    example while it restarts); it will be decided in order. Call again with the same
+    client_event_id to learn the outcome.
+    """
+
+class SignalOutcome(_SignalOutcome, metaclass=_SignalOutcomeEnumTypeWrapper):
+    """What became of an SRP request or a panic cancellation that the hub answered OK."""
+
+SIGNAL_OUTCOME_UNSPECIFIED: SignalOutcome.ValueType  # 0
+"""Not set (a hub older than this field)."""
+SIGNAL_OUTCOME_APPLIED: SignalOutcome.ValueType  # 1
+"""The action took effect (or the panic was cancelled)."""
+SIGNAL_OUTCOME_UNCHANGED: SignalOutcome.ValueType  # 2
+"""The same action was already in force: nothing changed."""
+SIGNAL_OUTCOME_PENDING: SignalOutcome.ValueType  # 3
+"""Durably recorded, but the incident service did not decide within the gateway's wait (for
+example while it restarts); it will be decided in order. Call again with the same
+client_event_id to learn the outcome.
+"""
+Global___SignalOutcome: _TypeAlias = SignalOutcome  # noqa: Y015
+
 @_typing.final
 class ReportPanicRequest(_message.Message):
     """A panic alert from a panic button, wearable or staff app."""
@@ -626,22 +660,28 @@ class RequestSrpActionResponse(_message.Message):
     EVENT_ID_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     INCIDENT_HINT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Hub-assigned id of the accepted event."""
     duplicate: _builtins.bool
     """True when the request was a retry of an already accepted client_event_id."""
     incident_hint: _builtins.str
     """Id of the incident the action belongs to, when already known."""
+    outcome: Global___SignalOutcome.ValueType
+    """What the incident service decided. A refused action is not answered OK: it fails with
+    FAILED_PRECONDITION naming the action in force and the actions allowed next.
+    """
     def __init__(
         self,
         *,
         event_id: _builtins.str = ...,
         duplicate: _builtins.bool = ...,
         incident_hint: _builtins.str | None = ...,
+        outcome: Global___SignalOutcome.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_incident_hint", b"_incident_hint", "incident_hint", b"incident_hint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_incident_hint", b"_incident_hint", "duplicate", b"duplicate", "event_id", b"event_id", "incident_hint", b"incident_hint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_incident_hint", b"_incident_hint", "duplicate", b"duplicate", "event_id", b"event_id", "incident_hint", b"incident_hint", "outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__incident_hint: _TypeAlias = _typing.Literal["incident_hint"]  # noqa: Y015
     _WhichOneofArgType__incident_hint: _TypeAlias = _typing.Literal["_incident_hint", b"_incident_hint"]  # noqa: Y015
@@ -722,6 +762,7 @@ class CancelPanicResponse(_message.Message):
     EVENT_ID_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     PANIC_EVENT_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Hub-assigned id of the accepted PanicCancelled event."""
     duplicate: _builtins.bool
@@ -730,16 +771,23 @@ class CancelPanicResponse(_message.Message):
     """The event_id of the panic being cancelled (derived from panic_client_event_id when that was
     given).
     """
+    outcome: Global___SignalOutcome.ValueType
+    """What the incident service decided. A cancellation that is not applied fails instead:
+    PERMISSION_DENIED (only the system that raised the panic, or an administrator of the school,
+    may cancel it), NOT_FOUND (no such panic) or FAILED_PRECONDITION (the cancel window on the
+    hub's clock has passed, the incident is over, or the drill flag differs from the panic's).
+    """
     def __init__(
         self,
         *,
         event_id: _builtins.str = ...,
         duplicate: _builtins.bool = ...,
         panic_event_id: _builtins.str = ...,
+        outcome: Global___SignalOutcome.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "event_id", b"event_id", "panic_event_id", b"panic_event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "event_id", b"event_id", "outcome", b"outcome", "panic_event_id", b"panic_event_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
