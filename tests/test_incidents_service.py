@@ -24,72 +24,89 @@ pytestmark = pytest.mark.kafka
 LINCOLN = {"state": "US-TX", "district": "dist-north-isd", "school": "sch-lincoln-hs"}
 
 
+def _at_hub(event: dict[str, Any]) -> dict[str, Any]:
+    """As the gateway records it: the hub's clock (recorded_at) is the signal's time."""
+    event["envelope"]["recorded_at"] = event["envelope"]["occurred_at"]
+    return event
+
+
 def _panic(at: datetime, room: str = "214", exercise: bool = False) -> dict[str, Any]:
-    return new_event(
-        "PanicAlert",
-        source="test",
-        tenant=LINCOLN,
-        building="B",
-        room=room,
-        occurred_at=at,
-        exercise=exercise,
-        payload={
-            "device_id": "badge-1",
-            "device_kind": "WEARABLE",
-            "panic_type": "ACTIVE_ASSAILANT",
-            "silent": True,
-            "reporter_role": "TEACHER",
-            "activated_by": None,
-            "floor": None,
-            "latitude": None,
-            "longitude": None,
-            "location_text": None,
-        },
+    return _at_hub(
+        new_event(
+            "PanicAlert",
+            source="test",
+            tenant=LINCOLN,
+            building="B",
+            room=room,
+            occurred_at=at,
+            exercise=exercise,
+            payload={
+                "device_id": "badge-1",
+                "device_kind": "WEARABLE",
+                "panic_type": "ACTIVE_ASSAILANT",
+                "silent": True,
+                "reporter_role": "TEACHER",
+                "activated_by": None,
+                "floor": None,
+                "latitude": None,
+                "longitude": None,
+                "location_text": None,
+            },
+        )
     )
 
 
 def _camera(at: datetime) -> dict[str, Any]:
-    return new_event(
-        "CameraAlert",
-        source="test",
-        tenant=LINCOLN,
-        building="B",
-        room="corridor-2",
-        occurred_at=at,
-        payload={
-            "camera_id": "cam-B2-07",
-            "vendor_alert_id": "v1",
-            "analytic": "WEAPON",
-            "confidence": 0.93,
-            "clip_url": None,
-            "snapshot_url": None,
-        },
+    return _at_hub(
+        new_event(
+            "CameraAlert",
+            source="test",
+            tenant=LINCOLN,
+            building="B",
+            room="corridor-2",
+            occurred_at=at,
+            payload={
+                "camera_id": "cam-B2-07",
+                "vendor_alert_id": "v1",
+                "analytic": "WEAPON",
+                "confidence": 0.93,
+                "clip_url": None,
+                "snapshot_url": None,
+            },
+        )
     )
 
 
 def _srp(action: str, at: datetime, exercise: bool = False) -> dict[str, Any]:
-    return new_event(
-        "SrpActionRequested",
-        source="test",
-        tenant=LINCOLN,
-        building="B",
-        occurred_at=at,
-        exercise=exercise,
-        payload={
-            "request_id": f"r-{action}-{at.timestamp()}",
-            "action": action,
-            "evacuate_location": None,
-            "shelter_hazard": None,
-            "shelter_strategy": None,
-            "requested_by": "staff-principal",
-            "requested_by_role": "ADMINISTRATOR",
-            "message": None,
-        },
+    return _at_hub(
+        new_event(
+            "SrpActionRequested",
+            source="test",
+            tenant=LINCOLN,
+            building="B",
+            occurred_at=at,
+            exercise=exercise,
+            payload={
+                "request_id": f"r-{action}-{at.timestamp()}",
+                "action": action,
+                "evacuate_location": None,
+                "shelter_hazard": None,
+                "shelter_strategy": None,
+                "requested_by": "staff-principal",
+                "requested_by_role": "ADMINISTRATOR",
+                "message": None,
+            },
+        )
     )
 
 
-def _decoded(kafka: KafkaSettings, codec: Codec, topic: str, expect: int) -> list[dict[str, Any]]:
-    return [codec.decode(r.value()) for r in read_topic(kafka, topic, expect=expect, timeout=30)]
+def _decoded(
+    kafka: KafkaSettings, codec: Codec, topic: str, expect: int, *, decisions: int = 0
+) -> list[dict[str, Any]]:
+    """The first ``expect`` incident events of ``topic`` (after reading ``decisions`` more)."""
+    records = read_topic(kafka, topic, expect=expect + decisions, timeout=30)
+    events = [codec.decode(r.value()) for r in records]
+    return [e for e in events if not e["envelope"]["event_type"].endswith("SignalDecided")]
 
 
 @pytest.fixture
@@ -133,7 +150,7 @@ def test_three_correlated_signals_yield_one_incident_and_state_survives_restart(
         service.stop()
         service.start()
         producer.publish(_srp("LOCKDOWN", now + timedelta(seconds=4)))
-        events = _decoded(kafka, codec, topic, expect=3)
+        events = _decoded(kafka, codec, topic, expect=3, decisions=1)
     assert {e["incident_id"] for e in events} == {incident_id}
     assert events[-1]["version"] == 3
     assert events[-1]["srp_action"] == "LOCKDOWN"
@@ -142,20 +159,75 @@ def test_three_correlated_signals_yield_one_incident_and_state_survives_restart(
     assert command["scope"] == "ALL" and command["envelope"]["incident_id"] == incident_id
 
 
-def test_drill_lockdown_is_not_dispatchable_and_invalid_transition_is_dead_lettered(
+def test_drill_lockdown_is_not_dispatchable_and_invalid_transition_is_refused_on_the_topic(
     kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, incidents: Callable[..., Component]
 ) -> None:
     now = datetime.now(UTC)
     incidents().start()
     with EventProducer(kafka, codec, catalog) as producer:
         producer.publish(_srp("LOCKDOWN", now, exercise=True))
-        producer.publish(_srp("HOLD", now + timedelta(seconds=1), exercise=True))  # invalid
-    (opened,) = _decoded(kafka, codec, catalog.topic_for("safehub.events.IncidentOpened"), expect=1)
+        hold = _srp("HOLD", now + timedelta(seconds=1), exercise=True)  # invalid
+        producer.publish(hold)
+    topic = catalog.topic_for("safehub.events.IncidentOpened")
+    events = [codec.decode(r.value()) for r in read_topic(kafka, topic, expect=3, timeout=30)]
+    (opened,) = [e for e in events if e["envelope"]["event_type"].endswith("IncidentOpened")]
     assert opened["envelope"]["exercise"] is True and opened["dispatchable"] is False
     assert opened["summary"].startswith("EXERCISE")
-    (letter,) = read_topic(kafka, catalog.dead_letter, expect=1)
-    reason = dict(letter.headers())["safehub-dlq-reason"].decode()
-    assert "LOCKDOWN → HOLD is not allowed" in reason
+    decided = {
+        e["signal_event_id"]: e
+        for e in events
+        if e["envelope"]["event_type"].endswith("SignalDecided")
+    }
+    refused = decided[hold["envelope"]["event_id"]]
+    assert refused["outcome"] == "REFUSED" and refused["refusal"] == "INVALID_TRANSITION"
+    assert "LOCKDOWN → HOLD is not allowed" in refused["reason"]
+    assert refused["envelope"]["incident_id"] == opened["incident_id"]  # on its timeline
+
+
+def test_records_the_service_cannot_take_are_dead_lettered_and_it_keeps_going(
+    kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, incidents: Callable[..., Component]
+) -> None:
+    now = datetime.now(UTC)
+    incidents().start()
+    nowhere = {**LINCOLN, "school": "sch-nowhere"}
+    stray = _panic(now)
+    stray["envelope"]["tenant"] = nowhere
+    misrouted = new_event(
+        "LockCommand",
+        source="test",
+        tenant=LINCOLN,
+        incident_id="inc-1",
+        payload={
+            "command_id": "c-1",
+            "scope": "ALL",
+            "door_ids": [],
+            "target": "LOCKED",
+            "srp_action": "LOCKDOWN",
+            "reason": "test",
+            "requested_by": "staff-1",
+        },
+    )
+    alerts = catalog.name("safehub.alerts.v1")
+    doors = catalog.name("safehub.doors.v1")
+    with EventProducer(kafka, codec, catalog) as producer:
+        producer.publish(stray)  # a school the directory does not know
+        body = codec.encode(misrouted)
+        headers = [("safehub-event-type", b"safehub.events.LockCommand")]
+        producer.publish_raw(alerts, b"sch-lincoln-hs", body, headers)  # not an alert
+        producer.publish_raw(doors, b"sch-lincoln-hs", b"\xc3\x01garbage", [])  # not Avro
+        producer.publish(_panic(now + timedelta(seconds=1)))  # still handled afterwards
+    letters = read_topic(kafka, catalog.dead_letter, expect=3, timeout=30)
+    reasons = {
+        dict(r.headers())["safehub-dlq-group"].decode()
+        + ": "
+        + dict(r.headers())["safehub-dlq-reason"].decode()
+        for r in letters
+    }
+    assert any("incidents-alerts" in r and "sch-nowhere" in r for r in reasons), reasons
+    assert any("incidents-alerts" in r and "LockCommand is not declared" in r for r in reasons)
+    assert any(".incidents-doors: " in r for r in reasons), reasons
+    (opened,) = _decoded(kafka, codec, catalog.topic_for("safehub.events.IncidentOpened"), 1)
+    assert opened["envelope"]["tenant"]["school"] == "sch-lincoln-hs"
 
 
 BURST = 600

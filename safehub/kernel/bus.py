@@ -324,6 +324,11 @@ class EventConsumer(Closing):
         self._group_id = group_id
         self._batch_size = batch_size
         self._topics = [catalog.name(base) for base in topics]
+        # What each topic may carry: anything else is nobody's to handle, so it is
+        # dead-lettered (with this group's name) instead of passed over in silence.
+        self._declared = {
+            catalog.name(base): frozenset(catalog.specs[base].events) for base in topics
+        }
         self.stats = ConsumerStats()
         self._stop = threading.Event()
         self._external_stop: threading.Event | None = None
@@ -431,6 +436,11 @@ class EventConsumer(Closing):
 
     def _process(self, message: Message) -> None:
         record = _Record.of(message)
+        declared = self._declared.get(record.topic) or frozenset()
+        claimed = header(record.headers, H_EVENT_TYPE)
+        if declared and claimed is not None and claimed not in declared:
+            self._send_to_dead_letter(record, _undeclared(claimed, record.topic), attempts=0)
+            return
         if self._accept is not None and not self._accept(record.headers):
             self.stats.skipped += 1  # the offset still moves on with the batch
             return
@@ -456,6 +466,17 @@ class EventConsumer(Closing):
                 event, record.topic, record.partition, record.offset, record.key, record.headers
             )
             span.set_attribute("safehub.event_type", consumed.event_type)
+            misfit: HandlerError | None = None
+            if declared and consumed.event_type not in declared:
+                misfit = _undeclared(consumed.event_type, record.topic)
+            elif claimed is not None and claimed != consumed.event_type:
+                misfit = HandlerError(
+                    f"header {H_EVENT_TYPE} says {claimed} but the record is {consumed.event_type}"
+                )
+            if misfit is not None:
+                span.set_status(Status(StatusCode.ERROR, type(misfit).__name__))
+                self._send_to_dead_letter(record, misfit, attempts=0)
+                return
             self._handle(consumed, record, span)
 
     def _handle(self, consumed: ConsumedEvent, record: _Record, span: Span) -> None:
@@ -523,6 +544,13 @@ class EventConsumer(Closing):
             self._commit(self._consumer, asynchronous=False)
         with contextlib.suppress(KafkaException, RuntimeError):
             self._consumer.close()
+
+
+def _undeclared(event_type: str, topic: str) -> HandlerError:
+    return HandlerError(
+        f"{event_type} is not declared for topic {topic} (safehub.kernel.topics): "
+        "nothing on this topic handles it"
+    )
 
 
 def dead_letter_reason(exc: BaseException, attempts: int) -> str:

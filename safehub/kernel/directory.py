@@ -223,6 +223,16 @@ class Directory(BaseModel):
         district = self.district_of(school_id)
         return next(s for s in district.schools if s.id == school_id)
 
+    def has_school(self, school_id: str) -> bool:
+        """True if the directory lists ``school_id``."""
+        return any(s.id == school_id for d in self.districts for s in d.schools)
+
+    def staff_member(self, school_id: str, staff_id: str) -> StaffMember | None:
+        """A staff member of a school by id (None if the school or the person is unknown)."""
+        if not self.has_school(school_id):
+            return None
+        return next((p for p in self.school(school_id).staff if p.id == staff_id), None)
+
     def check_place(self, school_id: str, building: str | None, room: str | None) -> School:
         """Validate a place; building and room are checked when given."""
         school = self.school(school_id)

@@ -14,7 +14,19 @@ Rules enforced here:
 * drills (exercise) are never dispatchable;
 * idempotency: a signal already folded into the book (by event id) yields nothing;
 * cancellation: a panic cancelled within the cancel window, when it is the only signal,
-  cancels the incident (CAD gets a cancellation; the first dispatch was never held back).
+  cancels the incident (CAD gets a cancellation; the first dispatch was never held back);
+  only the client system that raised it, or an administrator of its school, may cancel it,
+  and the drill flag must match the panic's;
+* hub time: every window (correlation, cancel) is measured on ``recorded_at``, the hub's
+  clock when the gateway accepted the signal; a device's ``occurred_at`` is kept as reported
+  and a large discrepancy is noted in the incident's summary, never trusted;
+* scope: a school-wide SRP action commands every building, even when it joins an incident
+  that began in one building (the incident becomes school-wide);
+* an incident CAD closed (or cancelled), or ALL CLEAR ended, is over: the next signal at the
+  same place opens a new incident and a new dispatch;
+* every SRP request and cancellation gets a ``SignalDecided`` (applied, unchanged, refused
+  with the reason, the action in force and the actions allowed next); the gateway answers the
+  caller from it.
 """
 
 from __future__ import annotations
@@ -68,21 +80,62 @@ SRP_TYPES = {
 DISPATCHING_SRP = frozenset({"LOCKDOWN"})
 
 #: Valid SRP transitions; None is "no action in force". ALL CLEAR ends any action.
+#:
+#: Following the "I Love U Guys" Foundation's SRP K-12 guidance (2021): actions escalate
+#: freely (HOLD/SECURE → LOCKDOWN), a hazard can demand SHELTER during any action (a tornado
+#: warning in a lockdown: shelter in place, doors stay locked, no unlock command is sent), and
+#: EVACUATE can follow any action. A LOCKDOWN is never relaxed straight to HOLD (people back
+#: in the halls while the threat may still be inside): it steps down to SECURE (threat outside)
+#: or ends with ALL CLEAR, which law enforcement gives. ALL CLEAR needs an action or an
+#: incident in force.
 SRP_TRANSITIONS: dict[str | None, frozenset[str]] = {
     None: frozenset({"HOLD", "SECURE", "LOCKDOWN", "EVACUATE", "SHELTER"}),
     "HOLD": frozenset({"SECURE", "LOCKDOWN", "EVACUATE", "SHELTER", "ALL_CLEAR"}),
     "SECURE": frozenset({"HOLD", "LOCKDOWN", "EVACUATE", "SHELTER", "ALL_CLEAR"}),
-    "LOCKDOWN": frozenset({"SECURE", "EVACUATE", "ALL_CLEAR"}),
+    "LOCKDOWN": frozenset({"SECURE", "EVACUATE", "SHELTER", "ALL_CLEAR"}),
     "EVACUATE": frozenset({"LOCKDOWN", "SHELTER", "ALL_CLEAR"}),
     "SHELTER": frozenset({"EVACUATE", "LOCKDOWN", "ALL_CLEAR"}),
 }
+
+#: CAD statuses that end the incident on the hub too (the CAD closed or cancelled the call).
+CAD_ENDING_STATUSES = {"Closed": "CLOSED", "Cancelled": "CLOSED"}
+
+#: A device clock further than this from the hub's is noted on the incident.
+CLOCK_NOTE_AFTER = timedelta(minutes=5)
 
 #: CAD statuses that mean responders are engaged.
 RESPONDING_STATUSES = frozenset({"ResourcesAssigned", "ResourcesEnroute", "ResourcesOnscene"})
 
 
 class Rejected(Exception):  # noqa: N818 - a decision, not a failure
-    """A signal the book refuses (invalid SRP transition, unknown incident)."""
+    """A signal the book cannot take at all (its school is not in the directory)."""
+
+
+def hub_time(signal: Event) -> datetime:
+    """When the hub accepted ``signal`` (its own clock), the time every window is measured on."""
+    envelope = signal["envelope"]
+    recorded: datetime = envelope.get("recorded_at") or envelope["occurred_at"]
+    return recorded
+
+
+def clock_note(signal: Event) -> str:
+    """A note on a device clock far from the hub's (empty when within CLOCK_NOTE_AFTER)."""
+    envelope = signal["envelope"]
+    skew = envelope["occurred_at"] - hub_time(signal)
+    if abs(skew) <= CLOCK_NOTE_AFTER:
+        return ""
+    return (
+        f" (device clock {_span(abs(skew))} {'ahead of' if skew > timedelta(0) else 'behind'}"
+        " the hub; hub time used)"
+    )
+
+
+def _span(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 @dataclass
@@ -106,6 +159,7 @@ class Incident:
     correlated_event_ids: list[str] = field(default_factory=list)
     dispatchable: bool = False
     summary: str = ""
+    panic_sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def school(self) -> str:
@@ -131,12 +185,17 @@ class Incident:
             "correlated_event_ids": list(self.correlated_event_ids),
             "dispatchable": self.dispatchable,
             "summary": self.summary,
+            "panic_sources": dict(self.panic_sources),
         }
 
 
 def _copy(incident: Incident) -> Incident:
     return Incident(
-        **{**incident.__dict__, "correlated_event_ids": list(incident.correlated_event_ids)}
+        **{
+            **incident.__dict__,
+            "correlated_event_ids": list(incident.correlated_event_ids),
+            "panic_sources": dict(incident.panic_sources),
+        }
     )
 
 
@@ -208,6 +267,9 @@ class IncidentBook:
         ):  # fmt: skip
             setattr(incident, name, event[name])
         incident.correlated_event_ids = list(event["correlated_event_ids"])
+        incident.panic_sources = dict(event.get("panic_sources") or {})
+        # A school-wide action widens an incident that began in one building.
+        incident.building = envelope.get("building")
         incident.last_signal_at = max(incident.last_signal_at, envelope["occurred_at"])
         self.seen.update(incident.correlated_event_ids)
         self.incidents[incident_id] = incident
@@ -234,17 +296,36 @@ class IncidentBook:
         ]
         return max(candidates, key=lambda i: i.last_signal_at, default=None)
 
+    def incident_of_panic(self, panic_event_id: str) -> Incident | None:
+        """The incident a panic was folded into, if any."""
+        return next(
+            (
+                i
+                for i in self.incidents.values()
+                if panic_event_id in i.panic_sources or panic_event_id in i.correlated_event_ids
+            ),
+            None,
+        )
+
     # -- deciding --------------------------------------------------------------------------
 
     def decide(self, signal: Event) -> list[Event]:
-        """Events to publish for ``signal`` (empty when it changes nothing or was seen)."""
+        """Events to publish for ``signal`` (empty when it changes nothing or was seen).
+
+        SRP requests and cancellations always end with a ``SignalDecided``. Raises
+        :class:`Rejected` for a signal naming a school the directory does not know.
+        """
         envelope = signal["envelope"]
         if envelope["event_id"] in self.seen:
             return []
+        school = envelope["tenant"].get("school")
+        if not school or not self.directory.has_school(str(school)):
+            raise Rejected(f"school {school!r} is not in the directory")
         kind = envelope["event_type"].removeprefix(_E)
         match kind:
             case "PanicAlert":
-                return self._signal(signal, PANIC_TYPES.get(signal["panic_type"], "THREAT"), True)
+                panic_type = PANIC_TYPES.get(signal["panic_type"], "THREAT")
+                return self._signal(signal, panic_type, True)
             case "CameraAlert":
                 return self._camera(signal)
             case "DoorLockState":
@@ -255,7 +336,9 @@ class IncidentBook:
                 return self._cancel(signal)
             case "CadStatusUpdate":
                 return self._cad_status(signal)
-        return []
+            case "CadDispatch":
+                return []  # our own dispatch record: nothing to decide
+        raise Rejected(f"{kind} is not a signal the incident service takes")
 
     def _camera(self, signal: Event) -> list[Event]:
         incident_type = CAMERA_TYPES.get(signal["analytic"])
@@ -276,11 +359,11 @@ class IncidentBook:
             envelope["tenant"]["school"],
             envelope.get("building"),
             bool(envelope["exercise"]),
-            within=envelope["occurred_at"],
+            within=hub_time(signal),
         )
         if incident is None:
             return []
-        return [self._changed(incident, signal, f"{_describe(signal)} at the same place")]
+        return [self._changed(_copy(incident), signal, f"{_describe(signal)} at the same place")]
 
     def _signal(self, signal: Event, incident_type: str, dispatch: bool) -> list[Event]:
         envelope = signal["envelope"]
@@ -289,7 +372,7 @@ class IncidentBook:
             envelope["tenant"]["school"],
             envelope.get("building"),
             exercise,
-            within=envelope["occurred_at"],
+            within=hub_time(signal),
         )
         if incident is None:
             return [self._opened(signal, incident_type, dispatchable=dispatch and not exercise)]
@@ -297,39 +380,57 @@ class IncidentBook:
         if SEVERITY[incident_type] > SEVERITY[changed.incident_type]:
             changed.incident_type = incident_type
         changed.dispatchable = changed.dispatchable or (dispatch and not exercise)
+        if envelope["event_type"].endswith("PanicAlert"):
+            changed.panic_sources[envelope["event_id"]] = str(envelope["source"])
         return [self._changed(changed, signal, f"{_describe(signal)} correlated")]
 
     def _srp(self, signal: Event) -> list[Event]:
         envelope = signal["envelope"]
         action = signal["action"]
         exercise = bool(envelope["exercise"])
-        incident = self.active_for(
-            envelope["tenant"]["school"], envelope.get("building"), exercise, within=None
-        )
+        building = envelope.get("building")
+        incident = self.active_for(envelope["tenant"]["school"], building, exercise, within=None)
         current = incident.srp_action if incident else None
+        allowed = SRP_TRANSITIONS.get(current, frozenset())
+        if incident is not None and current is None:
+            allowed = allowed | {"ALL_CLEAR"}  # an incident with no action in force can end
         if action == current and action != "EVACUATE":
-            return []  # the same action again: nothing changes
-        if action not in SRP_TRANSITIONS.get(current, frozenset()):
-            raise Rejected(
-                f"SRP transition {current or 'NORMAL'} → {action} is not allowed at "
-                f"{envelope['tenant']['school']}/{envelope.get('building') or '*'}"
-            )
+            return [
+                self._decided(signal, incident, "UNCHANGED", f"SRP {action} is already in force")
+            ]
+        if action not in allowed:
+            where = f"{envelope['tenant']['school']}/{building or '*'}"
+            return [
+                self._decided(
+                    signal,
+                    incident,
+                    "REFUSED",
+                    f"SRP transition {current or 'NORMAL'} → {action} is not allowed at {where}"
+                    f"; allowed now: {', '.join(sorted(allowed))}",
+                    refusal="INVALID_TRANSITION",
+                )
+            ]
         if action == "ALL_CLEAR":
-            assert incident is not None  # ALL_CLEAR is never valid from NORMAL
-            return [self._cleared(incident, signal)]
+            assert incident is not None  # ALL_CLEAR is never allowed with nothing in force
+            cleared = self._cleared(incident, signal)
+            return [
+                cleared,
+                self._decided(signal, incident, "APPLIED", "ALL CLEAR given", after=None),
+            ]
         out: list[Event] = []
         if incident is None:
-            opened = self._opened(
+            target = self._opened(
                 signal,
                 SRP_TYPES.get(action, "OTHER"),
                 dispatchable=action in DISPATCHING_SRP and not exercise,
             )
-            target = opened
         else:
             changed = _copy(incident)
             changed.dispatchable = changed.dispatchable or (
                 action in DISPATCHING_SRP and not exercise
             )
+            if building is None:
+                changed.building = changed.room = None  # school-wide from now on
             target = self._changed(changed, signal, f"SRP {action} requested")
         target["srp_action"] = action
         target["evacuate_location"] = signal.get("evacuate_location")
@@ -341,33 +442,93 @@ class IncidentBook:
         if action in ("LOCKDOWN", "SECURE"):
             out.append(self._lock_command(signal, target, action))
         out.append(target)
+        out.append(
+            self._decided(
+                signal, incident, "APPLIED", f"SRP {action} in force", after=action,
+                incident_id=target["incident_id"],
+            )
+        )  # fmt: skip
         return out
 
     def _cancel(self, signal: Event) -> list[Event]:
+        envelope = signal["envelope"]
         panic_id = signal["panic_event_id"]
-        incident = next(
-            (i for i in self.incidents.values() if panic_id in i.correlated_event_ids), None
-        )
-        if incident is None or not incident.active:
-            return []
-        in_window = signal["envelope"]["occurred_at"] - incident.opened_at <= self.cancel_window
-        if (
-            in_window
-            and incident.correlated_event_ids == [panic_id]
-            and incident.srp_action is None
-        ):
+        incident = self.incident_of_panic(panic_id)
+        if incident is None:
+            return [
+                self._decided(
+                    signal, None, "REFUSED", "no panic with that event_id is known",
+                    refusal="NO_SUCH_PANIC",
+                )
+            ]  # fmt: skip
+        if not self._may_cancel(signal, incident, panic_id):
+            # Another district's caller learns nothing about the incident (not even its id).
+            own_district = incident.tenant.get("district") == envelope["tenant"].get("district")
+            return [
+                self._decided(
+                    signal,
+                    incident if own_district else None,
+                    "REFUSED",
+                    "only the system that raised the panic, or an administrator of its school, "
+                    "may cancel it",
+                    refusal="NOT_PERMITTED",
+                )
+            ]
+        if bool(envelope["exercise"]) != incident.exercise:
+            flag = "a drill" if incident.exercise else "a real emergency"
+            return [
+                self._decided(
+                    signal, incident, "REFUSED",
+                    f"the panic was {flag}: the cancellation's exercise flag must match it",
+                    refusal="EXERCISE_MISMATCH",
+                )
+            ]  # fmt: skip
+        if not incident.active:
+            if incident.state == "CANCELLED":
+                return [self._decided(signal, incident, "UNCHANGED", "already cancelled")]
+            return [
+                self._decided(
+                    signal, incident, "REFUSED",
+                    f"the incident is over ({incident.state})", refusal="NOT_ACTIVE",
+                )
+            ]  # fmt: skip
+        in_window = hub_time(signal) - incident.opened_at <= self.cancel_window
+        alone = incident.correlated_event_ids == [panic_id] and incident.srp_action is None
+        if in_window and alone:
             changed = _copy(incident)
             changed.state = "CANCELLED"
-            return [self._changed(changed, signal, f"panic cancelled: {signal['reason']}")]
+            return [
+                self._changed(changed, signal, f"panic cancelled: {signal['reason']}"),
+                self._decided(signal, incident, "APPLIED", "panic cancelled"),
+            ]
         # Outside the window or with other signals: responders decide; record the request.
+        why = (
+            f"the cancel window ({self.cancel_window.total_seconds():.0f} s on the hub's clock) "
+            "has passed"
+            if not in_window
+            else "other signals or an SRP action joined the incident"
+        )
         return [
             self._changed(
                 _copy(incident),
                 signal,
-                "cancellation requested but not applied (outside the cancel window or other "
-                "signals correlated)",
-            )
-        ]
+                f"cancellation requested but not applied ({why}); responders decide",
+            ),
+            self._decided(
+                signal, incident, "REFUSED", f"{why}: responders decide",
+                refusal="CANCEL_WINDOW_PASSED",
+            ),
+        ]  # fmt: skip
+
+    def _may_cancel(self, signal: Event, incident: Incident, panic_id: str) -> bool:
+        envelope = signal["envelope"]
+        if envelope["tenant"].get("school") != incident.school:
+            return False
+        raised_by = incident.panic_sources.get(panic_id)
+        if raised_by is not None and raised_by == envelope["source"]:
+            return True
+        staff = self.directory.staff_member(incident.school, str(signal.get("cancelled_by")))
+        return staff is not None and staff.role == "administrator"
 
     def _cad_status(self, signal: Event) -> list[Event]:
         incident = self.incidents.get(signal.get("incident_id") or "")
@@ -377,6 +538,9 @@ class IncidentBook:
         status = signal["status"]
         if status in RESPONDING_STATUSES:
             changed.state = "RESPONDING"
+        elif status in CAD_ENDING_STATUSES:
+            changed.state = CAD_ENDING_STATUSES[status]
+            changed.srp_action = None
         units = ", ".join(u.get("unit_id", "?") for u in signal.get("units") or [])
         reason = f"CAD {signal['cad_incident_id']}: {status}" + (f" ({units})" if units else "")
         if signal.get("disposition_code"):
@@ -385,7 +549,17 @@ class IncidentBook:
 
     # -- building events -------------------------------------------------------------------
 
-    def _base(self, signal: Event, event_type: str, incident_id: str, **kw: Any) -> Event:
+    def _base(
+        self,
+        signal: Event,
+        event_type: str,
+        incident_id: str | None,
+        *,
+        exercise: bool,
+        building: str | None,
+        room: str | None = None,
+        **kw: Any,
+    ) -> Event:
         envelope = signal["envelope"]
         return new_event(
             event_type,
@@ -393,35 +567,43 @@ class IncidentBook:
             tenant=envelope["tenant"],
             incident_id=incident_id,
             causation_id=envelope["event_id"],
-            exercise=bool(envelope["exercise"]),
-            occurred_at=envelope["occurred_at"],
+            # The incident's, never the signal's: a mismatched flag must not turn a real
+            # incident's event into an exercise that the CAD connector skips.
+            exercise=exercise,
+            # The hub's clock: what happened to the incident happened when the hub took it in.
+            occurred_at=hub_time(signal),
+            building=building,
+            room=room,
             **kw,
         )
 
     def _opened(self, signal: Event, incident_type: str, *, dispatchable: bool) -> Event:
         envelope = signal["envelope"]
+        is_panic = envelope["event_type"].endswith("PanicAlert")
         incident = Incident(
             incident_id=incident_id_for(envelope["event_id"]),
             tenant=dict(envelope["tenant"]),
             building=envelope.get("building"),
             room=envelope.get("room"),
             exercise=bool(envelope["exercise"]),
-            opened_at=envelope["occurred_at"],
-            last_signal_at=envelope["occurred_at"],
+            opened_at=hub_time(signal),
+            last_signal_at=hub_time(signal),
             version=1,
             incident_type=incident_type,
             correlated_event_ids=[envelope["event_id"]],
             dispatchable=dispatchable,
+            panic_sources={envelope["event_id"]: str(envelope["source"])} if is_panic else {},
         )
         event = self._base(
             signal,
             "IncidentOpened",
             incident.incident_id,
+            exercise=incident.exercise,
             building=incident.building,
             room=incident.room,
             payload=incident.payload(),
         )
-        event["summary"] = self._summary_from(event, first=_describe(signal))
+        event["summary"] = self._summary_from(event, first=_describe(signal) + clock_note(signal))
         return event
 
     def _changed(
@@ -437,11 +619,12 @@ class IncidentBook:
             signal,
             "IncidentChanged",
             incident.incident_id,
+            exercise=incident.exercise,
             building=incident.building,
             room=incident.room,
             payload={
                 **incident.payload(),
-                "change_reason": reason,
+                "change_reason": reason + clock_note(signal),
                 "changed_by": by or str(signal.get("requested_by") or envelope["source"]),
             },
         )
@@ -454,6 +637,7 @@ class IncidentBook:
             signal,
             "IncidentCleared",
             incident.incident_id,
+            exercise=incident.exercise,
             building=incident.building,
             room=incident.room,
             payload={
@@ -466,11 +650,14 @@ class IncidentBook:
         )
 
     def _lock_command(self, signal: Event, target: Event, action: str) -> Event:
+        # The request's own scope: a school-wide LOCKDOWN (no building) locks every building,
+        # whatever building the incident it joined began in.
         return self._base(
             signal,
             "LockCommand",
             target["incident_id"],
-            building=target["envelope"]["building"],
+            exercise=bool(target["envelope"]["exercise"]),
+            building=signal["envelope"].get("building"),
             payload={
                 "command_id": command_id_for(signal["envelope"]["event_id"]),
                 "scope": "ALL" if action == "LOCKDOWN" else "EXTERIOR",
@@ -479,6 +666,44 @@ class IncidentBook:
                 "srp_action": action,
                 "reason": f"SRP {action}",
                 "requested_by": signal["requested_by"],
+            },
+        )
+
+    _UNSET: Any = object()
+
+    def _decided(
+        self,
+        signal: Event,
+        incident: Incident | None,
+        outcome: str,
+        reason: str,
+        *,
+        refusal: str | None = None,
+        after: Any = _UNSET,
+        incident_id: str | None = None,
+    ) -> Event:
+        """The SignalDecided for an SRP request or cancellation (what the gateway answers)."""
+        envelope = signal["envelope"]
+        in_force = (incident.srp_action if incident else None) if after is self._UNSET else after
+        allowed = set(SRP_TRANSITIONS.get(in_force, frozenset()))
+        if in_force is None and (incident is not None and incident.active and after is self._UNSET):
+            allowed.add("ALL_CLEAR")
+        return self._base(
+            signal,
+            "SignalDecided",
+            incident_id or (incident.incident_id if incident else None),
+            exercise=bool(envelope["exercise"]),
+            building=envelope.get("building"),
+            room=envelope.get("room"),
+            payload={
+                "signal_event_id": envelope["event_id"],
+                "signal_type": envelope["event_type"].removeprefix(_E),
+                "outcome": outcome,
+                "refusal": refusal,
+                "reason": reason,
+                "srp_action_in_force": in_force,
+                "allowed_actions": sorted(allowed),
+                "requested_by": signal.get("requested_by") or signal.get("cancelled_by"),
             },
         )
 

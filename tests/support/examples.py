@@ -9,6 +9,9 @@ from safehub.kernel.envelope import new_event
 
 SENSITIVE_MARK = "SENSITIVE-VALUE-"
 
+#: Named types met so far (by fullname and short name), for later references by name.
+_NAMED: dict[str, Any] = {}
+
 
 def example_value(schema: Any, path: str) -> Any:
     """A valid value for ``schema``; sensitive strings carry a recognisable marker."""
@@ -16,8 +19,14 @@ def example_value(schema: Any, path: str) -> Any:
         non_null = [branch for branch in schema if branch != "null"]
         return example_value(non_null[0], path) if non_null else None
     if isinstance(schema, str):
-        schema = {"type": schema}
+        # A named type used again after its definition (Avro writes it by name).
+        schema = _NAMED.get(schema) or _NAMED.get(schema.rsplit(".", 1)[-1]) or {"type": schema}
     kind = schema["type"]
+    if isinstance(kind, str) and kind in ("enum", "record", "fixed") and "name" in schema:
+        fullname = schema["name"]
+        if "." not in fullname and schema.get("namespace"):
+            fullname = f"{schema['namespace']}.{fullname}"
+        _NAMED[fullname] = _NAMED[schema["name"]] = schema
     if isinstance(kind, dict | list):
         return example_value(kind, path)
     logical = schema.get("logicalType")
