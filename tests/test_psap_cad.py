@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from connectors.psap_cad.eido import (
+    PRIORITY_BY_CODE,
     EidoBuilder,
     ExerciseDispatchError,
     IncidentSnapshot,
@@ -255,7 +256,12 @@ def test_builder_refuses_exercises() -> None:
         ("ACTIVE_ASSAILANT", [SILENT_PANIC], "ACTSHOOT"),
         ("WEAPON", [], "WEAPON"),
         ("OTHER", [SignalFacts("c", "camera", analytic="GUNSHOT")], "SHOOT"),
-        ("MEDICAL", [replace(SILENT_PANIC, panic_type="MEDICAL")], "ALRMED"),
+        # Issue 17: a silent panic is ALRPANS whatever its type (was ALRMED for MEDICAL).
+        ("MEDICAL", [replace(SILENT_PANIC, panic_type="MEDICAL")], "ALRPANS"),
+        ("MEDICAL", [replace(SILENT_PANIC, panic_type="MEDICAL", silent=False)], "ALRMED"),
+        ("THREAT", [SILENT_PANIC], "ALRPANS"),
+        ("THREAT", [replace(SILENT_PANIC, silent=False)], "THREATS"),
+        ("WEAPON", [SILENT_PANIC], "ALRPANS"),
         ("MEDICAL", [], "SICK"),
         ("FIRE", [], "ALRF"),
         ("THREAT", [], "THREATS"),
@@ -824,3 +830,96 @@ def test_latency_from_incident_event_to_eido_at_cad(
     log.warning("incident event → EIDO at CAD: p50 %.1f ms, p99 %.1f ms (n=%d)", p50, p99, count)
     assert codes == {"ALRPANS"}, "every alert's details arrived in time"
     assert p50 < 100, f"p50 {p50:.1f} ms"
+
+
+# -- issue 17 ---------------------------------------------------------------------------------
+
+
+def _wait_signals(hub: Hub, alerts: list[dict[str, Any]]) -> None:
+    """Wait until the connector has the alerts' facts (they travel on another topic)."""
+    ids = [a["envelope"]["event_id"] for a in alerts]
+    wait_until(lambda: len(hub.ledger.signals_for(ids)) == len(ids), what="alert facts")
+
+
+@pytest.mark.kafka
+def test_silent_panic_of_any_type_reaches_cad_as_alrpans_at_top_priority(
+    hub: Hub, cad: SimulatorHandle, validator: EidoValidator
+) -> None:
+    # (panic type, silent, incident type the incidents service gives it) → (APCO, priority)
+    cases = {
+        ("OTHER", True, "THREAT"): ("ALRPANS", 10),
+        ("MEDICAL", True, "MEDICAL"): ("ALRPANS", 10),
+        ("FIRE", True, "FIRE"): ("ALRPANS", 10),
+        ("OTHER", False, "THREAT"): ("THREATS", 7),
+    }
+    alerts = {case: panic_alert(panic_type=case[0], silent=case[1]) for case in cases}
+    for alert in alerts.values():
+        hub.publish(alert)
+    _wait_signals(hub, list(alerts.values()))
+    incidents: dict[tuple[str, bool, str], str] = {}
+    for case, alert in alerts.items():
+        incidents[case] = new_incident_id()
+        hub.publish(
+            incident_event(
+                incident_id=incidents[case],
+                incident_type=case[2],
+                correlated=[alert["envelope"]["event_id"]],
+            )
+        )
+    top = max(PRIORITY_BY_CODE.values())
+    assert top == 10
+    for case, (code, priority) in cases.items():
+        at_cad = cad.wait_incident(incidents[case])
+        component = at_cad["lastEido"]["incidentComponent"]
+        got = (at_cad["apcoCode"], component["incidentCommonPriorityNumber"])
+        assert got == (code, priority), case
+        assert validator.problems(at_cad["lastEido"]) == []
+        alarm = at_cad["lastEido"]["alarmsSensorsComponent"][0]["csaaAlarmInformation"]
+        assert ("silent panic" if case[1] else "audible panic") in alarm
+
+
+def _update_times(node: Any) -> list[str]:
+    """Every lastUpdateTimeStamp anywhere in an EIDO."""
+    if isinstance(node, dict):
+        found = [node["lastUpdateTimeStamp"]] if "lastUpdateTimeStamp" in node else []
+        return found + [t for v in node.values() for t in _update_times(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _update_times(v)]
+    return []
+
+
+@pytest.mark.kafka
+def test_eido_update_times_are_hub_time_never_a_device_clock(
+    hub: Hub, cad: SimulatorHandle
+) -> None:
+    device_clock = datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)
+    alert = panic_alert(occurred_at=device_clock)
+    hub.publish(alert)
+    _wait_signals(hub, [alert])
+    incident_id = new_incident_id()
+    before = datetime.now(UTC).replace(microsecond=0)
+    # An incident event as older incidents services wrote it: occurred_at from the device.
+    hub.publish(
+        incident_event(
+            incident_id=incident_id,
+            correlated=[alert["envelope"]["event_id"]],
+            occurred_at=device_clock,
+        )
+    )
+    opened = cad.wait_incident(incident_id)["lastEido"]
+    hub.publish(
+        cleared_event(
+            incident_id=incident_id, version=2, outcome="FALSE_ALARM", occurred_at=device_clock
+        )
+    )
+    cleared = cad.wait_incident(incident_id, until=lambda c: c["status"] == "Cancelled")
+    after = datetime.now(UTC)
+    for eido in (opened, cleared["lastEido"]):
+        stamps = _update_times(eido)
+        assert len(stamps) >= 5
+        for stamp in stamps:
+            when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            assert before <= when <= after, stamp
+        root = ET.fromstring(eido["locationComponent"][0]["locationByValue"])
+        expiry = next(e.text for e in root.iter() if e.tag.endswith("retention-expiry"))
+        assert expiry is not None and datetime.fromisoformat(expiry.replace("Z", "+00:00")) > after

@@ -9,7 +9,9 @@ component carries the Prologue (``$id``, ``lastUpdateTimeStamp``,
 ``updatedByAgencyReference``); references are ``{"$ref": <$id>}`` within the document.
 
 Ids and timestamps derive from the incident and its version only, so a re-send after a crash
-is the same document. Exercises never produce an EIDO: :class:`ExerciseDispatchError`.
+is the same document. Every "when was this updated" time is hub time (the incident event's
+envelope ``recorded_at``), never a device clock. Exercises never produce an EIDO:
+:class:`ExerciseDispatchError`.
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ APCO_BY_ANALYTIC: Mapping[str, str] = {
 PRIORITY_BY_CODE: Mapping[str, int] = {
     "ACTSHOOT": 10,
     "SHOOT": 10,
+    # A silent panic is the Alyssa's Law alarm: always at the top, whatever the panic's type.
+    "ALRPANS": 10,
     "WEAPON": 9,
-    "ALRPANS": 9,
     "ALRPANA": 9,
     "ALMH": 9,
     "ALRF": 8,
@@ -81,6 +84,8 @@ PRIORITY_BY_CODE: Mapping[str, int] = {
     "SICK": 7,
     "HAZMAT": 8,
 }
+
+TOP_PRIORITY = 10
 
 SRP_PLAIN: Mapping[str, str] = {
     "HOLD": "HOLD: in your room or area, clear the halls",
@@ -166,7 +171,7 @@ class IncidentSnapshot:
             shelter_strategy=event.get("shelter_strategy"),
             correlated_event_ids=tuple(sorted(event.get("correlated_event_ids") or ())),
             summary=str(event.get("summary") or ""),
-            updated_at=_utc(envelope["occurred_at"]),
+            updated_at=_hub_time(envelope),
             exercise=bool(envelope.get("exercise")),
             dispatchable=bool(event.get("dispatchable")),
             note=str(note) if note else None,
@@ -181,7 +186,7 @@ class IncidentSnapshot:
             version=int(event["version"]),
             status="Cancelled" if outcome == "FALSE_ALARM" else "Closed",
             srp_action="ALL_CLEAR",
-            updated_at=_utc(envelope["occurred_at"]),
+            updated_at=_hub_time(envelope),
             exercise=self.exercise or bool(envelope.get("exercise")),
             note=str(event.get("message") or "") or None,
         )
@@ -223,6 +228,15 @@ class IncidentSnapshot:
         return cls(**values)
 
 
+def _hub_time(envelope: Mapping[str, Any]) -> datetime:
+    """When the hub recorded the incident event: the only clock an EIDO's update times use.
+
+    ``occurred_at`` may come from a device's clock (seen: 1969-07-20); ``recorded_at`` is
+    always set by the hub.
+    """
+    return _utc(envelope["recorded_at"])
+
+
 def _utc(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -237,16 +251,21 @@ def _timestamp(value: datetime) -> str:
 def apco_code(incident_type: str, signals: Sequence[SignalFacts]) -> str:
     """The APCO ANS 2.103.2 incident type for CAD, refined by the alerts behind the incident.
 
-    A panic device's own emergency decides between the alarm codes (silent ALRPANS,
-    audible ALRPANA, medical ALRMED); a specific hub classification (active assailant,
-    weapon, fire …) wins over a generic panic.
+    A silent panic is always ALRPANS (top priority) whatever its type and the hub's
+    classification, unless that classification is itself a top-priority code (active
+    assailant: ACTSHOOT). Otherwise a panic device's own emergency decides between the alarm
+    codes (audible ALRPANA, medical ALRMED); a specific hub classification (weapon, fire,
+    threat …) wins over a generic audible panic.
     """
     panics = [s for s in signals if s.kind == "panic"]
+    if any(p.silent for p in panics):
+        classified = APCO_BY_TYPE.get(incident_type, "ALMH")
+        return classified if PRIORITY_BY_CODE.get(classified, 0) >= TOP_PRIORITY else "ALRPANS"
     if incident_type == "MEDICAL":
         return "ALRMED" if panics else "SICK"
     if incident_type == "OTHER":
         if panics:
-            return "ALRPANS" if any(p.silent for p in panics) else "ALRPANA"
+            return "ALRPANA"
         for camera in (s for s in signals if s.kind == "camera"):
             code = APCO_BY_ANALYTIC.get(camera.analytic or "")
             if code:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -332,6 +333,7 @@ def incident_event(
     causation_id: str | None = None,
     change_reason: str = "changed",
     changed_by: str = "incidents",
+    occurred_at: datetime | None = None,
 ) -> dict[str, Any]:
     """An IncidentOpened or IncidentChanged event as the incidents service publishes it."""
     payload: dict[str, Any] = {
@@ -355,12 +357,18 @@ def incident_event(
         incident_id=incident_id,
         causation_id=causation_id,
         exercise=exercise,
+        occurred_at=occurred_at,
         payload=payload,
     )
 
 
 def cleared_event(
-    *, incident_id: str, version: int, outcome: str = "RESOLVED", school: str = "sch-lincoln-hs"
+    *,
+    incident_id: str,
+    version: int,
+    outcome: str = "RESOLVED",
+    school: str = "sch-lincoln-hs",
+    occurred_at: datetime | None = None,
 ) -> dict[str, Any]:
     """An IncidentCleared event."""
     return new_event(
@@ -368,6 +376,7 @@ def cleared_event(
         source="incidents",
         tenant=directory().tenant(school),
         incident_id=incident_id,
+        occurred_at=occurred_at,
         payload={
             "incident_id": incident_id,
             "version": version,
@@ -387,6 +396,7 @@ def panic_alert(
     panic_type: str = "OTHER",
     floor: str | None = "2",
     exercise: bool = False,
+    occurred_at: datetime | None = None,
 ) -> dict[str, Any]:
     """A PanicAlert on the alerts topic (its event id is what incidents correlate)."""
     return new_event(
@@ -396,6 +406,7 @@ def panic_alert(
         building=building,
         room=room,
         exercise=exercise,
+        occurred_at=occurred_at,
         payload={
             "device_id": "badge-0042",
             "device_kind": "WEARABLE",
