@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 
@@ -20,8 +21,15 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from safehub.kernel.errors import ConfigError, SafeHubError
 
 
+#: One variable that names the directory file for every deployable at once.
+DIRECTORY_FILE_VARIABLE = "SAFEHUB_DIRECTORY_FILE"
+
+
 def default_directory_file() -> Path:
-    """The demo directory of a source checkout (deployments set the variable instead)."""
+    """``SAFEHUB_DIRECTORY_FILE`` if set, else the demo directory of a source checkout."""
+    named = os.environ.get(DIRECTORY_FILE_VARIABLE)
+    if named:
+        return Path(named)
     return Path(__file__).resolve().parents[2] / "deploy" / "directory" / "demo.json"
 
 

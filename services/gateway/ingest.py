@@ -20,6 +20,7 @@ from safehub.kernel.codec import Event
 from safehub.kernel.directory import Client, Directory, Scope
 from safehub.kernel.envelope import event_id_for, new_event
 from services.gateway import mapping
+from services.gateway.decisions import Decisions, Outcome, answer
 from services.gateway.intake import Intake, Submission, fingerprint
 from services.gateway.rpc import RejectionError, caller, unary
 from services.gateway.settings import GatewaySection
@@ -84,10 +85,17 @@ class DoorReport:
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     """The ingest RPCs."""
 
-    def __init__(self, directory: Directory, intake: Intake, settings: GatewaySection) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        intake: Intake,
+        settings: GatewaySection,
+        decisions: Decisions | None = None,
+    ) -> None:
         self._directory = directory
         self._intake = intake
         self._settings = settings
+        self._decisions = decisions
         self._skew = timedelta(seconds=settings.max_clock_skew_s)
 
     # -- RPCs ----------------------------------------------------------------------------
@@ -347,9 +355,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 "message": note,
             },
         )
-        submission = self._accept("RequestSrpAction", client, school_id, event, request)
+        outcome, incident_id, submission = self._decided(
+            "RequestSrpAction", client, school_id, event, request
+        )
         return ingest_pb2.RequestSrpActionResponse(
-            event_id=submission.event_id, duplicate=submission.duplicate
+            event_id=submission.event_id,
+            duplicate=submission.duplicate,
+            incident_hint=incident_id,
+            outcome=outcome,
         )
 
     @unary
@@ -410,11 +423,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 "cancelled_by": cancelled_by or client.id,
             },
         )
-        submission = self._accept("CancelPanic", client, school_id, event, request)
+        outcome, _incident, submission = self._decided(
+            "CancelPanic", client, school_id, event, request
+        )
         return ingest_pb2.CancelPanicResponse(
             event_id=submission.event_id,
             duplicate=submission.duplicate,
             panic_event_id=panic_event_id,
+            outcome=outcome,
         )
 
     # -- shared --------------------------------------------------------------------------
@@ -458,6 +474,32 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 "command_id": None,
             },
         )
+
+    def _decided(
+        self, rpc: str, client: Client, school_id: str, event: Event, request: Any
+    ) -> tuple[Outcome, str | None, Submission]:
+        """Accept, then wait for the incident service's decision (refusal → its status)."""
+        if self._decisions is None:
+            submission = self._accept(rpc, client, school_id, event, request)
+            return ingest_pb2.SIGNAL_OUTCOME_UNSPECIFIED, None, submission
+        event_id = str(event["envelope"]["event_id"])
+        future = self._decisions.expect(event_id)  # before publishing: never miss it
+        try:
+            submission = self._accept(rpc, client, school_id, event, request)
+            outcome, incident_id = answer(future, self._settings.decision_wait_s)
+        except RejectionError as rejection:
+            log.info(
+                "refused by the incident service",
+                rpc=rpc,
+                client=client.id,
+                school=school_id,
+                event_id=event_id,
+                code=rejection.code.name,
+            )
+            raise
+        finally:
+            self._decisions.forget(event_id)
+        return outcome, incident_id, submission
 
     def _accept(
         self, rpc: str, client: Client, school_id: str, event: Event, request: Any

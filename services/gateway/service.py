@@ -30,6 +30,7 @@ from safehub.kernel.errors import ConfigError
 from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
 from services.gateway.connectors import ConnectorHub
+from services.gateway.decisions import Decisions
 from services.gateway.dedupe import Deduper
 from services.gateway.ingest import IngestServicer
 from services.gateway.intake import Intake
@@ -90,7 +91,8 @@ class Gateway:
         self.intake = Intake(
             runtime.producer, self.deduper, runtime.settings.kafka.delivery_timeout_s
         )
-        self.ingest = IngestServicer(directory, self.intake, self.settings)
+        self.decisions = Decisions(runtime.settings.kafka, runtime.codec, runtime.catalog)
+        self.ingest = IngestServicer(directory, self.intake, self.settings, self.decisions)
         self.connectors = ConnectorHub(
             directory, self.intake, self.ingest, self.settings, runtime.stop
         )
@@ -160,6 +162,7 @@ def start(runtime: Runtime[GatewaySettings]) -> Gateway:
     section = runtime.settings.gateway
     directory = Directory.load(section.resolved_directory_file())
     gateway = Gateway(runtime, directory)
+    runtime.spawn(lambda: gateway.decisions.run(runtime.stop), name="gateway-decisions")
     gateway.start()
     runtime.on_close(gateway.stop)
     runtime.consumer(

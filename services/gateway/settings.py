@@ -47,6 +47,13 @@ class GatewaySection(BaseModel):
         "below max_workers",
     )
     grace_s: float = Field(default=5.0, ge=0, le=120, description="drain time on SIGTERM")
+    decision_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=30,
+        description="how long an SRP request or a cancellation waits for the incident "
+        "service's decision before it is answered PENDING (recorded, decided later)",
+    )
     max_clock_skew_s: float = Field(
         default=300.0, gt=0, le=86_400, description="how far in the future occurred_at may be"
     )
