@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -364,3 +365,32 @@ def test_undecodable_messages_go_to_the_dead_letter_topic(
             lambda: state.get("/api/v1/subjects/case-dlq/timeline").status_code == 200,
             what="the case",
         )
+
+
+def test_a_year_one_timestamp_or_a_misrouted_record_is_dead_lettered_and_ingest_goes_on(
+    timeline: TimelineProcess,
+    producer: EventProducer,
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+) -> None:
+    # What the gateway once let through: a panic whose device said 0001-01-01.
+    ancient = Scenario()
+    bad = ancient.panic()
+    bad["envelope"]["occurred_at"] = datetime(1, 1, 1, tzinfo=UTC)
+    producer.publish(bad)
+    # And a valid event on a topic that does not carry it.
+    stray = Scenario().opened()
+    producer.publish_raw(
+        catalog.name("safehub.doors.v1"),
+        b"sch-lincoln-hs",
+        codec.encode(stray),
+        [("safehub-event-type", stray["envelope"]["event_type"].encode())],
+    )
+    records = read_topic(kafka, catalog.dead_letter, expect=2, timeout=60)
+    topics = {dict(r.headers())["safehub-dlq-topic"].decode() for r in records}
+    assert topics == {catalog.name("safehub.alerts.v1"), catalog.name("safehub.doors.v1")}
+    # The service still answers, and the next incident is recorded.
+    scenario = Scenario()
+    _publish_story(producer, scenario)
+    assert timeline.wait_entries(scenario.incident_id, 9)["chain"]["ok"]

@@ -18,6 +18,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -30,7 +31,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from sqlalchemy.exc import SQLAlchemyError
 
 from safehub.kernel import tracing
-from safehub.kernel.bus import EventProducer, dead_letter_headers, dead_letter_reason
+from safehub.kernel.bus import (
+    H_EVENT_TYPE,
+    EventProducer,
+    dead_letter_headers,
+    dead_letter_reason,
+    header,
+)
 from safehub.kernel.chain import jsonable
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.envelope import EVENT_NAMESPACE
@@ -55,6 +62,7 @@ LANES: dict[str, str] = {
     "IncidentOpened": "incidents",
     "IncidentChanged": "incidents",
     "IncidentCleared": "incidents",
+    "SignalDecided": "incidents",
     "CadDispatch": "cad",
     "CadStatusUpdate": "cad",
     "LockCommand": "doors",
@@ -98,6 +106,14 @@ SIGNAL_TYPES = frozenset({"PanicAlert", "PanicCancelled", "CameraAlert", "SrpAct
 #: Door states the incidents service correlates (routine reports never join an incident).
 SIGNAL_DOOR_STATES = frozenset({"FORCED_OPEN", "HELD_OPEN"})
 
+#: No real clock shows an earlier time (a device with a reset clock shows 1970).
+PLAUSIBLE_FROM = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _latest() -> datetime:
+    return datetime.now(UTC) + timedelta(days=1)
+
+
 _INCIDENT_STATUS = {"ALL_CLEAR": "cleared", "CLOSED": "closed", "CANCELLED": "cancelled"}
 
 
@@ -140,6 +156,8 @@ def summarize(kind: str, e: Mapping[str, Any]) -> str:  # noqa: PLR0912, PLR0915
             text = f"{e.get('change_reason')} (now {_words(e.get('state'))})"
         case "IncidentCleared":
             text = f"{_words(e.get('outcome')).capitalize()}: {e.get('message')}"
+        case "SignalDecided":
+            text = f"{e.get('signal_type')} {_words(e.get('outcome'))}: {e.get('reason')}"
         case "LockCommand":
             text = f"{_words(e.get('target')).capitalize()} {_words(e.get('scope'))} doors"
         case "DoorLockState":
@@ -237,6 +255,13 @@ def draft_of(event: Event, headers: Sequence[tuple[str, bytes]]) -> Draft:
     tenant = envelope.get("tenant") or {}
     if not tenant.get("district"):
         raise HandlerError(f"{kind} {envelope.get('event_id')} names no district")
+    for name in ("occurred_at", "recorded_at"):
+        when = envelope.get(name)
+        if not isinstance(when, datetime) or not PLAUSIBLE_FROM <= when <= _latest():
+            raise HandlerError(
+                f"{kind} {envelope.get('event_id')}: envelope.{name} is outside the plausible "
+                f"window ({PLAUSIBLE_FROM.date()} to one day ahead)"
+            )
     fields = {k: v for k, v in event.items() if k != "envelope"}
     actor = next((str(fields[f]) for f in ACTOR_FIELDS if fields.get(f)), None)
     trace_id, span_id = trace_ids(headers)
@@ -364,6 +389,8 @@ class BatchConsumer(Closing, Generic[T]):
         self._stop = stop
         self._group_id = group_id
         self._batch_size = batch_size
+        # What each topic may carry (empty: the spans topic, OTLP rather than events).
+        self._declared = {catalog.name(t): frozenset(catalog.specs[t].events) for t in topics}
         self.assigned: set[tuple[str, int]] = set()
         self.written = 0
         self.dead_lettered = 0
@@ -413,6 +440,7 @@ class BatchConsumer(Closing, Generic[T]):
         except KafkaException as exc:
             raise BusError(f"consume failed for group {self._group_id}: {exc}") from exc
         items: list[T] = []
+        sources: list[Message] = []
         done: dict[tuple[str, int], TopicPartition] = {}
         for message in messages:
             error = message.error()
@@ -420,11 +448,13 @@ class BatchConsumer(Closing, Generic[T]):
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error", group=self._group_id, error=error.str())
                 continue
-            items.extend(self._decoded(message))
+            decoded = self._decoded(message)
+            items.extend(decoded)
+            sources.extend([message] * len(decoded))
             topic, partition = str(message.topic()), message.partition() or 0
             done[topic, partition] = TopicPartition(topic, partition, (message.offset() or 0) + 1)
         if items:
-            self._write_until_done(items)
+            self._write_until_done(items, sources)
         if done:
             self._consumer.store_offsets(offsets=list(done.values()))
             with contextlib.suppress(KafkaException):
@@ -435,8 +465,17 @@ class BatchConsumer(Closing, Generic[T]):
         headers = _headers(message)
         value = message.value()
         data = value.encode() if isinstance(value, str) else (value or b"")
+        declared = self._declared.get(str(message.topic())) or frozenset()
+        claimed = header(headers, H_EVENT_TYPE)
         try:
-            return self._decode(data, headers)
+            if declared and claimed is not None and claimed not in declared:
+                raise HandlerError(f"{claimed} is not declared for topic {message.topic()}")
+            decoded = self._decode(data, headers)
+            for item in decoded:
+                kind = getattr(item, "event_type", None)
+                if declared and kind is not None and EVENT_NAMESPACE + kind not in declared:
+                    raise HandlerError(f"{kind} is not declared for topic {message.topic()}")
+            return decoded
         except Exception as exc:
             # SafeHub errors name the problem without payload; others only by type.
             self._to_dead_letter(message, headers, exc)
@@ -472,7 +511,7 @@ class BatchConsumer(Closing, Generic[T]):
             reason=reason,
         )
 
-    def _write_until_done(self, items: list[T]) -> None:
+    def _write_until_done(self, items: list[T], sources: list[Message]) -> None:
         delay = 0.1
         while True:
             try:
@@ -482,9 +521,23 @@ class BatchConsumer(Closing, Generic[T]):
             except (StoreError, SQLAlchemyError) as exc:
                 # The events are fine; the store is not (yet): never dead-letter them.
                 log.warning("store write failed, retrying", error_type=type(exc).__name__)
+            except Exception:
+                self._write_one_by_one(items, sources)
+                return
             if self._stop.wait(delay):
                 raise _Stopping
             delay = min(delay * 2, 5.0)
+
+    def _write_one_by_one(self, items: list[T], sources: list[Message]) -> None:
+        """A batch failed for a reason that is not the store's: find and dead-letter the item."""
+        for item, message in zip(items, sources, strict=True):
+            try:
+                self._write([item])
+                self.written += 1
+            except (StoreError, SQLAlchemyError):
+                self._write_until_done([item], [message])  # the store's trouble, not the item's
+            except Exception as exc:
+                self._to_dead_letter(message, _headers(message), exc)
 
     def close(self) -> None:
         """Commit what was written and leave the group (idempotent)."""
