@@ -923,3 +923,168 @@ def test_eido_update_times_are_hub_time_never_a_device_clock(
         root = ET.fromstring(eido["locationComponent"][0]["locationByValue"])
         expiry = next(e.text for e in root.iter() if e.tag.endswith("retention-expiry"))
         assert expiry is not None and datetime.fromisoformat(expiry.replace("Z", "+00:00")) > after
+
+
+def _malformed_status_bodies(valid: dict[str, Any], marker: str) -> list[tuple[str, bytes, str]]:
+    """(what, body, content type) of status updates CAD should never send (a few hundred)."""
+    json_type = "application/json"
+    raw = json.dumps(valid).encode()
+    bodies: list[tuple[str, bytes, str]] = [
+        ("empty", b"", json_type),
+        ("invalid UTF-8", b'{"' + marker.encode() + b'": "\xff\xfe"}', json_type),
+        ("invalid UTF-8 in a valid update", raw.replace(b'"1.0"', b'"1.0\xc3"'), json_type),
+        ("UTF-16", json.dumps(valid).encode("utf-16"), json_type),
+        ("UTF-32", json.dumps(valid).encode("utf-32"), json_type),
+        ("BOM", b"\xef\xbb\xbf" + raw, json_type),
+        ("NaN", raw[:-1] + b',"x":NaN}', json_type),
+        ("Infinity", raw[:-1] + b',"x":-Infinity}', json_type),
+        ("huge integer", raw[:-1] + b',"x":' + b"9" * 5000 + b"}", json_type),
+        ("huge float", raw[:-1] + b',"x":1e999999}', json_type),
+        ("deep arrays", b"[" * 100_000 + b"]" * 100_000, json_type),
+        ("deep objects", b'{"a":' * 50_000 + b"1" + b"}" * 50_000, json_type),
+        (
+            "deep in a valid update",
+            raw[:-1] + b',"x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+            json_type,
+        ),
+        ("truncated", raw[: len(raw) // 2], json_type),
+        (
+            "lone surrogate",
+            raw.replace(b'"1.0"', b'"1.0"').replace(
+                valid["incidentComponent"]["internalIncidentId"].encode(),
+                valid["incidentComponent"]["internalIncidentId"].encode() + b"\\ud800",
+            ),
+            json_type,
+        ),
+    ]
+    for content_type in (
+        "text/plain",
+        "application/xml",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "image/png",
+        "application/json; charset=latin-1",
+    ):
+        bodies.append((f"content type {content_type}", raw, content_type))
+    for cut in range(1, 40):
+        bodies.append((f"truncated at {cut}/40", raw[: len(raw) * cut // 40], json_type))
+    for value in ([], "text", 1, 1.5, None, True, [valid]):
+        bodies.append((f"document {value!r:.20}", json.dumps(value).encode(), json_type))
+    wrong_types: list[Any] = [None, 0, -1, 1.5, 10**30, True, "", [], [1], {}, {"a": 1}]
+    # Absent or empty, these are a legitimate update (no units, no disposition, CAD id only).
+    optional = {
+        ("emergencyResourceComponent", None),
+        ("emergencyResourceComponent", "[]"),
+        ("dispositionComponent", None),
+        ("dispositionComponent", "[]"),
+        ("incidentTrackingIdentifier", None),
+        ("emergencyResourceName", None),
+    }
+    top_fields = [
+        "$id",
+        "eidoVersion",
+        "issuingElementIdentification",
+        "lastUpdateTimeStamp",
+        "updatedByAgencyReference",
+        "agencyComponent",
+        "incidentComponent",
+        "agentComponent",
+        "emergencyResourceComponent",
+    ]
+    incident_fields = [
+        "$id",
+        "internalIncidentId",
+        "incidentTrackingIdentifier",
+        "incidentStatusCommonRegistryText",
+        "incidentTypeCommonRegistryText",
+        "lastUpdateTimeStamp",
+        "updatedByAgencyReference",
+        "dispositionComponent",
+    ]
+    resource_fields = [
+        "$id",
+        "agentReference",
+        "emergencyResourceName",
+        "primaryUnitStatusRegistryText",
+    ]
+
+    def variant(what: str, change: Any) -> None:
+        words = what.split()
+        if (words[-1], None) in optional and words[0] == "missing":
+            return
+        if "=" in words and (words[-3], words[-1]) in optional | {(n, "None") for n, _ in optional}:
+            return
+        document = json.loads(raw)
+        change(document)
+        bodies.append((what, json.dumps(document).encode(), json_type))
+
+    for name in top_fields:
+        variant(f"missing {name}", lambda d, n=name: d.pop(n))
+        for value in wrong_types:
+            variant(f"{name} = {value!r:.20}", lambda d, n=name, v=value: d.__setitem__(n, v))
+    for name in incident_fields:
+        if name in valid["incidentComponent"]:
+            variant(f"missing incident {name}", lambda d, n=name: d["incidentComponent"].pop(n))
+        for value in wrong_types:
+            variant(
+                f"incident {name} = {value!r:.20}",
+                lambda d, n=name, v=value: d["incidentComponent"].__setitem__(n, v),
+            )
+    for name in resource_fields:
+        variant(f"missing unit {name}", lambda d, n=name: d["emergencyResourceComponent"][0].pop(n))
+        for value in wrong_types:
+            variant(
+                f"unit {name} = {value!r:.20}",
+                lambda d, n=name, v=value: d["emergencyResourceComponent"][0].__setitem__(n, v),
+            )
+    for value in wrong_types:
+        variant(
+            f"agent agencyReference = {value!r:.20}",
+            lambda d, v=value: d["agentComponent"][0].__setitem__("agencyReference", v),
+        )
+        variant(
+            f"disposition item = {value!r:.20}",
+            lambda d, v=value: d["incidentComponent"].__setitem__("dispositionComponent", [v]),
+        )
+    return bodies
+
+
+@pytest.mark.kafka
+def test_inbound_endpoint_answers_every_malformed_request_with_4xx_never_5xx(
+    hub: Hub, cad: SimulatorHandle, pki: DevPki
+) -> None:
+    incident_id = new_incident_id()
+    hub.publish(incident_event(incident_id=incident_id, incident_type="WEAPON"))
+    cad_id = cad.wait_incident(incident_id)["cadIncidentId"]
+    simulated = cad.server.simulator.by_cad_id[cad_id]
+    valid = cad.server.simulator.status_eido(simulated, "ResourcesEnroute", [{"id": "P-12"}], "03")
+    marker = "PAYLOAD-MARKER-5150"
+    bodies = _malformed_status_bodies(valid, marker)
+    assert len(bodies) >= 300
+    url = connector_callback_url(hub.connector)
+    client = httpx.Client(verify=ssl.create_default_context(cafile=str(pki.ca.cert)), timeout=30)
+    auth = f"Bearer {INBOUND_TOKEN}"
+    answers: dict[str, int] = {}
+    wrong: list[str] = []
+    with client:
+        for what, body, content_type in bodies:
+            headers = {"Authorization": auth, "Content-Type": content_type}
+            response = client.post(url, content=body, headers=headers)
+            answers[what] = response.status_code
+            if not 400 <= response.status_code < 500:
+                wrong.append(f"{what}: {response.status_code}")
+                continue
+            reason = response.json()
+            assert isinstance(reason.get("error"), str) and reason["error"], what
+            assert marker not in response.text and "P-12" not in response.text, what
+        odd_token = client.post(
+            url, content=json.dumps(valid).encode(), headers={b"Authorization": b"Bearer \xff"}
+        )
+        if odd_token.status_code != 401:
+            wrong.append(f"non-UTF-8 bearer: {odd_token.status_code}")
+        assert wrong == [], f"{len(wrong)} of {len(bodies)} not answered 4xx: {wrong}"
+        log.warning("malformed status updates: %d, all 4xx", len(bodies))
+        accepted = client.post(url, json=valid, headers={"Authorization": auth})
+        assert accepted.status_code == 202, accepted.text
+    update = wait_until(lambda: hub.dispatch_events(2, "CadStatusUpdate"), what="update")
+    assert [(u["status"], u["disposition_code"]) for u in update] == [("ResourcesEnroute", "03")]

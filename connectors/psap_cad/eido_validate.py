@@ -69,6 +69,8 @@ STRING_ARRAYS = frozenset(
         "resourceAttributeRegistryText",
     }
 )
+#: Properties that must be non-empty strings whatever component carries them.
+NON_EMPTY_STRINGS = frozenset({"issuingElementIdentification", "internalIncidentId"})
 NON_EMPTY_ARRAYS = frozenset(
     {
         "agencyRoleDescriptionRegistryText",
@@ -279,12 +281,19 @@ class _Check:
             if name in NON_EMPTY_ARRAYS and not value:
                 self.problem(where, "must not be empty")
         enum = ENUM_FIELDS.get((type_name, name))
-        if enum is not None and value not in self.rules.enums.get(enum, frozenset()):
+        if enum is not None and (
+            not isinstance(value, str) or value not in self.rules.enums.get(enum, frozenset())
+        ):
             allowed = ", ".join(sorted(self.rules.enums.get(enum, ())))
             self.problem(where, f"must be one of: {allowed}")
         registry = REGISTRY_FIELDS.get((type_name, name))
         if registry is not None:
+            if name not in STRING_ARRAYS and not isinstance(value, str):
+                self.problem(where, "must be a string")
+                return
             self.registry(registry, value, where)
+        if name in NON_EMPTY_STRINGS and (not isinstance(value, str) or not value):
+            self.problem(where, "must be a non-empty string")
         if (
             (type_name, name) == ("AgencyType", "agencyType")
             and isinstance(value, list)
@@ -304,7 +313,12 @@ class _Check:
                 self.problem(where, f"is not a value of the {registry} registry")
 
     def reference(self, value: Any, where: str) -> None:
+        if where.endswith("updatedByAgencyReference") and not isinstance(value, dict):
+            self.problem(where, 'must be a reference object {"$ref": "<$id>"}')
+            return
         items = value if isinstance(value, list) else [value]
+        if not items:
+            self.problem(where, "must reference at least one $id")
         for item in items:
             target = item.get("$ref") if isinstance(item, dict) else None
             if not isinstance(target, str) or not target:

@@ -339,13 +339,17 @@ class PsapCadConnector:
 
     async def _status_endpoint(self, request: web.Request) -> web.Response:
         expected = f"Bearer {self.config.inbound_token.get_secret_value()}".encode()
-        presented = request.headers.get("Authorization", "").encode()
+        # Header bytes that are not UTF-8 arrive surrogate-escaped: compare them as sent.
+        presented = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(presented, expected):
             return web.json_response(
                 {"error": "missing or wrong bearer token"},
                 status=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        refused = _content_type_problem(request.headers.get("Content-Type"))
+        if refused:
+            return web.json_response({"error": refused}, status=415)
         body = await request.read()
         headers = list(request.headers.items())
         status, answer = await asyncio.to_thread(self.accept_status, body, headers)
@@ -369,9 +373,16 @@ class PsapCadConnector:
 
     def _accept_status(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return 400, {"error": "body is not valid JSON"}
+            return self._accept_status_document(body)
+        except MalformedRequestError as exc:
+            return 400, {"error": str(exc)}
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as exc:
+            # A shape nothing above anticipated: still the sender's fault, never a 500.
+            log.warning("malformed status update refused", error_type=type(exc).__name__)
+            return 400, {"error": "malformed status update"}
+
+    def _accept_status_document(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        document = parse_json_body(body)
         problems = self.validator.problems(document)
         if problems:
             return 400, {"error": "not a valid EIDO", "problems": problems}
@@ -382,15 +393,21 @@ class PsapCadConnector:
         if not isinstance(cad_id, str) or not cad_id:
             return 400, {"error": "incidentComponent.internalIncidentId (CAD's id) is required"}
         tracking = incident.get("incidentTrackingIdentifier")
+        if tracking is not None and (not isinstance(tracking, str) or not tracking):
+            return 400, {"error": "incidentComponent.incidentTrackingIdentifier must be a string"}
+        statuses = incident.get("incidentStatusCommonRegistryText")
+        if not isinstance(statuses, list) or not statuses:
+            return 400, {"error": "incidentComponent.incidentStatusCommonRegistryText is required"}
+        units = _units(document)
+        disposition = _disposition(incident)
         record = (
             self.ledger.dispatched(tracking)
-            if isinstance(tracking, str) and tracking
+            if tracking
             else self.ledger.dispatched_by_cad_id(cad_id)
         )
         if record is None:
             return 404, {"error": "unknown incident"}
-        statuses = incident.get("incidentStatusCommonRegistryText") or []
-        status = str(statuses[-1]) if statuses else "Unknown"
+        status = str(statuses[-1])
         if status not in KNOWN_STATUSES:
             status = "Unknown"
         event_id = event_id_for(NAME, f"status:{document['$id']}")
@@ -409,8 +426,8 @@ class PsapCadConnector:
                 "incident_id": record.incident_id,
                 "psap_id": record.psap_id,
                 "status": status,
-                "units": _units(document),
-                "disposition_code": _disposition(incident),
+                "units": units,
+                "disposition_code": disposition,
                 "eido": body.decode(),
             },
         )
@@ -430,34 +447,141 @@ class PsapCadConnector:
         return 202, {"accepted": True, "eventId": event_id}
 
 
+class MalformedRequestError(ValueError):
+    """An inbound request refused with 400; the message is the reason (never the data)."""
+
+
+#: Deeper JSON than this is not an EIDO (ours nest five levels); refused before validation.
+MAX_JSON_DEPTH = 32
+
+
+def _content_type_problem(content_type: str | None) -> str | None:
+    """Why a request's Content-Type is refused (None: JSON in UTF-8, or not said)."""
+    if content_type is None:
+        return None
+    media, _, parameters = content_type.partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        return "Content-Type must be application/json"
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() != "utf-8":
+            return "JSON must be sent in UTF-8"
+    return None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise MalformedRequestError(f"body is not valid JSON ({name} is not a JSON number)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise MalformedRequestError("body has a number out of range")
+    return value
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Strict JSON: UTF-8 without BOM, no NaN/Infinity, finite numbers, bounded nesting,
+    no unpaired surrogates. Raises :class:`MalformedRequestError` naming the rule, never the data.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedRequestError("body is not valid UTF-8") from None
+    if text.startswith("\ufeff"):
+        raise MalformedRequestError("body must not start with a byte order mark")
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    except MalformedRequestError:
+        raise
+    except (ValueError, RecursionError):
+        raise MalformedRequestError("body is not valid JSON") from None
+    _check_shape(document)
+    return document
+
+
+def _check_shape(document: Any) -> None:
+    """Bounded nesting and strings that UTF-8 can carry (walked without recursion)."""
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise MalformedRequestError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                _check_text(key)
+                pending.append((value, depth + 1))
+        elif isinstance(node, list):
+            pending.extend((value, depth + 1) for value in node)
+        elif isinstance(node, str):
+            _check_text(node)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedRequestError("body has a string with an unpaired surrogate") from None
+
+
 def _units(document: Mapping[str, Any]) -> list[dict[str, str | None]]:
     """CadUnit records from emergencyResourceComponent (agency via agent → agency)."""
-    agents = {
-        a.get("$id"): (a.get("agencyReference") or {}).get("$ref")
-        for a in document.get("agentComponent") or []
-        if isinstance(a, dict)
-    }
+    agents: dict[str, str] = {}
+    for agent in document.get("agentComponent") or []:
+        reference = agent.get("agencyReference") if isinstance(agent, dict) else None
+        target = _reference_target(reference)
+        if isinstance(agent, dict) and isinstance(agent.get("$id"), str) and target:
+            agents[agent["$id"]] = target
+    resources = document.get("emergencyResourceComponent") or []
+    if not isinstance(resources, list):
+        raise MalformedRequestError("emergencyResourceComponent must be an array")
     units: list[dict[str, str | None]] = []
-    for resource in document.get("emergencyResourceComponent") or []:
-        reference = resource.get("agentReference")
-        if isinstance(reference, list):
-            reference = reference[0] if reference else {}
-        agency = agents.get((reference or {}).get("$ref"))
+    for index, resource in enumerate(resources):
+        where = f"emergencyResourceComponent[{index}]"
+        if not isinstance(resource, dict):
+            raise MalformedRequestError(f"{where} must be an object")
+        name = resource.get("emergencyResourceName")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise MalformedRequestError(f"{where}.emergencyResourceName must be a non-empty string")
+        status = resource.get("primaryUnitStatusRegistryText")
+        if not isinstance(status, str) or not status:
+            raise MalformedRequestError(
+                f"{where}.primaryUnitStatusRegistryText must be a non-empty string"
+            )
+        agency = agents.get(_reference_target(resource.get("agentReference")) or "")
         units.append(
             {
-                "unit_id": str(resource.get("emergencyResourceName") or resource["$id"]),
-                "status": str(resource.get("primaryUnitStatusRegistryText")),
-                "agency": str(agency) if agency else None,
+                "unit_id": name or str(resource["$id"]),
+                "status": status,
+                "agency": agency,
             }
         )
     return units
 
 
+def _reference_target(reference: Any) -> str | None:
+    """The ``$ref`` of a reference object (or of the first of a list of them)."""
+    if isinstance(reference, list):
+        reference = reference[0] if reference else None
+    target = reference.get("$ref") if isinstance(reference, dict) else None
+    return target if isinstance(target, str) and target else None
+
+
 def _disposition(incident: Mapping[str, Any]) -> str | None:
-    dispositions = [d for d in incident.get("dispositionComponent") or [] if isinstance(d, dict)]
+    dispositions = incident.get("dispositionComponent") or []
+    if not isinstance(dispositions, list) or not all(isinstance(d, dict) for d in dispositions):
+        raise MalformedRequestError(
+            "incidentComponent.dispositionComponent must be an array of objects"
+        )
     primary = next((d for d in dispositions if d.get("dispositionPrimaryIndicator")), None)
     chosen = primary or (dispositions[0] if dispositions else None)
-    return str(chosen["dispositionCommonRegistryCode"]) if chosen else None
+    if chosen is None:
+        return None
+    code = chosen.get("dispositionCommonRegistryCode")
+    if not isinstance(code, str) or not code:
+        raise MalformedRequestError("dispositionCommonRegistryCode must be a non-empty string")
+    return code
 
 
 def start_connector(runtime: Runtime[PsapCadSettings]) -> PsapCadConnector:
