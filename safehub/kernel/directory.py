@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from safehub.kernel.errors import ConfigError, SafeHubError
 
-
 #: One variable that names the directory file for every deployable at once.
 DIRECTORY_FILE_VARIABLE = "SAFEHUB_DIRECTORY_FILE"
 
