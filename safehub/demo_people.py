@@ -3,7 +3,8 @@
 Talks to the hub's stand-ins the way the real world would: the SMS provider simulator's
 control API scripts a phone that cannot be reached and makes a few staff reply "1"; one
 teacher clicks the acknowledgement link in the e-mail the local mail server received.
-Then it reads notify's status API (who was reached, who acknowledged, who has not).
+Then it reads notify's status API (who was reached, who acknowledged, who has not) with the
+token ``safehub up`` issued to the school's administrator.
 """
 
 from __future__ import annotations
@@ -29,10 +30,15 @@ from safehub.kernel.errors import SafeHubError
 ACK_LINK = re.compile(r"(https?://\S+/ack/[A-Za-z0-9._~-]+)")
 
 
-def _call(url: str, body: dict[str, Any] | None = None, *, method: str = "GET") -> Any:
+def _call(
+    url: str, body: dict[str, Any] | None = None, *, method: str = "GET", token: str | None = None
+) -> Any:
     data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(  # noqa: S310 - loopback URLs of the hub's own parts
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
+        url, data=data, method=method, headers=headers
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
         raw = response.read()
@@ -55,6 +61,12 @@ class PeopleDemo:
             for m in s.staff
         }
         with_phone = [m for m in self.school.staff if m.contact.phone]
+        self.admin = next(m for m in self.school.staff if m.role.value == "administrator")
+        #: The token safehub up issued to the school's administrator (notify's API).
+        self.token = hub.notify_tokens[self.admin.id]
+        self.other_admin = next(
+            (hub.notify_tokens[i] for i in hub.notify_tokens if i not in self.staff), None
+        )
         self.unreachable_phone: StaffMember = with_phone[5]
         self.sms_repliers: list[StaffMember] = with_phone[:3]
 
@@ -74,10 +86,14 @@ class PeopleDemo:
         """notify's status of the incident's ``srp_action`` notification, once all handed over."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for row in _call(f"{self.hub.notify_url}/notifications?incident_id={incident_id}"):
+            url = f"{self.hub.notify_url}/notifications?incident_id={incident_id}"
+            for row in _call(url, token=self.token):
                 if row["srp_action"] != srp_action:
                     continue
-                status = _call(f"{self.hub.notify_url}/notifications/{row['notification_id']}")
+                status = _call(
+                    f"{self.hub.notify_url}/notifications/{row['notification_id']}",
+                    token=self.token,
+                )
                 people = [r for r in status["recipients"] if r["kind"] == "staff"]
                 if len(people) == len(self.staff) and all(r["reached"] for r in people):
                     return status
@@ -128,27 +144,30 @@ class PeopleDemo:
         return newest[1]
 
     def release_family_message(self, srp_action: str, console: Console) -> dict[str, bool]:
-        """An administrator approves the held message to families (a teacher may not)."""
+        """The school's administrator approves the held message to families; without a
+        token, or with another school's administrator's, the same request is refused."""
         held = self._held(srp_action)
         url = f"{self.hub.notify_url}/notifications/{held['notification_id']}/decision"
-        teacher = next(m for m in self.school.staff if m.role.value == "teacher")
-        try:
-            _call(url, {"decision": "APPROVED", "decided_by": teacher.id}, method="POST")
-            refused = False
-        except urllib.error.HTTPError as exc:
-            refused = exc.code == 400
-        admin = next(m for m in self.school.staff if m.role.value == "administrator")
-        _call(url, {"decision": "APPROVED", "decided_by": admin.id}, method="POST")
+        # Without a token, then with another school's administrator's: both refused.
+        refusals = []
+        for token in (None, self.other_admin):
+            try:
+                _call(url, {"decision": "APPROVED"}, method="POST", token=token)
+                refusals.append(202)
+            except urllib.error.HTTPError as exc:
+                refusals.append(exc.code)
+        refused = refusals == [401, 403]
+        _call(url, {"decision": "APPROVED"}, method="POST", token=self.token)
         guardians = len(self.school.guardians)
         status = self._wait_reached(held["notification_id"], guardians)
         feed = urllib.request.urlopen(  # noqa: S310 - the hub's own notify endpoint
             f"{self.hub.notify_url}/cap/feed.atom", timeout=10
         ).read()
         console.print(
-            f"family message ({srp_action}) held until {admin.id} (administrator) released it"
-            f"{'; a teacher was refused' if refused else ''}: "
-            f"{status['totals']['reached']}/{guardians} guardians reached; public CAP feed "
-            f"{feed.count(b'<entry')} alert(s)"
+            f"family message ({srp_action}) held until {self.admin.id} (administrator) "
+            f"released it (without a token: {refusals[0]}, another school's administrator: "
+            f"{refusals[1]}): {status['totals']['reached']}/{guardians} guardians reached; "
+            f"public CAP feed {feed.count(b'<entry')} alert(s)"
         )
         return {
             f"{srp_action} family message held until an administrator released it": refused
@@ -160,7 +179,7 @@ class PeopleDemo:
         deadline = time.monotonic() + timeout
         url = f"{self.hub.notify_url}/notifications/held?school={self.school.id}"
         while time.monotonic() < deadline:
-            rows = _call(url)
+            rows = _call(url, token=self.token)
             rows = rows["held"] if isinstance(rows, dict) else rows
             for row in rows:
                 if row.get("srp_action") == srp_action:
@@ -173,7 +192,7 @@ class PeopleDemo:
         url = f"{self.hub.notify_url}/notifications/{notification_id}"
         while time.monotonic() < deadline:
             try:
-                status = _call(url)
+                status = _call(url, token=self.token)
             except urllib.error.HTTPError:
                 status = None  # not published yet: the release is on its way through the bus
             if status and status["totals"]["reached"] >= count:
@@ -199,7 +218,7 @@ class PeopleDemo:
         deadline = time.monotonic() + timeout
         url = f"{self.hub.notify_url}/notifications/{status['notification_id']}"
         while time.monotonic() < deadline:
-            status = _call(url)
+            status = _call(url, token=self.token)
             done = {r["recipient_id"] for r in status["recipients"] if r["acknowledged"]}
             if set(ids) <= done:
                 return status

@@ -4,7 +4,10 @@ Starts the embedded broker unless ``KAFKA_BOOTSTRAP_SERVERS`` names a real clust
 the declared topics, issues development certificates, then runs each service and connector
 as its own process (``python -m services.<name>``), exactly as they run on Kubernetes,
 waiting for each to report ready. Without a configured CAD it also runs the CAD simulator
-(a stand-in for the 911 centre) so the hub works on a laptop.
+(a stand-in for the 911 centre) so the hub works on a laptop. Notify's API gets a fresh
+random bearer token for every administrator in its directory: the digests go to notify's
+operators file, the tokens to ``<run dir>/notify/credentials.json`` (owner-only) and to
+:attr:`Hub.notify_tokens` for the demo.
 
 The kernel never imports a service; it only knows their module names and the variables
 they read. On exit, components get SIGTERM (they drain: flush producers, commit offsets,
@@ -13,6 +16,8 @@ stop gRPC with grace) in reverse start order, then the broker stops.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import mailbox
 import os
 import secrets
@@ -30,6 +35,12 @@ import structlog
 from safehub.embedded.broker import EmbeddedBroker
 from safehub.embedded.pki import DevPki
 from safehub.kernel.admin import ensure_topics
+from safehub.kernel.directory import (
+    DIRECTORY_FILE_VARIABLE,
+    Directory,
+    StaffRole,
+    default_directory_file,
+)
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.lifecycle import Closing
 from safehub.kernel.settings import HubSettings
@@ -120,6 +131,8 @@ class Hub(Closing):
         self.cad_token = secrets.token_urlsafe(24)
         self.sms_auth_token = secrets.token_urlsafe(24)
         self.notify_ack_secret = secrets.token_urlsafe(32)
+        #: Staff id → bearer token of notify's API, one per administrator of the directory.
+        self.notify_tokens: dict[str, str] = {}
 
     @property
     def bootstrap_servers(self) -> str:
@@ -162,6 +175,16 @@ class Hub(Closing):
         return self.run_dir / "mail"
 
     @property
+    def notify_operators_file(self) -> Path:
+        """notify's operators file: administrators and the SHA-256 of their tokens."""
+        return self.run_dir / "notify" / "operators.json"
+
+    @property
+    def notify_credentials_file(self) -> Path:
+        """The tokens themselves (owner-only), for whoever calls notify's API by hand."""
+        return self.run_dir / "notify" / "credentials.json"
+
+    @property
     def pa_played_file(self) -> Path:
         """JSON lines of every announcement the simulated PA/signage connector played."""
         return self.run_dir / "pa-played.jsonl"
@@ -181,6 +204,8 @@ class Hub(Closing):
                 self._start_cad_simulator()
             if self._cad_simulator and "services.notify" in self._components:
                 self._start_notify_stand_ins()
+            if "services.notify" in self._components:
+                self._issue_notify_credentials()
             for component in self._components:
                 self.start_component(component)
         except BaseException:
@@ -238,6 +263,7 @@ class Hub(Closing):
                     "SAFEHUB_NOTIFY__SMS_ENABLED": "true",
                     "SAFEHUB_NOTIFY__TWILIO__API_BASE_URL": self.sms_simulator_url,
                     "SAFEHUB_NOTIFY__TWILIO__AUTH_TOKEN": self.sms_auth_token,
+                    "SAFEHUB_NOTIFY__OPERATORS_FILE": str(self.notify_operators_file),
                 }
             case "services.timeline":
                 return {
@@ -305,6 +331,43 @@ class Hub(Closing):
         env = {**self.base_env(), "SAFEHUB_SIM_CALLBACK_TOKEN": self.cad_token}
         self._spawn(CAD_SIMULATOR, argv, env)
         self._wait_for_port(CAD_SIMULATOR, self.ports.cad_simulator)
+
+    def _issue_notify_credentials(self) -> None:
+        """A new random token per administrator of notify's directory (dev hub only)."""
+        env = self.base_env()  # the directory notify will load, as notify resolves it
+        named = env.get("SAFEHUB_NOTIFY__DIRECTORY_FILE") or env.get(DIRECTORY_FILE_VARIABLE)
+        directory = Directory.load(Path(named) if named else default_directory_file())
+        admins = [
+            (school.id, member.id)
+            for district in directory.districts
+            for school in district.schools
+            for member in school.staff
+            if member.role is StaffRole.ADMINISTRATOR
+        ]
+        self.notify_tokens = {staff_id: secrets.token_urlsafe(32) for _, staff_id in admins}
+        folder = self.notify_operators_file.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        operators = [
+            {"staff_id": staff_id, "token_sha256": hashlib.sha256(token.encode()).hexdigest()}
+            for staff_id, token in self.notify_tokens.items()
+        ]
+        self.notify_operators_file.write_text(json.dumps({"operators": operators}, indent=1))
+        tokens = {
+            staff_id: {"school": school_id, "token": self.notify_tokens[staff_id]}
+            for school_id, staff_id in admins
+        }
+        # Created owner-only before anything is written: these tokens release family messages.
+        self.notify_credentials_file.unlink(missing_ok=True)
+        descriptor = os.open(
+            self.notify_credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+        )
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            json.dump(tokens, out, indent=1)
+        log.info(
+            "notify API credentials issued",
+            administrators=len(tokens),
+            file=str(self.notify_credentials_file),
+        )
 
     def _start_notify_stand_ins(self) -> None:
         """The mail server and the SMS provider that notify delivers to on a laptop."""

@@ -28,6 +28,7 @@ from aiohttp import web
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
 from safehub.kernel.directory import Directory
+from safehub.kernel.envelope import new_event
 from safehub.kernel.http_server import ServerThread
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
@@ -660,6 +661,63 @@ def test_malformed_requests_are_dead_lettered_with_the_reason(
     assert sorted(a for m in smtp.messages for a in m.to) == sorted(emails_of(nurses))
 
 
+def test_records_notify_cannot_process_are_dead_lettered_at_once_with_the_reason(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    producer: EventProducer,
+    smtp: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    """Issue 17 item 15: nothing is passed over in silence, nothing is retried in vain."""
+    lost = incident("IncidentOpened", incident_id=new_incident_id(), srp_action="LOCKDOWN")
+    lost["envelope"]["tenant"]["school"] = "sch-nowhere"
+    unknown_kind = notification_decided(
+        "ntf-held-somewhere", decision="UNKNOWN", decided_by="stf-lincoln-000", incident_id=None
+    )
+    stray = new_event(
+        "DeliveryReceipt",
+        source="gateway",
+        tenant=directory().tenant(LINCOLN),
+        payload={
+            "notification_id": "ntf-never-made",
+            "recipient_id": f"pa:{LINCOLN}",
+            "channel": "PUBLIC_ADDRESS",
+            "status": "DELIVERED",
+            "attempt": 1,
+            "provider_message_id": None,
+            "error": None,
+        },
+    )
+    with new_notify(kafka, catalog, tmp_path, smtp, None):
+        for record in (lost, unknown_kind, stray):
+            producer.publish(record)
+        dead = wait_until(
+            lambda: (
+                len(found := read_all(kafka, catalog.name("safehub.deadletter.v1"))) >= 3 and found
+            ),
+            timeout=60,
+            what="three dead letters",
+        )
+    letters = {h["safehub-event-id"].decode(): h for h in (dict(r.headers()) for r in dead)}
+    expected = {
+        lost["envelope"]["event_id"]: (
+            "notify-incidents",
+            f"incident '{lost['incident_id']}': unknown school 'sch-nowhere'",
+        ),
+        unknown_kind["envelope"]["event_id"]: ("notify-requests", "'UNKNOWN', not APPROVED"),
+        stray["envelope"]["event_id"]: (
+            "notify-requests",
+            "receipt for unknown notification 'ntf-never-made'",
+        ),
+    }
+    for event_id, (group, reason) in expected.items():
+        headers = letters[event_id]
+        assert headers["safehub-dlq-group"].decode().endswith(group)
+        assert reason in headers["safehub-dlq-reason"].decode(), headers["safehub-dlq-reason"]
+        assert headers["safehub-dlq-error-type"] == b"HandlerError"
+        assert headers["safehub-dlq-attempts"] == b"1"  # permanent: not retried
+
+
 # -- families and the public: held until an administrator approves ----------------------------
 
 #: Text that must never come back in an error answer.
@@ -764,16 +822,15 @@ def test_a_family_message_is_held_until_an_administrator_approves_it(
     try:
         incident_id, held = lockdown_held(notify, producer, smtp, sim, LINCOLN)
         nid = held["notification_id"]
-        refused = {
-            "is a teacher; only an administrator of sch-lincoln-hs may decide": notify.decide(
+        forbidden = {
+            "is a teacher; only an administrator of the school may": notify.decide(
                 nid, decision="APPROVED", decided_by=teacher(LINCOLN).id
             ),
-            "decided_by 'stf-nobody' is not a staff member of sch-lincoln-hs": notify.decide(
-                nid, decision="APPROVED", decided_by="stf-nobody"
+            f"is an administrator of {WASHINGTON}, not of {LINCOLN}": notify.decide(
+                nid, decision="APPROVED", decided_by=administrator(WASHINGTON).id
             ),
-            f"decided_by '{administrator(WASHINGTON).id}' is not a staff member of {LINCOLN}": (
-                notify.decide(nid, decision="APPROVED", decided_by=administrator(WASHINGTON).id)
-            ),
+        }
+        refused = {
             "unknown held notification 'ntf-unknown'": notify.decide(
                 "ntf-unknown", decision="APPROVED", decided_by=admin.id
             ),
@@ -827,6 +884,9 @@ def test_a_family_message_is_held_until_an_administrator_approves_it(
     for reason, answer in refused.items():
         assert answer.status_code == 400, (reason, answer.text)
         assert reason in answer.json()["error"] and NOT_ECHOED not in answer.text
+    for reason, answer in forbidden.items():
+        assert answer.status_code == 403, (reason, answer.text)
+        assert reason in answer.json()["error"]
     assert anonymous.status_code == 401
     assert before == [] and feed_before == []
     # Approved: every guardian of the school once per channel, nobody of another school.

@@ -26,6 +26,7 @@ from services.notify.channels.twilio import (
     STATUS_PATH,
     VOICE_ACK_PATH,
     TwilioRequestError,
+    parse_form,
     parse_gather,
     parse_inbound_sms,
     parse_status_callback,
@@ -485,6 +486,28 @@ def test_malformed_callbacks_are_refused_by_name() -> None:
         {"MessageSid": "SM1", "MessageStatus": "undelivered", "ErrorCode": "39999"}
     )
     assert unknown.error == "39999 Twilio error"
+
+
+def test_webhook_bodies_are_parsed_strictly_and_errors_never_carry_them() -> None:
+    form = "application/x-www-form-urlencoded; charset=UTF-8"
+    assert parse_form(b"From=%2B15551230001&Body=S%C3%AD+1&Digits=", form) == {
+        "From": "+15551230001",
+        "Body": "Sí 1",
+        "Digits": "",
+    }
+    refused = {
+        b"From=%2B15551230001&Body=1\xff": "not UTF-8",
+        b"From=%2B15551230001&Body=%FF": "not UTF-8",
+        b"From=%2B15551230001&Body": "not form data",
+        b"&".join(b"a%d=1" % i for i in range(201)): "not form data",
+        b"x=" + b"1" * (64 * 1024): "larger than",
+    }
+    for raw, reason in refused.items():
+        with pytest.raises(TwilioRequestError, match=reason) as error:
+            parse_form(raw, form)
+        assert "1555" not in str(error.value) and error.value.__context__ is None
+    with pytest.raises(TwilioRequestError, match="x-www-form-urlencoded"):
+        parse_form(b'{"From": "+15551230001"}', "application/json")
 
 
 def test_twiml_say_escapes_text_and_gathers_one_digit() -> None:

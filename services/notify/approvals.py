@@ -5,8 +5,10 @@ prepares a message to the school's guardians, whose CAP document is the public a
 (:data:`~services.notify.templates.FAMILY` text, priority URGENT, no acknowledgement). It is
 stored as *held* and nothing is sent; a newer one of the same incident supersedes it.
 
-An administrator of the school decides through notify's web API, which checks the decision
-and publishes a NotificationDecided. The requests consumer applies it (:meth:`Approvals.handle`):
+An administrator of the school decides through notify's web API, which authenticates them
+(:mod:`services.notify.auth`: the approver is the token's holder, never a typed field),
+checks the decision and publishes a NotificationDecided. The requests consumer applies it
+(:meth:`Approvals.handle`; a decision of a kind it does not know is dead-lettered):
 APPROVED publishes the NotificationRequested (the approver's edited text if any,
 ``requested_by`` = the approver, caused by the decision) through the outbox in the
 transaction that records the decision; REJECTED sends nothing. Only a held message can be
@@ -204,6 +206,13 @@ class Approvals:
                 f"{APPROVER_ROLE.value} of {school.id} may decide on family and public messages"
             )
 
+    def school_of(self, notification_id: str) -> str:
+        """The school of a held (or decided) message; ApprovalError if there is none."""
+        held = self._store.held_message(notification_id)
+        if held is None:
+            raise ApprovalError(f"unknown held notification {_short(notification_id)}")
+        return held.school_id
+
     def check(self, decision: Decision) -> HeldRow:
         """The held message a decision may be taken on; ApprovalError naming why not."""
         held = self._store.held_message(decision.notification_id)
@@ -257,8 +266,11 @@ class Approvals:
         event = consumed.event
         notification_id = str(event["notification_id"])
         if event.get("decision") not in OUTCOME:  # a symbol this reader does not know
-            log.warning("decision of an unknown kind: still held", notification_id=notification_id)
-            return
+            raise HandlerError(
+                f"decision {consumed.event_id} on {_short(notification_id)} is "
+                f"{str(event.get('decision'))[:32]!r}, not APPROVED or REJECTED: the message "
+                "stays held; decide again with a symbol this notify knows"
+            )
         try:
             decision = Decision.of(notification_id, event)
             held = self._store.held_message(notification_id)

@@ -516,26 +516,36 @@ class Dispatcher:
         return len(jobs)
 
     def handle_foreign_receipt(self, event: Event) -> None:
-        """A receipt from elsewhere (the gateway, for PA/signage command results)."""
+        """A receipt from elsewhere (the gateway, for PA/signage command results).
+
+        One for a delivery notify never made is dead-lettered (HandlerError): passing it over
+        would hide a PA or sign that reports on an announcement nobody asked for.
+        """
         notification_id = str(event["notification_id"])
         if self._notification(notification_id) is None:
-            return
+            raise HandlerError(
+                f"receipt for unknown notification {notification_id[:64]!r}: "
+                "no delivery of this notify to update"
+            )
         rows = [
             d
             for d in self.store.deliveries_of(notification_id, str(event["recipient_id"]))
             if d.channel == event["channel"]
         ]
-        if rows:
-            latest = max(rows, key=lambda d: d.attempt)
-            self._remember(latest)
-            status = str(event["status"])
-            self.transition(
-                latest.delivery_id,
-                status,
-                event.get("provider_message_id"),
-                event.get("error"),
-                emit=False,
+        if not rows:
+            raise HandlerError(
+                f"receipt for notification {notification_id[:64]!r}: no "
+                f"{str(event['channel'])[:32]} delivery to {str(event['recipient_id'])[:64]!r}"
             )
+        latest = max(rows, key=lambda d: d.attempt)
+        self._remember(latest)
+        self.transition(
+            latest.delivery_id,
+            str(event["status"]),
+            event.get("provider_message_id"),
+            event.get("error"),
+            emit=False,
+        )
 
     # -- planning ----------------------------------------------------------------------------
 

@@ -33,13 +33,14 @@ import structlog
 from safehub.kernel.bus import H_EVENT_TYPE, H_SOURCE, ConsumedEvent, Headers, header
 from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import EVENT_NAMESPACE, new_event
-from safehub.kernel.errors import BusError
+from safehub.kernel.errors import BusError, HandlerError
 from safehub.kernel.http_server import ServerThread
 from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
 from services.notify import templates
 from services.notify.approvals import DECIDED, Approvals
-from services.notify.audiences import Audiences, Target
+from services.notify.audiences import AudienceError, Audiences, Target
+from services.notify.auth import ApiAuth, OperatorsFile
 from services.notify.cap import (
     CapAlert,
     CapError,
@@ -98,14 +99,23 @@ class IncidentHook:
     def handle(self, consumed: ConsumedEvent) -> None:
         """Consumer handler for the incidents topic."""
         if consumed.event_type not in (OPENED, CHANGED, CLEARED):
-            return
+            return  # lockdown progress and signal decisions: nothing to tell anyone
         event, envelope = consumed.event, consumed.envelope
         incident_id = str(event["incident_id"])
         version = int(event["version"])
         action = "ALL_CLEAR" if consumed.event_type == CLEARED else event.get("srp_action")
         school_id = envelope["tenant"].get("school")
-        if not action or not school_id:
-            return
+        # An incident notify cannot place would pass unannounced: dead-letter it, loudly.
+        if not school_id:
+            raise HandlerError(
+                f"incident {incident_id[:64]!r} has no school in its tenant: nobody to notify"
+            )
+        try:
+            school = self._audiences.school(str(school_id))
+        except AudienceError as exc:
+            raise HandlerError(f"incident {incident_id[:64]!r}: {exc}") from exc
+        if not action:
+            return  # no SRP action in force yet: nothing to announce
         mark = self._store.incident_mark(incident_id)
         if mark is not None:
             last_action, last_version, _nid, last_audiences = mark
@@ -120,7 +130,6 @@ class IncidentHook:
             audiences = [f"staff:{school_id}", f"pa:{school_id}", f"signage:{school_id}"]
             if not exercise and self._notify_responders:
                 audiences.append(f"responders:{school_id}")
-        school = self._audiences.school(str(school_id))
         headline = (
             f"{templates.ACTIONS[action]['en'][0]} - {school.name}"
             if action in (templates.ACTIONS)
@@ -384,7 +393,18 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
     config = runtime.settings.notify
     # One INFO line per provider request would be thousands per lockdown; receipts say it all.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    audiences = Audiences(Directory.load(config.directory_file))
+    for name in AIOHTTP_LOGGERS:
+        logging.getLogger(name).addFilter(_without_exception)
+    directory = Directory.load(config.directory_file)
+    audiences = Audiences(directory)
+    operators = OperatorsFile.load(config.operators_file) if config.operators_file else None
+    auth = ApiAuth(directory, operators.operators if operators else [], config.status_token)
+    if not auth.configured:
+        log.warning(
+            "no API credentials: status, held messages and decisions refuse everyone; set "
+            "SAFEHUB_NOTIFY__OPERATORS_FILE (administrators' token digests) to release "
+            "family messages"
+        )
     store = Store(config.database_url)
     runtime.on_close(store.close)
     links = AckLinks(config.ack_secret)
@@ -417,8 +437,8 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
         approvals=approvals,
         store=store,
         links=links,
+        auth=auth,
         twilio_token=config.twilio.auth_token if config.sms_enabled else None,
-        status_token=config.status_token,
         cap_xsd=config.cap_xsd,
     )
     server.start(web.app())
@@ -457,6 +477,22 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
         hook.handle,
         fetch_wait_max_ms=config.incidents_fetch_wait_ms,
     )
+
+
+#: aiohttp's loggers; what they log about a failed request must not carry the request.
+AIOHTTP_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.internal")
+
+
+def _without_exception(record: logging.LogRecord) -> bool:
+    """Keep the line, drop the exception: its repr (a UnicodeDecodeError's holds the whole
+    input) and a traceback's locals can carry a request body. The type is kept."""
+    if record.exc_info and record.exc_info[0] is not None:
+        record.msg = f"{record.getMessage()} ({record.exc_info[0].__name__})"
+        record.args = None
+    record.exc_info = None
+    record.exc_text = None
+    record.stack_info = None
+    return True
 
 
 def _for_dispatcher(headers: Headers) -> bool:

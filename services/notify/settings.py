@@ -50,9 +50,15 @@ class NotifySection(BaseModel):
     ack_secret: SecretStr = Field(
         default=SecretStr(""), description="HMAC key of acknowledgement links (required)"
     )
+    operators_file: Path | None = Field(
+        default=None,
+        description="JSON file of the staff allowed to use the status and approval API, by "
+        "the SHA-256 of their bearer token (services/notify/auth.py); None: nobody",
+    )
     status_token: SecretStr = Field(
         default=SecretStr(""),
-        description="bearer token for /notifications status (empty: no token asked)",
+        description="read-only bearer token of a monitoring system: delivery status and "
+        "Restricted CAP alerts of every school, never held messages or decisions (empty: none)",
     )
     # -- policy ---------------------------------------------------------------------------
     ack_timeout_s: float = Field(default=120.0, gt=0, le=86_400)

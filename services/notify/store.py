@@ -824,6 +824,17 @@ class Store(Closing):
             ).first()
         return None if row is None else (str(row[0]), str(row[1]))
 
+    def cap_document(self, identifier: str) -> tuple[str, str, str] | None:
+        """(XML, scope, school id) of a CAP alert: whom to show a Restricted one to."""
+        table = self.cap_alerts
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(table.c.xml, table.c.scope, table.c.school_id).where(
+                    table.c.identifier == identifier
+                )
+            ).first()
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]))
+
     def cap_of_incident(self, incident_id: str, scope: str) -> list[tuple[str, float]]:
         """(identifier, sent time) of the CAP alerts of ``scope`` already issued for an incident.
 

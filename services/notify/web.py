@@ -5,17 +5,26 @@ the CAP feed and per-notification status.
   scanners prefetch links with GET, so a GET never acknowledges). The token is
   ``<delivery id>.<HMAC-SHA256(secret, delivery id)>``: ids only, nothing personal.
 * ``POST /providers/twilio/status`` (status callbacks), ``/providers/twilio/inbound`` (reply
-  "1" acknowledges), ``/providers/twilio/voice-ack?d=<delivery>`` (keypress 1): each checks
-  ``X-Twilio-Signature`` against the public URL with the provider's auth token.
-* ``GET /cap/feed.atom`` (Public alerts), ``GET /cap/alerts/{identifier}.xml`` (Restricted
-  ones need the status token when one is set).
+  "1" acknowledges), ``/providers/twilio/voice-ack?d=<delivery>`` (keypress 1): the raw body
+  is parsed strictly first (not form-encoded UTF-8: 400 with a short reason, the body never
+  logged), then ``X-Twilio-Signature`` is checked against the public URL with the
+  provider's auth token (403).
+* ``GET /cap/feed.atom`` (Public alerts), ``GET /cap/alerts/{identifier}.xml`` (Public ones
+  for anyone; Restricted ones like status below).
 * ``GET /notifications?incident_id=…`` and ``GET /notifications/{id}``: who was reached on
-  which channel, who acknowledged, who has not (bearer ``status_token`` when set).
+  which channel, who acknowledged, who has not.
 * ``GET /notifications/held?school=…``: family/public messages awaiting approval, with their
   text per language; ``POST /notifications/{id}/decision`` ``{"decision": "APPROVED" |
-  "REJECTED", "decided_by": <administrator's staff id>, "headline"?, "body"?, "note"?}``
-  publishes the decision (202) or answers 400 naming what is wrong (bearer token as above).
+  "REJECTED", "headline"?, "body"?, "note"?}`` publishes the decision (202) or answers 400
+  naming what is wrong. The approver is the caller the token names, never a typed field.
 * ``GET /healthz``.
+
+The status and approval routes need a bearer token (:mod:`services.notify.auth`): 401
+without a known one, 403 unless it is an administrator's of the school concerned (the
+read-only ``status_token`` reads status and Restricted CAP, never held messages or
+decisions). Acknowledgement links, provider callbacks and Public CAP stay open: they carry
+their own proof (link HMAC, Twilio signature) or are public by design. No exception leaves
+a handler: an unexpected one is logged by type and route only, never with the request.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import base64
 import hashlib
 import hmac
 import html
+import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +46,7 @@ from pydantic import SecretStr
 from safehub.kernel.errors import BusError, ConfigError
 from services.notify.approvals import ApprovalError, Approvals, Decision
 from services.notify.audiences import AudienceError
+from services.notify.auth import ApiAuth, AuthError, Caller
 from services.notify.cap import CAP_MEDIA_TYPE, Scope, parse
 from services.notify.cap_endpoint import ATOM_MEDIA_TYPE, FeedEntry, atom_feed
 from services.notify.channels import twilio
@@ -45,6 +56,14 @@ from services.notify.store import Store
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: API answers name people and messages: never cached by a browser or proxy.
+API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+def _route(request: web.Request) -> str:
+    """The route's template (``/ack/{token}``), never the path: paths carry link tokens."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 class AckLinks:
@@ -103,16 +122,16 @@ class NotifyWeb:
         approvals: Approvals,
         store: Store,
         links: AckLinks,
+        auth: ApiAuth,
         twilio_token: SecretStr | None,
-        status_token: SecretStr,
         cap_xsd: Path,
     ) -> None:
         self.dispatcher = dispatcher
         self.approvals = approvals
         self.store = store
         self.links = links
+        self.auth = auth
         self._twilio_token = twilio_token.get_secret_value() if twilio_token else ""
-        self._status_token = status_token.get_secret_value()
         self._cap_xsd = cap_xsd
 
     @property
@@ -122,7 +141,7 @@ class NotifyWeb:
 
     def app(self) -> web.Application:
         """The routes."""
-        app = web.Application(client_max_size=256 * 1024)
+        app = web.Application(client_max_size=256 * 1024, middlewares=[self._guard])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/ack/{token}", self._ack_page)
         app.router.add_post("/ack/{token}", self._ack)
@@ -136,6 +155,38 @@ class NotifyWeb:
         app.router.add_get("/notifications/{notification_id}", self._status)
         app.router.add_post("/notifications/{notification_id}/decision", self._decision)
         return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Refusals as JSON, API answers uncached, and no exception ever reaching aiohttp's
+        logger: it would log the exception's repr, which for a decoding error is the body."""
+        try:
+            response = await handler(request)
+        except AuthError as exc:
+            headers = {"WWW-Authenticate": 'Bearer realm="safehub-notify"'}
+            response = web.json_response(
+                {"error": str(exc)},
+                status=exc.status,
+                headers=headers if exc.status == 401 else None,
+            )
+            log.warning("API request refused", route=_route(request), status=exc.status)
+        except web.HTTPException:
+            raise  # aiohttp's own answers (404, 405, 413) carry no request data
+        except Exception as exc:
+            log.error(
+                "request failed", route=_route(request), error_type=type(exc).__name__
+            )  # no exc_info: a traceback's locals and the exception's repr hold the body
+            response = web.json_response(
+                {"error": "internal error: the request was not processed; try again"},
+                status=500,
+            )
+        if request.path.startswith("/notifications"):
+            for name, value in API_HEADERS.items():
+                response.headers.setdefault(name, value)
+        return response
+
+    def _caller(self, request: web.Request) -> Caller:
+        return self.auth.authenticate(request.headers.get("Authorization"))
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -175,8 +226,14 @@ class NotifyWeb:
         self, handler: Callable[[web.Request, dict[str, str]], Awaitable[web.Response]]
     ) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
-            form = await request.post()
-            params = {k: str(v) for k, v in form.items()}
+            # Raw bytes, parsed strictly here: aiohttp's request.post() would raise a
+            # decoding error whose repr (in any log of it) is the body, phone numbers and all.
+            raw = await request.read()
+            try:
+                params = twilio.parse_form(raw, request.headers.get("Content-Type"))
+            except twilio.TwilioRequestError as exc:
+                log.warning("malformed provider callback refused", route=_route(request))
+                return web.Response(status=400, text=str(exc))
             url = self.public_url + request.path_qs
             signature = request.headers.get(twilio.SIGNATURE_HEADER)
             if not twilio.validate_signature(self._twilio_token, url, params, signature):
@@ -235,12 +292,6 @@ class NotifyWeb:
 
     # -- CAP ---------------------------------------------------------------------------------
 
-    def _authorised(self, request: web.Request) -> bool:
-        if not self._status_token:
-            return True
-        presented = request.headers.get("Authorization", "").encode()
-        return hmac.compare_digest(presented, f"Bearer {self._status_token}".encode())
-
     async def _feed(self, _request: web.Request) -> web.Response:
         rows = await asyncio.to_thread(self.store.cap_recent, 200)
         entries = []
@@ -265,21 +316,27 @@ class NotifyWeb:
 
     async def _cap_alert(self, request: web.Request) -> web.Response:
         identifier = request.match_info["identifier"]
-        found = await asyncio.to_thread(self.store.cap, identifier)
+        found = await asyncio.to_thread(self.store.cap_document, identifier)
         if found is None:
             return web.Response(status=404, text="unknown CAP alert")
-        xml, scope = found
-        if scope != Scope.PUBLIC.value and not self._authorised(request):
-            return web.Response(status=401, text="restricted alert: bearer token required")
+        xml, scope, school_id = found
+        if scope != Scope.PUBLIC.value:
+            self.auth.authorise(self._caller(request), school_id, decide=False)
         return web.Response(text=xml, content_type=CAP_MEDIA_TYPE, charset="utf-8")
 
     # -- status ------------------------------------------------------------------------------
 
     async def _notifications(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return web.json_response({"error": "bearer token required"}, status=401)
+        caller = self._caller(request)
+        self.auth.authorise(caller, None, decide=False)
         incident_id = request.query.get("incident_id")
         rows = await asyncio.to_thread(self.store.list_notifications, incident_id=incident_id)
+        if not caller.status_reader:
+            # An incident is one school's: naming another school's is refused, not hidden.
+            if incident_id is not None:
+                for n in rows:
+                    self.auth.authorise(caller, n.school_id, decide=False)
+            rows = [n for n in rows if n.school_id == caller.school_id]
         return web.json_response(
             [
                 {
@@ -295,23 +352,25 @@ class NotifyWeb:
         )
 
     async def _status(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return web.json_response({"error": "bearer token required"}, status=401)
+        caller = self._caller(request)
+        self.auth.authorise(caller, None, decide=False)
         found = await asyncio.to_thread(
             self.dispatcher.status, request.match_info["notification_id"]
         )
         if found is None:
             return web.json_response({"error": "unknown notification"}, status=404)
+        self.auth.authorise(caller, str(found["school_id"]), decide=False)
         return web.json_response(found)
 
     # -- approval of family and public messages -------------------------------------------
 
     async def _held(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return web.json_response({"error": "bearer token required"}, status=401)
+        caller = self._caller(request)
+        self.auth.authorise(caller, None, decide=True)
         school = request.query.get("school")
         if not school:
             return web.json_response({"error": "query parameter school is required"}, status=400)
+        self.auth.authorise(caller, school, decide=True)
         try:
             found = await asyncio.to_thread(self.approvals.pending, school)
         except AudienceError as exc:
@@ -319,15 +378,26 @@ class NotifyWeb:
         return web.json_response(found)
 
     async def _decision(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return web.json_response({"error": "bearer token required"}, status=401)
+        caller = self._caller(request)
+        self.auth.authorise(caller, None, decide=True)
         notification_id = request.match_info["notification_id"]
         try:
-            data = await request.json()
-        except ValueError:
-            return web.json_response({"error": "the body must be JSON"}, status=400)
+            data = json.loads(await request.read())
+        except ValueError:  # UnicodeDecodeError included
+            return web.json_response({"error": "the body must be a UTF-8 JSON object"}, status=400)
+        if not isinstance(data, dict):
+            return web.json_response({"error": "the body must be a UTF-8 JSON object"}, status=400)
+        typed = data.get("decided_by")
+        if typed is not None and typed != caller.id:
+            raise AuthError(
+                403,
+                f"decided_by names someone else: the decision is taken as {caller.id}, the "
+                "holder of this token; leave decided_by out",
+            )
         try:
-            decision = Decision.of(notification_id, data)
+            school_id = await asyncio.to_thread(self.approvals.school_of, notification_id)
+            self.auth.authorise(caller, school_id, decide=True)
+            decision = Decision.of(notification_id, {**data, "decided_by": caller.id})
             event_id = await asyncio.to_thread(self.approvals.submit, decision)
         except (ApprovalError, AudienceError) as exc:
             log.warning("decision refused", notification_id=notification_id[:200], error=str(exc))

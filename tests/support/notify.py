@@ -2,6 +2,11 @@
 endpoint, the notify service as a process (with its approval API and Atom feed at hand),
 incident and notification events, and directory generation.
 
+Every NotifyProcess gets an operators file with a bearer token for every staff member of its
+directory (``notify.tokens``; what each may do is the directory's role, as in production);
+the status helpers read with the read-only status token, the approval helpers act as the
+administrator who decides.
+
 Typical use::
 
     with SmtpSink() as smtp, ProviderSimProcess(workdir) as sim:
@@ -14,7 +19,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 import json
+import secrets
 import socket
 import threading
 import time
@@ -161,6 +168,19 @@ class CapSink:
         self._server.close()
 
 
+def issue_tokens(directory_file: Path, operators_file: Path) -> dict[str, str]:
+    """A fresh bearer token for every staff member of the directory (staff id → token), their
+    SHA-256 written as notify's operators file."""
+    staff = [m.id for d in directory(directory_file).districts for s in d.schools for m in s.staff]
+    tokens = {staff_id: secrets.token_urlsafe(24) for staff_id in staff}
+    operators = [
+        {"staff_id": staff_id, "token_sha256": hashlib.sha256(token.encode()).hexdigest()}
+        for staff_id, token in tokens.items()
+    ]
+    operators_file.write_text(json.dumps({"operators": operators}), encoding="utf-8")
+    return tokens
+
+
 def notify_env(
     workdir: Path,
     *,
@@ -170,9 +190,10 @@ def notify_env(
     database_url: str | None = None,
     **overrides: str,
 ) -> dict[str, str]:
-    """Environment of a notify process for a test or benchmark."""
+    """Environment of a notify process for a test or benchmark (operators file in workdir)."""
     env = {
         "SAFEHUB_NOTIFY__DIRECTORY_FILE": str(directory_file),
+        "SAFEHUB_NOTIFY__OPERATORS_FILE": str(workdir / "operators.json"),
         "SAFEHUB_NOTIFY__DATABASE_URL": database_url or f"sqlite:///{workdir / 'notify.sqlite3'}",
         "SAFEHUB_NOTIFY__HTTP_PORT": "0",
         "SAFEHUB_NOTIFY__PORT_FILE": str(workdir / "notify.port"),
@@ -207,13 +228,13 @@ class NotifyProcess(Component):
         **env: str,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__(
-            "services.notify",
-            kafka,
-            catalog.prefix,
-            workdir,
-            notify_env(workdir, smtp_port=smtp.port, sim=sim, **env),
+        environment = notify_env(workdir, smtp_port=smtp.port, sim=sim, **env)
+        #: Staff id → bearer token of notify's API (every staff member; roles decide).
+        self.tokens = issue_tokens(
+            Path(environment["SAFEHUB_NOTIFY__DIRECTORY_FILE"]),
+            Path(environment["SAFEHUB_NOTIFY__OPERATORS_FILE"]),
         )
+        super().__init__("services.notify", kafka, catalog.prefix, workdir, environment)
         self.sim = sim
         self.http: httpx.Client | None = None
 
@@ -254,20 +275,35 @@ class NotifyProcess(Component):
         )
         return found
 
+    def bearer(self, staff_id: str | None) -> dict[str, str]:
+        """The Authorization header of a staff member's token (none for None)."""
+        return {"Authorization": f"Bearer {self.tokens[staff_id]}"} if staff_id else {}
+
     def held(self, school: str) -> list[dict[str, Any]]:
-        """GET /notifications/held?school=… (family/public messages awaiting approval)."""
+        """GET /notifications/held?school=… as the school's first administrator."""
         assert self.http is not None
+        admin = next(
+            m.id for m in directory().school(school).staff if m.role.value == "administrator"
+        )
         found: list[dict[str, Any]] = (
-            self.http.get("/notifications/held", params={"school": school})
+            self.http.get(
+                "/notifications/held", params={"school": school}, headers=self.bearer(admin)
+            )
             .raise_for_status()
             .json()
         )
         return found
 
-    def decide(self, notification_id: str, **body: Any) -> httpx.Response:
-        """POST /notifications/{id}/decision with ``body`` as JSON (the answer, unchecked)."""
+    def decide(self, notification_id: str, *, decided_by: str, **body: Any) -> httpx.Response:
+        """POST /notifications/{id}/decision with ``body`` as JSON, authenticated with the
+        token of ``decided_by`` (who is not named in the body: the token says who decides).
+        Returns the answer, unchecked."""
         assert self.http is not None
-        return self.http.post(f"/notifications/{notification_id}/decision", json=body)
+        return self.http.post(
+            f"/notifications/{notification_id}/decision",
+            json=body,
+            headers=self.bearer(decided_by),
+        )
 
     def feed(self) -> list[CapAlert]:
         """The public Atom feed's alerts, each fetched without a token and parsed (validated)."""

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from xml.sax.saxutils import escape, quoteattr
 
 from safehub.kernel.errors import SafeHubError
@@ -32,6 +32,10 @@ VOICE_ACK_DELIVERY_PARAM = "d"
 SIGNATURE_HEADER = "X-Twilio-Signature"
 #: The key the callee presses to acknowledge a voice message.
 ACK_DIGIT = "1"
+#: What Twilio's webhooks are: form-encoded, UTF-8, a few hundred bytes, a few dozen fields.
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+MAX_WEBHOOK_BYTES = 64 * 1024
+MAX_WEBHOOK_FIELDS = 200
 
 #: Meanings of the Twilio error codes SafeHub meets (REST answers and status callbacks).
 ERROR_MEANINGS: dict[str, str] = {
@@ -180,6 +184,39 @@ def _url_variants(url: str) -> list[str]:
     elif parts.port == default_port:
         variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}")))
     return variants
+
+
+def parse_form(raw: bytes, content_type: str | None) -> dict[str, str]:
+    """The parameters of a webhook body, decoded strictly (a repeated name: the last value).
+
+    Raises TwilioRequestError with a short reason for anything Twilio would not send: not
+    form-encoded, too large, not UTF-8, a field without ``=``. Neither the reason nor the
+    error's context carries the body (it holds phone numbers and message text).
+    """
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media != FORM_MEDIA_TYPE:
+        raise TwilioRequestError(f"the body must be {FORM_MEDIA_TYPE}")
+    if len(raw) > MAX_WEBHOOK_BYTES:
+        raise TwilioRequestError(f"the body is larger than {MAX_WEBHOOK_BYTES} bytes")
+    reason = None
+    pairs: list[tuple[str, str]] = []
+    # The reason is raised after the except blocks, so no error chains back to the bytes.
+    try:
+        pairs = parse_qsl(
+            raw.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_WEBHOOK_FIELDS,
+        )
+    except UnicodeDecodeError:
+        reason = "the body is not UTF-8 form data"
+    except ValueError:
+        reason = f"the body is not form data (name=value pairs, at most {MAX_WEBHOOK_FIELDS})"
+    if reason is not None:
+        raise TwilioRequestError(reason)
+    return dict(pairs)
 
 
 def parse_status_callback(params: Mapping[str, str]) -> ProviderStatus:

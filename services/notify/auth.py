@@ -1,0 +1,179 @@
+"""Who may call notify's API: staff members with a bearer token, authorised by the directory.
+
+Same scheme as the timeline's reviewers: the caller sends ``Authorization: Bearer <token>``
+and notify keeps only the token's SHA-256 (hex), in the *operators file*
+(``SAFEHUB_NOTIFY__OPERATORS_FILE``)::
+
+    {"operators": [{"staff_id": "stf-lincoln-000", "token_sha256": "<64 hex digits>"}]}
+
+A token names a staff member of the directory; their school and role come from the
+directory, never from the request. Reading status or the held messages and deciding on one
+are for administrators of that school. The optional ``status_token`` is a read-only
+credential for a monitoring system (status and Restricted CAP alerts of every school; never
+held messages or decisions). Nothing configured means nobody is let in: there is no switch
+that opens the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from safehub.kernel.directory import Directory, StaffRole
+from safehub.kernel.errors import ConfigError, SafeHubError
+
+#: Who may read status and held messages and decide on family and public messages.
+ADMINISTRATOR = StaffRole.ADMINISTRATOR
+#: The caller id of the monitoring system's ``status_token``.
+STATUS_READER = "status-token"
+BEARER_HINT = (
+    "send 'Authorization: Bearer <token>' with the token of an administrator of the school "
+    "(listed by SHA-256 in notify's operators file)"
+)
+
+
+def token_sha256(token: str) -> str:
+    """The SHA-256 (hex) of a bearer token, as the operators file stores it."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Operator(BaseModel):
+    """A staff member allowed to use notify's API, by the digest of their bearer token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    staff_id: str = Field(min_length=1, max_length=200)
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class OperatorsFile(BaseModel):
+    """The operators file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operators: list[Operator] = Field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> OperatorsFile:
+        """Read and validate it (ConfigError names the file and the problem, never a digest)."""
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except OSError as exc:
+            raise ConfigError(
+                f"SAFEHUB_NOTIFY__OPERATORS_FILE {path} cannot be read: {exc.strerror}"
+            ) from None
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(
+                f"SAFEHUB_NOTIFY__OPERATORS_FILE {path} is invalid: {problems}"
+            ) from None
+
+
+class AuthError(SafeHubError):
+    """A request refused: 401 (who are you?) or 403 (not yours); the message says what to do."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller: a staff member of one school, or the status reader."""
+
+    id: str
+    school_id: str | None  # None: the status reader (every school, read only)
+    role: StaffRole | None
+
+    @property
+    def status_reader(self) -> bool:
+        """Whether this is the monitoring system's read-only status token."""
+        return self.school_id is None
+
+
+class ApiAuth:
+    """Authenticates bearer tokens and authorises callers per school."""
+
+    def __init__(
+        self, directory: Directory, operators: list[Operator], status_token: SecretStr
+    ) -> None:
+        staff = {
+            member.id: (school.id, member.role)
+            for district in directory.districts
+            for school in district.schools
+            for member in school.staff
+        }
+        self._operators: list[tuple[str, Caller]] = []
+        seen: set[str] = set()
+        for operator in operators:
+            found = staff.get(operator.staff_id)
+            if found is None:
+                raise ConfigError(
+                    f"operators file: staff id {operator.staff_id[:64]!r} is not a staff "
+                    "member in the directory; remove it or fix the id"
+                )
+            if operator.token_sha256 in seen:
+                raise ConfigError(
+                    f"operators file: the token of {operator.staff_id[:64]!r} is also another "
+                    "operator's; give every person their own token"
+                )
+            seen.add(operator.token_sha256)
+            self._operators.append(
+                (operator.token_sha256, Caller(operator.staff_id, found[0], found[1]))
+            )
+        self._status_token = status_token.get_secret_value()
+
+    @property
+    def configured(self) -> bool:
+        """Whether anyone at all can be let in."""
+        return bool(self._operators or self._status_token)
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        """The caller of an ``Authorization`` header value (AuthError 401 if none or unknown)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError(401, f"credentials required: {BEARER_HINT}")
+        if self._status_token and hmac.compare_digest(
+            token.encode("utf-8"), self._status_token.encode("utf-8")
+        ):
+            return Caller(STATUS_READER, None, None)
+        digest = token_sha256(token)
+        found = None
+        for known, caller in self._operators:  # every entry compared: constant time
+            if hmac.compare_digest(known, digest):
+                found = caller
+        if found is None:
+            raise AuthError(401, f"unknown bearer token: {BEARER_HINT}")
+        return found
+
+    def authorise(self, caller: Caller, school_id: str | None, *, decide: bool) -> None:
+        """Refuse (AuthError 403) unless ``caller`` may read (or, with ``decide``, decide)
+        for ``school_id``; with ``school_id`` None only the role is checked."""
+        if caller.status_reader:
+            if decide:
+                raise AuthError(
+                    403,
+                    "the status token only reads delivery status; held family messages and "
+                    "decisions need an administrator's own token",
+                )
+            return
+        if caller.role is not ADMINISTRATOR:
+            role = caller.role.value if caller.role else "staff member"
+            raise AuthError(
+                403,
+                f"{caller.id} is a {role}; only an {ADMINISTRATOR.value} of the school may "
+                "use this (ask one of them)",
+            )
+        if school_id is not None and school_id != caller.school_id:
+            raise AuthError(
+                403,
+                f"{caller.id} is an {ADMINISTRATOR.value} of {caller.school_id}, not of "
+                f"{school_id[:64]}; use a token of that school's administrator",
+            )
