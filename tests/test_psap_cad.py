@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from connectors.psap_cad.eido import (
+    EIDO_MAX_BYTES,
     PRIORITY_BY_CODE,
     EidoBuilder,
     ExerciseDispatchError,
@@ -45,6 +46,7 @@ from safehub.embedded.pki import DevPki
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
 from safehub.kernel.directory import Directory
+from safehub.kernel.envelope import new_event
 from safehub.kernel.errors import ConfigError
 from safehub.kernel.settings import KafkaSettings, load_settings
 from safehub.kernel.topics import TopicCatalog
@@ -116,6 +118,12 @@ class Hub:
         consumer = self.connector.incident_consumer
         assert consumer is not None
         return consumer.stats.handled
+
+    def settle(self, handled: int) -> None:
+        """Wait until ``handled`` incident events are handled and every queued one delivered
+        (delivery runs in the PSAP lanes, after the consumer moved on)."""
+        wait_until(lambda: self.handled() >= handled, what=f"{handled} incident events handled")
+        wait_until(lambda: self.connector.dispatcher.waiting() == 0, what="lanes idle")
 
     def dispatch_events(self, expect: int, event_type: str) -> list[dict[str, Any]]:
         topic = self.catalog.name("safehub.dispatch.v1")
@@ -376,7 +384,13 @@ def test_ledger_gives_the_same_answers_on_sqlite_and_postgresql(database_url: st
         assert ledger.dispatched_by_cad_id("CAD-1") is not None
     finally:
         with ledger._engine.begin() as conn:  # tidy up the shared database
-            for table in (ledger.incidents, ledger.decisions, ledger.signals, ledger.inbound):
+            for table in (
+                ledger.incidents,
+                ledger.decisions,
+                ledger.signals,
+                ledger.inbound,
+                ledger.outbox,
+            ):
                 table.drop(conn)
         ledger.close()
 
@@ -483,7 +497,7 @@ def test_duplicate_event_gives_one_cad_incident_and_one_delivery(
     opened = incident_event(incident_id=incident_id, incident_type="WEAPON")
     hub.publish(opened)
     hub.publish(opened)  # a redelivery: the same event, the same event id
-    wait_until(lambda: hub.handled() >= 2, what="both copies handled")
+    hub.settle(2)
     at_cad = cad.incident(incident_id)
     assert at_cad is not None and at_cad["deliveries"] == 1 and at_cad["versions"] == [1]
     assert len(cad.incidents()) == 1
@@ -519,7 +533,7 @@ def test_version_change_updates_the_same_cad_incident(hub: Hub, cad: SimulatorHa
             summary="Officers on the way",
         )
     )
-    wait_until(lambda: hub.handled() >= 3, what="three versions handled")
+    hub.settle(3)
     updated = cad.incident(incident_id)
     assert updated is not None
     assert updated["cadIncidentId"] == created["cadIncidentId"]
@@ -661,7 +675,7 @@ def test_cad_status_update_comes_back_as_an_event_and_is_not_echoed(
             causation_id=closing["envelope"]["event_id"],
         )
     )
-    wait_until(lambda: hub.handled() >= 3, what="changes handled")
+    hub.settle(3)
     assert [d.decision for d in hub.ledger.history(incident_id)] == [
         Decision.SENT,
         Decision.UNCHANGED,
@@ -1088,3 +1102,128 @@ def test_inbound_endpoint_answers_every_malformed_request_with_4xx_never_5xx(
         assert accepted.status_code == 202, accepted.text
     update = wait_until(lambda: hub.dispatch_events(2, "CadStatusUpdate"), what="update")
     assert [(u["status"], u["disposition_code"]) for u in update] == [("ResourcesEnroute", "03")]
+
+
+def _camera_alert(index: int, *, building: str = "B") -> dict[str, Any]:
+    """A CameraAlert with every text at the gateway's maximum size."""
+    camera = f"cam-{index % 40:02d}-" + "x" * 121  # 128 characters, 40 cameras
+    return new_event(
+        "CameraAlert",
+        source="video-analytics-north",
+        tenant=directory().tenant("sch-lincoln-hs"),
+        building=building,
+        payload={
+            "camera_id": camera,
+            "vendor_alert_id": f"va-{index}-" + "v" * 100,
+            "analytic": "WEAPON",
+            "confidence": 0.97,
+            "clip_url": f"https://video.example/clip/{index}/" + "c" * 2000,
+            "snapshot_url": None,
+        },
+    )
+
+
+@pytest.mark.kafka
+def test_a_noisy_incident_keeps_its_eido_within_budget_and_summarises_the_rest(
+    hub: Hub, cad: SimulatorHandle, validator: EidoValidator
+) -> None:
+    """Item 10: 480 maximum-size weapon alerts in one incident once made a 1 MB EIDO."""
+    alerts = [_camera_alert(i) for i in range(480)]
+    for alert in alerts:
+        hub.publish(alert)
+    _wait_signals(hub, alerts)
+    incident_id = new_incident_id()
+    ids = [a["envelope"]["event_id"] for a in alerts]
+    hub.publish(
+        incident_event(incident_id=incident_id, incident_type="WEAPON", correlated=ids, room=None)
+    )
+    eido = cad.wait_incident(incident_id)["lastEido"]
+    size = len(json.dumps(eido, separators=(",", ":"), ensure_ascii=False).encode())
+    assert size <= EIDO_MAX_BYTES, f"EIDO of {size} bytes"
+    assert validator.problems(eido) == []
+    alarms = [a["csaaAlarmInformation"] for a in eido["alarmsSensorsComponent"]]
+    summaries = [a for a in alarms if "more camera alert" in a]
+    assert len(summaries) == 1, alarms
+    shown = len(alarms) - 1
+    assert f"and {480 - shown} more camera alert(s) ({480 - shown} weapon)" in summaries[0]
+    assert "and 32 other camera(s)" in summaries[0]  # 8 of the 40 cameras named
+    assert incident_id in summaries[0]
+    dispatch = wait_until(lambda: hub.dispatch_events(1, "CadDispatch"), what="CadDispatch")
+    assert json.loads(dispatch[0]["eido"]) == eido
+
+
+@pytest.mark.kafka
+def test_a_burst_on_one_incident_does_not_delay_another_schools_dispatch(
+    hub: Hub, cad: SimulatorHandle
+) -> None:
+    """Item 10: versions of a noisy incident coalesce; the other school goes ahead of them."""
+    cad.latency(40)
+    noisy, other = new_incident_id(), new_incident_id()
+    versions = 100
+    for version in range(1, versions + 1):
+        hub.publish(
+            incident_event(
+                "IncidentOpened" if version == 1 else "IncidentChanged",
+                incident_id=noisy,
+                version=version,
+                # Each version names one more signal: a change CAD is sent.
+                correlated=[f"signal-{noisy}-{n}" for n in range(version)],
+            )
+        )
+    hub.publish(
+        incident_event(incident_id=other, school="sch-washington-ms", building="MAIN", room=None)
+    )
+    cad.wait_incident(other)
+    final = cad.wait_incident(noisy, until=lambda c: c["versions"][-1] == versions)
+    order = [d["trackingId"] for d in cad.deliveries() if d["outcome"] != "outage"]
+    before_other = order[: order.index(other)].count(noisy)
+    # Serially, all 100 versions went first (4 s at this CAD's pace) and CAD lagged behind.
+    assert before_other < versions / 2, f"{before_other} noisy deliveries before the other school"
+    assert final["versions"] == sorted(final["versions"]), "versions reach CAD in order"
+    assert len(final["versions"]) < versions, "waiting versions were coalesced into the newest"
+
+
+@pytest.mark.kafka
+def test_a_psap_whose_cad_is_down_does_not_delay_another_psaps_dispatch(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+    pki: DevPki,
+    cad: SimulatorHandle,
+    tmp_path: Path,
+) -> None:
+    """Item 10: each PSAP has its own delivery lane."""
+    with running_simulator(pki, require_client_cert=True) as north_cad:
+        north_cad.outage(down=True)
+        settings = connector_settings(
+            kafka,
+            catalog,
+            pki,
+            tmp_path,
+            cad_url=cad.intake_url,
+            cad_endpoints={"psap-north-county": north_cad.intake_url},
+        )
+        north = [new_incident_id() for _ in range(20)]
+        south = new_incident_id()
+        with (
+            EventProducer(kafka, codec, catalog) as producer,
+            running_connector(settings, codec),
+        ):
+            for incident_id in north:
+                producer.publish(incident_event(incident_id=incident_id))
+            wait_until(
+                lambda: [d for d in north_cad.deliveries() if d["outcome"] == "outage"],
+                what="north county's CAD refusing",
+            )
+            producer.publish(
+                incident_event(
+                    incident_id=south, school="sch-riverside-es", building="1", room=None
+                )
+            )
+            at_south = cad.wait_incident(south)
+            assert at_south["versions"] == [1]
+            assert all(north_cad.incident(i) is None for i in north)
+            north_cad.outage(down=False)
+            for incident_id in north:
+                assert north_cad.wait_incident(incident_id)["deliveries"] == 1
+        assert north_cad.stats()["exerciseDeliveries"] == 0

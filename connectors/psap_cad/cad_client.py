@@ -1,17 +1,15 @@
-"""Sending EIDOs to CAD over HTTPS, retrying until CAD takes them or the connector stops.
+"""Sending EIDOs to CAD over HTTPS.
 
-One POST per incident version to the PSAP's intake URL, with ``Idempotency-Key:
-<incident id>:<version>`` (so a re-send after a crash is the same request to CAD) and the
-W3C ``traceparent`` of the current span (the httpx instrumentation adds a client span and
-the header). 200/201 is delivery; anything else (connection failure, timeout, 5xx, even a
-4xx) is retried with exponential backoff capped at ``retry_cap_s``: a real dispatch is never
-given up. Only the stop signal ends the loop, with :class:`DispatchInterrupted`.
+One POST per attempt to the PSAP's intake URL, with ``Idempotency-Key: <incident id>:<version>``
+(so a re-send after a crash is the same request to CAD) and the W3C ``traceparent`` of the
+current span (the httpx instrumentation adds a client span and the header). 200/201 is
+delivery; anything else (connection failure, timeout, 5xx, even a 4xx) is a failed attempt
+that the caller retries with backoff (:mod:`.dispatcher`): a real dispatch is never given up.
 """
 
 from __future__ import annotations
 
 import ssl
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +26,11 @@ EIDO_MEDIA_TYPE = "application/json"
 
 
 class DispatchInterrupted(BaseException):
-    """The connector is stopping while a dispatch is still undelivered.
+    """The connector is stopping while a dispatch is still unrecorded.
 
     A BaseException on purpose: the kernel's consumer retries and then dead-letters any
     Exception, and a dispatch must never be dead-lettered. This one passes through the
-    consumer loop, so the offset is not committed and the next run sends it again.
+    consumer loop, so the offset is not committed and the next run handles it again.
     """
 
 
@@ -56,9 +54,8 @@ def client_ssl_context(config: PsapCadConfig) -> ssl.SSLContext:
 class CadClient(Closing):
     """A keep-alive HTTPS client for the CAD intake endpoints."""
 
-    def __init__(self, config: PsapCadConfig, stop: threading.Event) -> None:
+    def __init__(self, config: PsapCadConfig) -> None:
         self._config = config
-        self._stop = stop
         headers = {"Content-Type": EIDO_MEDIA_TYPE, "Accept": "application/json"}
         if config.cad_token is not None:
             headers["Authorization"] = f"Bearer {config.cad_token.get_secret_value()}"
@@ -69,41 +66,27 @@ class CadClient(Closing):
         )
         HTTPXClientInstrumentor.instrument_client(self._client)
 
-    def deliver(self, url: str, body: bytes, *, incident_id: str, version: int) -> CadAccepted:
-        """POST ``body`` until CAD accepts it; raises DispatchInterrupted only on stop."""
+    def attempt(
+        self, url: str, body: bytes, *, incident_id: str, version: int, attempt: int
+    ) -> CadAccepted | str:
+        """POST ``body`` once: what CAD accepted, or why it did not (no payload in it)."""
         key = f"{incident_id}:{version}"
-        delay = self._config.retry_initial_s
-        attempt = 0
-        while True:
-            attempt += 1
-            reason: str
-            try:
-                response = self._client.post(url, content=body, headers={"Idempotency-Key": key})
-                if response.status_code in (200, 201):
-                    return CadAccepted(response.status_code, _cad_id(response), attempt)
-                reason = f"HTTP {response.status_code}"
-                if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-                    # CAD refuses the document: an operator must look, but we keep trying.
-                    log.error(
-                        "CAD rejected the EIDO",
-                        incident_id=incident_id,
-                        version=version,
-                        status_code=response.status_code,
-                        problems=_problems(response),
-                    )
-            except httpx.HTTPError as exc:
-                reason = type(exc).__name__
-            log.warning(
-                "CAD delivery failed, retrying",
+        try:
+            response = self._client.post(url, content=body, headers={"Idempotency-Key": key})
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+        if response.status_code in (200, 201):
+            return CadAccepted(response.status_code, _cad_id(response), attempt)
+        if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+            # CAD refuses the document: an operator must look, but we keep trying.
+            log.error(
+                "CAD rejected the EIDO",
                 incident_id=incident_id,
                 version=version,
-                attempt=attempt,
-                reason=reason,
-                retry_in_s=round(delay, 3),
+                status_code=response.status_code,
+                problems=_problems(response),
             )
-            if self._stop.wait(delay):
-                raise DispatchInterrupted(f"stopping with {key} undelivered")
-            delay = min(delay * 2, self._config.retry_cap_s)
+        return f"HTTP {response.status_code}"
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -12,6 +12,11 @@ Ids and timestamps derive from the incident and its version only, so a re-send a
 is the same document. Every "when was this updated" time is hub time (the incident event's
 envelope ``recorded_at``), never a device clock. Exercises never produce an EIDO:
 :class:`ExerciseDispatchError`.
+
+Size is bounded whatever the number of signals (:data:`EIDO_MAX_BYTES`): the earliest and
+the latest few signals (hub time) are alarms in full, the rest one summary alarm per kind
+("and 474 more camera alerts … from cameras …"); every text is clipped; if a document is still
+over budget it is rebuilt with less detail (:data:`DETAIL_LEVELS`).
 """
 
 from __future__ import annotations
@@ -86,6 +91,36 @@ PRIORITY_BY_CODE: Mapping[str, int] = {
 }
 
 TOP_PRIORITY = 10
+
+#: Most bytes an EIDO may have as sent. 480 camera alerts in one incident once made a 1 MB
+#: EIDO: CAD fell 90 versions behind and CadDispatch could not carry it on Kafka.
+EIDO_MAX_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Detail:
+    """How much of an incident an EIDO carries in full."""
+
+    first: int  # earliest signals (hub time) as alarms in full
+    latest: int  # latest signals as alarms in full
+    urls: bool  # alarmUrl (clip links) of the signals in full
+    text: int  # longest alarm line, in characters
+    notes: int  # longest note line
+    points: int  # device positions in the PIDF-LO
+
+
+#: Tried in order until the document fits :data:`EIDO_MAX_BYTES`.
+DETAIL_LEVELS = (
+    Detail(first=3, latest=3, urls=True, text=600, notes=1000, points=4),
+    Detail(first=1, latest=1, urls=False, text=200, notes=300, points=1),
+    Detail(first=1, latest=0, urls=False, text=120, notes=120, points=0),
+)
+#: Sources (cameras, devices) named in a summary alarm; the others are counted.
+MAX_NAMED_SOURCES = 8
+MAX_NAME = 64
+#: Longest text taken from the directory or the incident (names, address, place, SRP detail).
+MAX_FIELD = 200
+MAX_URL = 2048
 
 SRP_PLAIN: Mapping[str, str] = {
     "HOLD": "HOLD: in your room or area, clear the halls",
@@ -378,11 +413,26 @@ class EidoBuilder:
         return school.psap_id if school else UNKNOWN_PSAP
 
     def build(self, snapshot: IncidentSnapshot, signals: Sequence[SignalFacts] = ()) -> BuiltEido:
-        """The EIDO of ``snapshot`` (raises :class:`ExerciseDispatchError` for an exercise)."""
+        """The EIDO of ``snapshot``, within :data:`EIDO_MAX_BYTES` whatever the signals.
+
+        Raises :class:`ExerciseDispatchError` for an exercise.
+        """
         if snapshot.exercise:
             raise ExerciseDispatchError(
                 f"incident {snapshot.incident_id} is an exercise: no EIDO is ever built for it"
             )
+        # Earliest first on the hub's clock (facts from before hub time was kept sort first).
+        ordered = sorted(signals, key=lambda s: (s.recorded_at or "", s.event_id))
+        built = self._build(snapshot, ordered, DETAIL_LEVELS[0])
+        for detail in DETAIL_LEVELS[1:]:
+            if len(built.body()) <= EIDO_MAX_BYTES:
+                break
+            built = self._build(snapshot, ordered, detail)
+        return built
+
+    def _build(
+        self, snapshot: IncidentSnapshot, signals: Sequence[SignalFacts], detail: Detail
+    ) -> BuiltEido:
         school = self.school(snapshot)
         psap_id = school.psap_id if school else UNKNOWN_PSAP
         district_id = snapshot.tenant.get("district") or "unknown"
@@ -408,13 +458,13 @@ class EidoBuilder:
                 **prologue(hub_agency),
                 "agencyRoleDescriptionRegistryText": ["Informational"],
                 "agencyType": ["other"],
-                "agencyJcard": _jcard(f"{district_name} (SafeHub {self.hub_id})"),
+                "agencyJcard": _jcard(f"{_clip(district_name, MAX_FIELD)} (SafeHub {self.hub_id})"),
             },
             {
                 **prologue(psap_agency),
                 "agencyRoleDescriptionRegistryText": ["Dispatching"],
                 "agencyType": ["psap"],
-                "agencyJcard": _jcard(psap_id),
+                "agencyJcard": _jcard(_clip(psap_id, MAX_FIELD)),
                 "incidentOwningAgencyIndicator": True,
             },
         ]
@@ -439,20 +489,36 @@ class EidoBuilder:
                     **prologue(location_id),
                     "locationTypeDescriptionRegistryText": "CurrentIncident",
                     "locationDescriptionText": self._place_text(snapshot, school, signals),
-                    "locationByValue": self._pidf(snapshot, school, signals),
+                    "locationByValue": self._pidf(snapshot, school, signals, detail),
                 }
             ],
             "notesComponent": [
-                {**prologue(notes_id), "notesActionComments": _notes_html(snapshot)}
+                {**prologue(notes_id), "notesActionComments": _notes_html(snapshot, detail)}
             ],
         }
+        shown, rest = _select(signals, detail)
         alarms = [
             {
                 **prologue(self._urn("alarmid", snapshot.incident_id, s.event_id)),
-                "csaaAlarmInformation": f"{code}: {s.describe()} (SafeHub signal {s.event_id})",
-                **({"alarmUrl": s.clip_url} if s.clip_url else {}),
+                "csaaAlarmInformation": _clip(
+                    f"{code}: {s.describe()} (SafeHub signal {_clip(s.event_id, MAX_NAME)})",
+                    detail.text,
+                ),
+                **(
+                    {"alarmUrl": s.clip_url}
+                    if detail.urls and s.clip_url and len(s.clip_url) <= MAX_URL
+                    else {}
+                ),
             }
-            for s in signals
+            for s in shown
+        ]
+        alarms += [
+            {
+                **prologue(self._urn("alarmid", snapshot.incident_id, "summary", kind)),
+                "csaaAlarmInformation": f"{code}: {text}; every signal is in SafeHub incident "
+                f"{snapshot.incident_id}",
+            }
+            for kind, text in _summaries(rest)
         ]
         if not alarms:
             alarms = [
@@ -477,37 +543,43 @@ class EidoBuilder:
     def _place_text(
         self, snapshot: IncidentSnapshot, school: School | None, signals: Sequence[SignalFacts]
     ) -> str:
-        parts = [school.name if school else f"school {snapshot.tenant.get('school')}"]
+        parts = [_school_name(snapshot, school)]
         if school and school.address:
-            parts.append(school.address)
+            parts.append(_clip(school.address, MAX_FIELD))
         if snapshot.building:
             building = school.building(snapshot.building) if school else None
-            label = f"Building {snapshot.building}"
+            label = f"Building {_clip(snapshot.building, MAX_NAME)}"
             if building and building.name and building.name != label:
-                label += f" ({building.name})"
+                label += f" ({_clip(building.name, MAX_NAME)})"
             parts.append(label)
-        floor = next((s.floor for s in signals if s.floor), None)
+        floor = _floor(signals)
         if floor:
             parts.append(f"Floor {floor}")
         if snapshot.room:
-            parts.append(f"Room {snapshot.room}")
+            parts.append(f"Room {_clip(snapshot.room, MAX_NAME)}")
         return ", ".join(parts)
 
     def _pidf(
-        self, snapshot: IncidentSnapshot, school: School | None, signals: Sequence[SignalFacts]
+        self,
+        snapshot: IncidentSnapshot,
+        school: School | None,
+        signals: Sequence[SignalFacts],
+        detail: Detail,
     ) -> str:
         state = snapshot.tenant.get("state") or self.directory.state
-        civic = civic_address(school.address if school else "", state)
-        civic["NAM"] = school.name if school else f"school {snapshot.tenant.get('school')}"
+        civic = civic_address(_clip(school.address, MAX_FIELD) if school else "", state)
+        civic["NAM"] = _school_name(snapshot, school)
         if snapshot.building:
-            civic["BLD"] = snapshot.building
+            civic["BLD"] = _clip(snapshot.building, MAX_NAME)
         if snapshot.room:
-            civic["ROOM"] = snapshot.room
-        floor = next((s.floor for s in signals if s.floor), None)
+            civic["ROOM"] = _clip(snapshot.room, MAX_NAME)
+        floor = _floor(signals)
         if floor:
             civic["FLR"] = floor
         points: list[tuple[str, float, float, str]] = []
         for s in signals:
+            if len(points) >= detail.points:
+                break
             if s.latitude is not None and s.longitude is not None:
                 points.append((f"device-{len(points) + 1}", s.latitude, s.longitude, "GPS"))
         if school and school.latitude is not None and school.longitude is not None:
@@ -524,13 +596,13 @@ def _jcard(name: str) -> list[Any]:
     return ["vcard", [["version", {}, "text", "4.0"], ["fn", {}, "text", name]]]
 
 
-def _notes_html(snapshot: IncidentSnapshot) -> str:
+def _notes_html(snapshot: IncidentSnapshot, detail: Detail) -> str:
     """The plain-language note, as the HTML5 fragment notesActionComments carries."""
     lines = [snapshot.summary or f"SafeHub incident {snapshot.incident_id}"]
     if snapshot.srp_action:
         action = SRP_PLAIN.get(snapshot.srp_action, snapshot.srp_action)
         if snapshot.srp_action == "EVACUATE" and snapshot.evacuate_location:
-            action += f" to {snapshot.evacuate_location}"
+            action += f" to {_clip(snapshot.evacuate_location, MAX_FIELD)}"
         if snapshot.srp_action == "SHELTER" and (
             snapshot.shelter_hazard or snapshot.shelter_strategy
         ):
@@ -544,4 +616,90 @@ def _notes_html(snapshot: IncidentSnapshot) -> str:
         lines.append("The school has given the ALL CLEAR.")
     if snapshot.note:
         lines.append(snapshot.note)
-    return "".join(f"<p>{html.escape(line)}</p>" for line in lines)
+    return "".join(f"<p>{html.escape(_clip(line, detail.notes))}</p>" for line in lines)
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def _school_name(snapshot: IncidentSnapshot, school: School | None) -> str:
+    name = school.name if school else f"school {snapshot.tenant.get('school')}"
+    return _clip(name, MAX_FIELD)
+
+
+def _floor(signals: Sequence[SignalFacts]) -> str | None:
+    floor = next((s.floor for s in signals if s.floor), None)
+    return _clip(floor, MAX_NAME) if floor else None
+
+
+def _select(
+    signals: Sequence[SignalFacts], detail: Detail
+) -> tuple[list[SignalFacts], list[SignalFacts]]:
+    """(signals shown in full, the rest): the earliest and latest few, and the first silent
+    panic wherever it is (it is what makes the alarm ALRPANS)."""
+    if len(signals) <= detail.first + detail.latest:
+        return list(signals), []
+    chosen = set(range(detail.first)) | set(range(len(signals) - detail.latest, len(signals)))
+    panic = next((i for i, s in enumerate(signals) if s.kind == "panic" and s.silent), None)
+    if panic is not None:
+        chosen.add(panic)
+    shown = [s for i, s in enumerate(signals) if i in chosen]
+    rest = [s for i, s in enumerate(signals) if i not in chosen]
+    return shown, rest
+
+
+def _summaries(rest: Sequence[SignalFacts]) -> list[tuple[str, str]]:
+    """One (kind, line) per kind of signal not shown in full; bounded whatever their number."""
+    groups: dict[str, list[SignalFacts]] = {}
+    for signal in rest:
+        groups.setdefault(signal.kind, []).append(signal)
+    lines: list[tuple[str, str]] = []
+    for kind, group in groups.items():
+        count = len(group)
+        if kind == "camera":
+            what = _counted((s.analytic or "OTHER").lower() for s in group)
+            sources = _named((s.camera_id for s in group), "camera")
+            lines.append((kind, f"and {count} more camera alert(s) ({what}) from {sources}"))
+        elif kind == "panic":
+            what = _counted("silent" if s.silent else "audible" for s in group)
+            sources = _named((s.device_id for s in group), "device")
+            lines.append((kind, f"and {count} more panic alarm(s) ({what}) from {sources}"))
+        else:
+            lines.append((kind, f"and {count} more staff SRP action request(s)"))
+    return lines
+
+
+def _counted(values: Iterable[str]) -> str:
+    counts: dict[str, int] = {}
+    for value in values:
+        key = _clip(value, MAX_NAME)
+        counts[key] = counts.get(key, 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    shown = ", ".join(f"{n} {value}" for value, n in ranked[:MAX_NAMED_SOURCES])
+    others = len(ranked) - MAX_NAMED_SOURCES
+    return shown + (f" and {others} other kind(s)" if others > 0 else "")
+
+
+def _named(values: Iterable[str | None], noun: str) -> str:
+    """'cameras A, B and 3 other cameras': sources in first-seen order, the first few named."""
+    names: list[str] = []
+    unnamed = False
+    seen: set[str] = set()
+    for value in values:
+        if not value:
+            unnamed = True
+        elif value not in seen:
+            seen.add(value)
+            names.append(value)
+    listed = ", ".join(_clip(n, MAX_NAME) for n in names[:MAX_NAMED_SOURCES])
+    others = len(names) - MAX_NAMED_SOURCES
+    if not names:
+        return f"unnamed {noun}s"
+    text = f"{noun}{'s' if len(names) > 1 else ''} {listed}"
+    if others > 0:
+        text += f" and {others} other {noun}(s)"
+    if unnamed:
+        text += f" and unnamed {noun}s"
+    return text

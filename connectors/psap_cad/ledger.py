@@ -2,12 +2,20 @@
 
 The bus delivers at least once, so after a crash an incident event can come back. The ledger
 makes the connector idempotent by (incident id, version): each version gets one decision
-(sent, unchanged, exercise, …); a version already decided, or older than one already
-handled, is skipped. For each dispatched incident it keeps the CAD incident id, the last
-delivered snapshot (to tell whether a new version changes anything CAD cares about, and to
-build the final update on IncidentCleared) and the status CAD last reported. It also keeps
-the facts of recent alerts and the ids of the status updates that came from CAD (to
-recognise incident changes caused by CAD, which must not echo back).
+(queued then sent or superseded, unchanged, exercise, …); a version already decided, or older
+than one already handled, is skipped. For each incident bound for CAD it keeps the CAD incident
+id, the newest snapshot CAD has or is about to get (to tell whether a new version changes
+anything CAD cares about, and to build the final update on IncidentCleared), the last version
+delivered and the status CAD last reported. It also keeps the facts of recent alerts and the
+ids of the status updates that came from CAD (to recognise incident changes caused by CAD,
+which must not echo back).
+
+The outbox holds, per incident, the newest version still to be delivered: the consumer writes
+it (in the same transaction as the decision) before its offset moves, so a dispatch survives
+a crash; a newer version replaces an older one still waiting (the EIDO is a full-state
+document). Each row is claimed by one connector process for a short lease, renewed while it
+works, so one incident is sent by one process at a time and a dead process's rows are taken
+over when its lease runs out.
 
 SQLite file by default (WAL: a committed write survives a kill -9), PostgreSQL by URL.
 """
@@ -17,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +39,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     create_engine,
     event,
+    func,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -54,7 +64,9 @@ class LedgerError(SafeHubError):
 class Decision:
     """What the connector decided for one incident version."""
 
+    QUEUED = "queued"
     SENT = "sent"
+    SUPERSEDED = "superseded"
     UNCHANGED = "unchanged"
     CAD_ORIGINATED = "cad-originated"
     EXERCISE = "exercise"
@@ -75,6 +87,19 @@ class DispatchedIncident:
     snapshot: IncidentSnapshot
     status: str
     cad_status: str | None
+
+
+@dataclass(frozen=True)
+class PendingDispatch:
+    """The newest version of an incident still to be delivered to CAD (an outbox row)."""
+
+    incident_id: str
+    version: int
+    psap_id: str
+    snapshot: IncidentSnapshot
+    causation_id: str | None
+    #: W3C trace context of the incident event, so the delivery joins its trace.
+    trace: list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True)
@@ -151,6 +176,19 @@ class Ledger(Closing):
             Column("cad_incident_id", String(200), nullable=False),
             Column("status", String(40), nullable=False),
             Column("received_at", DateTime(timezone=True), nullable=False),
+        )
+        self.outbox = Table(
+            f"{table_prefix}outbox",
+            metadata,
+            Column("incident_id", String(200), primary_key=True),
+            Column("version", BigInteger, nullable=False),
+            Column("psap_id", String(200), nullable=False),
+            Column("snapshot", Text, nullable=False),
+            Column("causation_id", String(100)),
+            Column("trace", Text),
+            Column("queued_at", DateTime(timezone=True), nullable=False),
+            Column("claimed_by", String(200), nullable=False),
+            Column("claimed_until", DateTime(timezone=True), nullable=False),
         )
         try:
             metadata.create_all(self._engine)
@@ -245,6 +283,132 @@ class Ledger(Closing):
                 )
             )
 
+    def queue_dispatch(
+        self,
+        snapshot: IncidentSnapshot,
+        *,
+        psap_id: str,
+        causation_id: str | None,
+        trace: Sequence[tuple[str, bytes]],
+        owner: str,
+        lease: timedelta,
+    ) -> int | None:
+        """``snapshot`` is due at CAD: decision, incident row and outbox in one transaction.
+
+        It becomes the comparison baseline at once. Returns the version it supersedes (one
+        still waiting in the outbox), if any. A row another live process holds stays its own.
+        """
+        now = _now()
+        incidents, outbox = self.incidents, self.outbox
+        with self._engine.begin() as conn:
+            self._decide(conn, snapshot.incident_id, snapshot.version, Decision.QUEUED)
+            baseline = {
+                "psap_id": psap_id,
+                "last_version": snapshot.version,
+                "fingerprint": snapshot.fingerprint(),
+                "snapshot": json.dumps(snapshot.to_json()),
+                "status": snapshot.status,
+                "updated_at": now,
+            }
+            insert = self._insert(incidents).values(
+                incident_id=snapshot.incident_id, sent_version=0, **baseline
+            )
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["incident_id"],
+                    set_=baseline,
+                    where=incidents.c.last_version < snapshot.version,
+                )
+            )
+            waiting = conn.execute(
+                select(outbox.c.version).where(outbox.c.incident_id == snapshot.incident_id)
+            ).scalar()
+            row = {
+                "version": snapshot.version,
+                "psap_id": psap_id,
+                "snapshot": baseline["snapshot"],
+                "causation_id": causation_id,
+                "trace": json.dumps([[k, v.decode("latin-1")] for k, v in trace]),
+                "queued_at": now,
+            }
+            insert = self._insert(outbox).values(
+                incident_id=snapshot.incident_id,
+                claimed_by=owner,
+                claimed_until=now + lease,
+                **row,
+            )
+            claimable = (outbox.c.claimed_by == owner) | (outbox.c.claimed_until < now)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["incident_id"],
+                    set_={
+                        **row,
+                        "claimed_by": case((claimable, owner), else_=outbox.c.claimed_by),
+                        "claimed_until": case(
+                            (claimable, now + lease), else_=outbox.c.claimed_until
+                        ),
+                    },
+                    where=outbox.c.version < snapshot.version,
+                )
+            )
+            if waiting is None or int(waiting) >= snapshot.version:
+                return None
+            conn.execute(
+                self.decisions.update()
+                .where(
+                    self.decisions.c.incident_id == snapshot.incident_id,
+                    self.decisions.c.version == int(waiting),
+                    self.decisions.c.decision == Decision.QUEUED,
+                )
+                .values(decision=Decision.SUPERSEDED, decided_at=now)
+            )
+            return int(waiting)
+
+    def pending(self, incident_id: str, owner: str) -> PendingDispatch | None:
+        """The incident's outbox row if this process holds it."""
+        query = select(self.outbox).where(
+            self.outbox.c.incident_id == incident_id, self.outbox.c.claimed_by == owner
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _pending(row)
+
+    def claim_pending(
+        self, owner: str, lease: timedelta, psaps: Sequence[str] = ()
+    ) -> list[PendingDispatch]:
+        """Renew this process's claims, take over lapsed ones; every row it now holds."""
+        now = _now()
+        outbox = self.outbox
+        claimable = (outbox.c.claimed_by == owner) | (outbox.c.claimed_until < now)
+        if psaps:
+            claimable = claimable & outbox.c.psap_id.in_(list(psaps))
+        with self._engine.begin() as conn:
+            conn.execute(
+                outbox.update().where(claimable).values(claimed_by=owner, claimed_until=now + lease)
+            )
+            rows = conn.execute(
+                select(outbox).where(outbox.c.claimed_by == owner).order_by(outbox.c.queued_at)
+            ).mappings()
+            return [_pending(row) for row in rows]
+
+    def release(self, owner: str) -> None:
+        """Let another process take this one's rows at once (a clean stop)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                self.outbox.update()
+                .where(self.outbox.c.claimed_by == owner)
+                .values(claimed_until=_now() - timedelta(seconds=1))
+            )
+
+    def drop_pending(self, incident_id: str, version: int) -> None:
+        """Forget an outbox row that must never be sent (an exercise caught late)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                self.outbox.delete().where(
+                    self.outbox.c.incident_id == incident_id, self.outbox.c.version <= version
+                )
+            )
+
     def record_delivery(
         self,
         snapshot: IncidentSnapshot,
@@ -253,7 +417,11 @@ class Ledger(Closing):
         cad_incident_id: str | None,
         eido_id: str,
     ) -> None:
-        """``snapshot`` reached CAD: one transaction for the incident row and the decision."""
+        """``snapshot`` reached CAD: decision, incident row and outbox in one transaction.
+
+        A newer version queued meanwhile stays the baseline and stays in the outbox.
+        """
+        incidents = self.incidents
         values = {
             "psap_id": psap_id,
             "cad_incident_id": cad_incident_id,
@@ -265,16 +433,61 @@ class Ledger(Closing):
             "updated_at": _now(),
         }
         with self._engine.begin() as conn:
-            self._decide(
-                conn,
-                snapshot.incident_id,
-                snapshot.version,
-                Decision.SENT,
-                eido_id=eido_id,
-                cad_incident_id=cad_incident_id,
+            conn.execute(
+                self._insert(self.decisions)
+                .values(
+                    incident_id=snapshot.incident_id,
+                    version=snapshot.version,
+                    decision=Decision.SENT,
+                    eido_id=eido_id,
+                    cad_incident_id=cad_incident_id,
+                    decided_at=_now(),
+                )
+                .on_conflict_do_update(
+                    index_elements=["incident_id", "version"],
+                    set_={
+                        "decision": Decision.SENT,
+                        "eido_id": eido_id,
+                        "cad_incident_id": cad_incident_id,
+                    },
+                )
             )
-            insert = self._insert(self.incidents).values(incident_id=snapshot.incident_id, **values)
-            conn.execute(insert.on_conflict_do_update(index_elements=["incident_id"], set_=values))
+            insert = self._insert(incidents).values(incident_id=snapshot.incident_id, **values)
+            excluded = insert.excluded
+            newest = incidents.c.last_version <= excluded.last_version
+
+            def if_newest(name: str) -> Any:
+                return case((newest, excluded[name]), else_=incidents.c[name])
+
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["incident_id"],
+                    set_={
+                        "psap_id": excluded.psap_id,
+                        "cad_incident_id": func.coalesce(
+                            excluded.cad_incident_id, incidents.c.cad_incident_id
+                        ),
+                        "sent_version": case(
+                            (
+                                excluded.sent_version > incidents.c.sent_version,
+                                excluded.sent_version,
+                            ),
+                            else_=incidents.c.sent_version,
+                        ),
+                        **{
+                            name: if_newest(name)
+                            for name in ("last_version", "fingerprint", "snapshot", "status")
+                        },
+                        "updated_at": excluded.updated_at,
+                    },
+                )
+            )
+            conn.execute(
+                self.outbox.delete().where(
+                    self.outbox.c.incident_id == snapshot.incident_id,
+                    self.outbox.c.version <= snapshot.version,
+                )
+            )
 
     def history(self, incident_id: str | None = None) -> list[DecisionRecord]:
         """Decisions in (incident, version) order, for one incident or all."""
@@ -315,11 +528,16 @@ class Ledger(Closing):
         """The known facts among ``event_ids``, in the order given."""
         if not event_ids:
             return []
-        query = select(self.signals.c.event_id, self.signals.c.facts).where(
-            self.signals.c.event_id.in_(list(event_ids))
-        )
+        found: dict[str, str] = {}
+        ids = list(event_ids)
         with self._engine.connect() as conn:
-            found = {str(r[0]): str(r[1]) for r in conn.execute(query)}
+            # In chunks: one noisy incident can name thousands of signals (SQLite's limit on
+            # bound parameters is 32766, older builds 999).
+            for start in range(0, len(ids), 500):
+                query = select(self.signals.c.event_id, self.signals.c.facts).where(
+                    self.signals.c.event_id.in_(ids[start : start + 500])
+                )
+                found.update((str(r[0]), str(r[1])) for r in conn.execute(query))
         return [
             SignalFacts.from_json(json.loads(found[event_id]))
             for event_id in event_ids
@@ -381,6 +599,18 @@ def _dispatched(row: Any) -> DispatchedIncident:
         snapshot=IncidentSnapshot.from_json(json.loads(row["snapshot"])),
         status=str(row["status"]),
         cad_status=row["cad_status"],
+    )
+
+
+def _pending(row: Any) -> PendingDispatch:
+    trace = json.loads(row["trace"]) if row["trace"] else []
+    return PendingDispatch(
+        incident_id=str(row["incident_id"]),
+        version=int(row["version"]),
+        psap_id=str(row["psap_id"]),
+        snapshot=IncidentSnapshot.from_json(json.loads(row["snapshot"])),
+        causation_id=row["causation_id"],
+        trace=[(str(k), str(v).encode("latin-1")) for k, v in trace],
     )
 
 

@@ -2,18 +2,23 @@
 
 Outbound: consumes the incidents topic (group ``psap-cad``, 10 ms fetch wait: this is the
 Alyssa's Law path). For each dispatchable IncidentOpened / IncidentChanged / IncidentCleared
-it builds the EIDO, POSTs it to the school's PSAP until CAD takes it (never dead-lettered,
-see :mod:`.cad_client`), publishes ``CadDispatch`` and records the delivery in the ledger.
-A version is sent only if something CAD cares about changed (type, SRP action, place,
-status, cancellation, correlated signals) and the change did not come from CAD itself.
-Exercises and non-dispatchable incidents are never sent (logged, recorded).
+it decides and queues the version in the ledger's outbox (durably, before the offset moves);
+the PSAP's lane (:mod:`.dispatcher`) builds the EIDO, POSTs it until CAD takes it, publishes
+``CadDispatch`` and records the delivery. A version is sent only if something CAD cares about
+changed (type, SRP action, place, status, cancellation, correlated signals) and the change did
+not come from CAD itself. Exercises and non-dispatchable incidents are never sent (logged,
+recorded). Other event types on the topic are ignored. An event that cannot be processed is
+dead-lettered (:class:`HandlerError`, with the reason) unless it may be a real dispatch: that
+one is never dead-lettered (ledger failures are retried until the connector stops; an event
+without a usable incident id is sent under a substitute id).
 
 It also reads the alerts topic (group ``psap-cad-signals``) to learn what device or camera
 fired, for the APCO code and the alarm component.
 
 Inbound: ``POST /eido/v1/status`` over HTTPS with a bearer token; CAD posts status-update
 EIDOs there. Each is validated, mapped to ``CadStatusUpdate`` and published on the dispatch
-topic before the 202.
+topic before the 202. Anything malformed gets a 4xx naming the rule it broke, never the
+payload and never a 5xx (503 only when the hub cannot record a valid update).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import time
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,29 +36,24 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.exc import SQLAlchemyError
 
-from connectors.psap_cad.cad_client import CadClient, DispatchInterrupted
-from connectors.psap_cad.eido import (
-    BuiltEido,
-    EidoBuilder,
-    ExerciseDispatchError,
-    IncidentSnapshot,
-)
+from connectors.psap_cad.cad_client import DispatchInterrupted
+from connectors.psap_cad.dispatcher import DISPATCH_CLASSIFICATION, LEASE, NAME, Dispatcher
+from connectors.psap_cad.eido import EidoBuilder, IncidentSnapshot
 from connectors.psap_cad.eido_validate import EidoValidator
 from connectors.psap_cad.ledger import Decision, DispatchedIncident, Ledger, LedgerError
 from connectors.psap_cad.settings import PsapCadSettings
-from connectors.psap_cad.signals import SignalFacts, facts_of
+from connectors.psap_cad.signals import facts_of
 from safehub.kernel import tracing
 from safehub.kernel.bus import ConsumedEvent, EventConsumer
 from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import EVENT_NAMESPACE, event_id_for, new_event
-from safehub.kernel.errors import BusError, ConfigError
+from safehub.kernel.errors import BusError, ConfigError, HandlerError
 from safehub.kernel.http_server import ServerThread, server_ssl_context
 from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
 
 log = structlog.get_logger(__name__)
 
-NAME = "psap_cad"
 INCIDENTS_TOPIC = "safehub.incidents.v1"
 ALERTS_TOPIC = "safehub.alerts.v1"
 OPENED = EVENT_NAMESPACE + "IncidentOpened"
@@ -61,8 +61,6 @@ CHANGED = EVENT_NAMESPACE + "IncidentChanged"
 CLEARED = EVENT_NAMESPACE + "IncidentCleared"
 STATUS_PATH = "/eido/v1/status"
 
-#: Both dispatch-topic events may carry the EIDO (student and health data in notes).
-DISPATCH_CLASSIFICATION = ("INTERNAL", "STUDENT_RECORD", "HEALTH")
 #: EidoIncidentStatus symbols (anything else maps to Unknown).
 KNOWN_STATUSES = frozenset(
     {
@@ -79,8 +77,11 @@ KNOWN_STATUSES = frozenset(
     }
 )
 SIGNAL_RETENTION = timedelta(days=7)
-#: Delivery retries may hold a partition for as long as CAD is down.
+#: A ledger outage may hold a partition (a real dispatch is retried, never dead-lettered).
 MAX_POLL_INTERVAL_MS = 24 * 3600 * 1000
+#: What the ledger keeps as an id (its columns), without control characters.
+INCIDENT_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
+MAX_EVENT_ID = 100
 
 
 class PsapCadConnector:
@@ -93,7 +94,15 @@ class PsapCadConnector:
         self.validator = EidoValidator.from_file(self.config.eido_rules_file)
         self.builder = EidoBuilder(self.directory, self.config.hub_id)
         self.ledger = Ledger(self.config.ledger_url)
-        self.cad = CadClient(self.config, runtime.stop)
+        self.dispatcher = Dispatcher(
+            config=self.config,
+            ledger=self.ledger,
+            builder=self.builder,
+            validator=self.validator,
+            producer=runtime.producer,
+            stop=runtime.stop,
+            spawn=runtime.spawn,
+        )
         self.inbound: ServerThread | None = None
         self.incident_consumer: EventConsumer | None = None
         self.signal_consumer: EventConsumer | None = None
@@ -129,6 +138,7 @@ class PsapCadConnector:
         if config.port_file is not None:
             write_port_file(config.port_file, port)
         log.info("inbound endpoint listening", host=config.listen_host, port=port)
+        self.dispatcher.start()
         fast = {"max.poll.interval.ms": MAX_POLL_INTERVAL_MS}
         self.signal_consumer = self.runtime.consumer(
             f"{config.group_id}-signals",
@@ -151,30 +161,96 @@ class PsapCadConnector:
         try:
             consumer.run(self.runtime.stop)
         except DispatchInterrupted as exc:
-            # Not committed: the next run of the connector sends it (same Idempotency-Key).
-            log.warning(
-                "stopped with a dispatch undelivered; it is resent on restart", why=str(exc)
-            )
+            # Not committed: the next run of the connector handles it again.
+            log.warning("stopped with an incident event undecided; redelivered", why=str(exc))
         finally:
-            self.cad.close()
+            consumer.close()
 
     # -- alerts --------------------------------------------------------------------------------
 
     def handle_signal(self, consumed: ConsumedEvent) -> None:
-        """Keep the facts of panic, camera and SRP alerts (exercises included: harmless)."""
-        facts = facts_of(consumed.event)
+        """Keep the facts of panic, camera and SRP alerts (exercises included: harmless).
+
+        An alert whose facts cannot be read or kept raises :class:`HandlerError`.
+        """
+        event_id = consumed.event_id
+        if not event_id or len(event_id) > MAX_EVENT_ID:
+            raise HandlerError(
+                f"{consumed.event_type}: event id missing or over {MAX_EVENT_ID} characters"
+            )
+        try:
+            facts = facts_of(consumed.event)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise HandlerError(
+                f"{consumed.event_type} {event_id}: facts unreadable ({type(exc).__name__})"
+            ) from None
         if facts is not None:
             self.ledger.put_signal(facts)
 
     # -- incidents -----------------------------------------------------------------------------
 
     def handle_incident(self, consumed: ConsumedEvent) -> None:
-        """Decide and, when due, deliver one incident event to CAD."""
+        """Decide and, when due, queue one incident event for CAD.
+
+        Raises :class:`HandlerError` for an event it cannot process unless it may be a real
+        dispatch: then ledger failures are retried until the connector stops.
+        """
         if consumed.event_type not in (OPENED, CHANGED, CLEARED):
             return
         event = consumed.event
-        incident_id = str(event["incident_id"])
-        version = int(event["version"])
+        exercise = bool(consumed.envelope.get("exercise")) or (
+            consumed.event_type == CLEARED and event.get("outcome") == "DRILL_COMPLETE"
+        )
+        incident_id, version = self._identity(consumed, may_dispatch=not exercise)
+        delay = self.config.retry_initial_s
+        while True:
+            try:
+                self._decide(consumed, incident_id, version, exercise=exercise)
+                return
+            except (LedgerError, SQLAlchemyError) as exc:
+                if exercise:
+                    raise  # the kernel retries, then dead-letters it: no dispatch is lost
+                log.warning(
+                    "ledger unavailable, incident event retried",
+                    incident_id=incident_id,
+                    version=version,
+                    error_type=type(exc).__name__,
+                )
+            if self.runtime.stop.wait(delay):
+                raise DispatchInterrupted(f"stopping with {incident_id}:{version} undecided")
+            delay = min(delay * 2, self.config.retry_cap_s)
+
+    def _identity(self, consumed: ConsumedEvent, *, may_dispatch: bool) -> tuple[str, int]:
+        """(incident id, version) the ledger and CAD can key on.
+
+        Without a usable one an event is dead-lettered, unless it may be a real dispatch:
+        that is sent under a substitute id made from the event id (CAD still hears of it).
+        """
+        event = consumed.event
+        incident_id = event.get("incident_id")
+        version = event.get("version")
+        problems = []
+        if not isinstance(incident_id, str) or not INCIDENT_ID.match(incident_id):
+            problems.append("incident_id must be 1 to 200 characters without control characters")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            problems.append("version must be a positive integer")
+        if not problems:
+            assert isinstance(incident_id, str) and isinstance(version, int)
+            return incident_id, version
+        reason = f"{consumed.event_type} {consumed.event_id}: " + "; ".join(problems)
+        dispatchable = consumed.event_type != CLEARED and bool(event.get("dispatchable"))
+        if not may_dispatch or not dispatchable:
+            raise HandlerError(reason)
+        substitute = incident_id if INCIDENT_ID.match(str(incident_id or "")) else None
+        substitute = substitute or f"unidentified-{consumed.event_id}"[:200]
+        fixed = version if isinstance(version, int) and version >= 1 else 1
+        log.error("real dispatch without a usable identity: sent under a substitute", why=reason)
+        return substitute, fixed
+
+    def _decide(
+        self, consumed: ConsumedEvent, incident_id: str, version: int, *, exercise: bool
+    ) -> None:
+        event = consumed.event
         bound = log.bind(incident_id=incident_id, version=version, event_id=consumed.event_id)
         decided = self.ledger.decision(incident_id, version)
         if decided is not None:
@@ -184,9 +260,7 @@ class PsapCadConnector:
         if previous is not None and version <= previous.last_version:
             bound.info("older incident version, skipped", latest=previous.last_version)
             return
-        if consumed.envelope.get("exercise") or (
-            consumed.event_type == CLEARED and event.get("outcome") == "DRILL_COMPLETE"
-        ):
+        if exercise:
             self.ledger.record_decision(incident_id, version, Decision.EXERCISE)
             bound.info("exercise incident: never sent to 911/CAD")
             return
@@ -195,9 +269,11 @@ class PsapCadConnector:
                 self.ledger.record_decision(incident_id, version, Decision.NOT_DISPATCHED)
                 bound.info("cleared incident was never dispatched: nothing to tell CAD")
                 return
-            snapshot = previous.snapshot.cleared(event)
+            snapshot = previous.snapshot.cleared({**event, "version": version})
         else:
-            snapshot = IncidentSnapshot.from_event(event)
+            snapshot = IncidentSnapshot.from_event(
+                {**event, "incident_id": incident_id, "version": version}
+            )
             # A cancellation still goes to a CAD that already has the incident.
             if not snapshot.dispatchable and (previous is None or snapshot.status != "Cancelled"):
                 self.ledger.record_decision(incident_id, version, Decision.NOT_DISPATCHABLE)
@@ -215,7 +291,17 @@ class PsapCadConnector:
                 self.ledger.record_baseline(incident_id, snapshot, Decision.CAD_ORIGINATED)
                 bound.info("change came from CAD: not echoed back")
                 return
-        self._dispatch(consumed, snapshot, previous)
+        superseded = self.ledger.queue_dispatch(
+            snapshot,
+            psap_id=psap_id,
+            causation_id=consumed.event_id,
+            # The consumer's span: the delivery, in another thread, joins this trace.
+            trace=tracing.inject([]),
+            owner=self.dispatcher.owner,
+            lease=LEASE,
+        )
+        self.dispatcher.submit(psap_id, incident_id)
+        bound.info("queued for CAD", psap_id=psap_id, superseded_version=superseded)
 
     def _cad_originated(
         self, consumed: ConsumedEvent, snapshot: IncidentSnapshot, previous: DispatchedIncident
@@ -227,113 +313,6 @@ class PsapCadConnector:
         new, old = snapshot.relevant(), previous.snapshot.relevant()
         changed = {key for key in new if new[key] != old[key]}
         return changed == {"status"} and snapshot.status == previous.cad_status
-
-    def _dispatch(
-        self,
-        consumed: ConsumedEvent,
-        snapshot: IncidentSnapshot,
-        previous: DispatchedIncident | None,
-    ) -> None:
-        bound = log.bind(incident_id=snapshot.incident_id, version=snapshot.version)
-        signals = self._signals(snapshot, first=previous is None)
-        try:
-            built = self.builder.build(snapshot, signals)
-        except ExerciseDispatchError:
-            self.ledger.record_decision(snapshot.incident_id, snapshot.version, Decision.EXERCISE)
-            bound.error("exercise reached the EIDO builder: refused")
-            return
-        problems = self.validator.problems(built.document)
-        if problems:
-            # Sent all the same: a CAD may still use a flawed EIDO; nothing is worse than none.
-            bound.error("built EIDO does not validate", problems=problems)
-        url = self.config.endpoint_for(built.psap_id)
-        started = time.monotonic()
-        with tracing.tracer().start_as_current_span(
-            "psap_cad dispatch",
-            kind=SpanKind.INTERNAL,
-            attributes={
-                "safehub.incident_id": snapshot.incident_id,
-                "safehub.incident_version": snapshot.version,
-                "safehub.psap_id": built.psap_id,
-                "safehub.apco_code": built.apco_code,
-                "safehub.eido_status": built.status,
-            },
-        ):
-            accepted = self.cad.deliver(
-                url, built.body(), incident_id=snapshot.incident_id, version=snapshot.version
-            )
-        cad_id = accepted.cad_incident_id or (previous.cad_incident_id if previous else None)
-        self._until_done(
-            lambda: self._publish_dispatch(consumed, snapshot, built), "publish CadDispatch"
-        )
-        self._until_done(
-            lambda: self.ledger.record_delivery(
-                snapshot, psap_id=built.psap_id, cad_incident_id=cad_id, eido_id=built.eido_id
-            ),
-            "record delivery",
-        )
-        bound.info(
-            "dispatched to CAD",
-            psap_id=built.psap_id,
-            cad_incident_id=cad_id,
-            apco_code=built.apco_code,
-            status=built.status,
-            http_status=accepted.status_code,
-            attempts=accepted.attempts,
-            took_ms=round((time.monotonic() - started) * 1000, 1),
-        )
-
-    def _signals(self, snapshot: IncidentSnapshot, *, first: bool) -> list[SignalFacts]:
-        ids = list(snapshot.correlated_event_ids)
-        found = self.ledger.signals_for(ids)
-        if found or not ids or not first or self.config.signal_wait_ms <= 0:
-            return found
-        # The alert and the incident travel on different topics: give the alert a moment.
-        deadline = time.monotonic() + self.config.signal_wait_ms / 1000
-        while not found and time.monotonic() < deadline and not self.runtime.stop.is_set():
-            time.sleep(0.005)
-            found = self.ledger.signals_for(ids)
-        return found
-
-    def _publish_dispatch(
-        self, consumed: ConsumedEvent, snapshot: IncidentSnapshot, built: BuiltEido
-    ) -> None:
-        event = new_event(
-            "CadDispatch",
-            source=NAME,
-            tenant=snapshot.tenant,
-            building=snapshot.building,
-            room=snapshot.room,
-            incident_id=snapshot.incident_id,
-            causation_id=consumed.event_id,
-            classification=DISPATCH_CLASSIFICATION,
-            # Same id on a re-send after a crash: downstream can deduplicate.
-            event_id=event_id_for(NAME, f"dispatch:{snapshot.incident_id}:{snapshot.version}"),
-            payload={
-                "incident_id": snapshot.incident_id,
-                "incident_version": snapshot.version,
-                "psap_id": built.psap_id,
-                "apco_incident_type": built.apco_code,
-                "status": built.status,
-                "cancel": built.status == "Cancelled",
-                "eido_id": built.eido_id,
-                "eido": built.body().decode(),
-            },
-        )
-        self.runtime.producer.publish(event)
-
-    def _until_done(self, action: Any, what: str) -> None:
-        """Retry a post-delivery step on transient failures (CAD already has the EIDO)."""
-        delay = self.config.retry_initial_s
-        while True:
-            try:
-                action()
-                return
-            except (BusError, LedgerError, SQLAlchemyError) as exc:
-                log.warning("step failed, retrying", step=what, error_type=type(exc).__name__)
-            if self.runtime.stop.wait(delay):
-                raise DispatchInterrupted(f"stopping before {what}")
-            delay = min(delay * 2, self.config.retry_cap_s)
 
     # -- inbound -------------------------------------------------------------------------------
 

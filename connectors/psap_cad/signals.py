@@ -3,12 +3,17 @@
 Incident events name their signals only by event id. CAD wants to know whether a silent or
 audible panic fired (ALRPANS / ALRPANA), on which device and floor, or what a camera saw; so
 the connector also reads the alerts topic and keeps these facts (never the activator's
-identity) in its ledger, keyed by event id.
+identity) in its ledger, keyed by event id, with the hub's time of the alert (envelope
+``recorded_at``, never the device's clock) to order them. Text is clipped and impossible
+numbers (non-finite, coordinates off the globe) are dropped here, so nothing downstream has to
+trust a device for the size or sense of what it reported.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from safehub.kernel.envelope import EVENT_NAMESPACE
@@ -16,6 +21,9 @@ from safehub.kernel.envelope import EVENT_NAMESPACE
 PANIC = EVENT_NAMESPACE + "PanicAlert"
 CAMERA = EVENT_NAMESPACE + "CameraAlert"
 SRP = EVENT_NAMESPACE + "SrpActionRequested"
+
+#: Longest text kept of any reported field (the gateway's URL limit; ids are far shorter).
+MAX_TEXT = 2048
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,8 @@ class SignalFacts:
     location_text: str | None = None
     latitude: float | None = None
     longitude: float | None = None
+    #: When the hub recorded the alert (ISO 8601 UTC): orders signals, never a device clock.
+    recorded_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (for the ledger)."""
@@ -77,29 +87,63 @@ def facts_of(event: dict[str, Any]) -> SignalFacts | None:
     envelope = event["envelope"]
     event_type = envelope["event_type"]
     event_id = str(envelope["event_id"])
+    recorded_at = _hub_time(envelope.get("recorded_at"))
     if event_type == PANIC:
+        latitude, longitude = _position(event.get("latitude"), event.get("longitude"))
         return SignalFacts(
             event_id=event_id,
             kind="panic",
-            device_id=event.get("device_id"),
-            device_kind=event.get("device_kind"),
-            panic_type=event.get("panic_type"),
+            device_id=_text(event.get("device_id")),
+            device_kind=_text(event.get("device_kind")),
+            panic_type=_text(event.get("panic_type")),
             silent=bool(event.get("silent")),
-            reporter_role=event.get("reporter_role"),
-            floor=event.get("floor"),
-            location_text=event.get("location_text"),
-            latitude=event.get("latitude"),
-            longitude=event.get("longitude"),
+            reporter_role=_text(event.get("reporter_role")),
+            floor=_text(event.get("floor")),
+            location_text=_text(event.get("location_text")),
+            latitude=latitude,
+            longitude=longitude,
+            recorded_at=recorded_at,
         )
     if event_type == CAMERA:
         return SignalFacts(
             event_id=event_id,
             kind="camera",
-            camera_id=event.get("camera_id"),
-            analytic=event.get("analytic"),
-            confidence=event.get("confidence"),
-            clip_url=event.get("clip_url"),
+            camera_id=_text(event.get("camera_id")),
+            analytic=_text(event.get("analytic")),
+            confidence=_number(event.get("confidence")),
+            clip_url=_text(event.get("clip_url")),
+            recorded_at=recorded_at,
         )
     if event_type == SRP:
-        return SignalFacts(event_id=event_id, kind="srp")
+        return SignalFacts(event_id=event_id, kind="srp", recorded_at=recorded_at)
     return None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)[:MAX_TEXT]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if _finite(value) else None
+
+
+def _position(latitude: Any, longitude: Any) -> tuple[float | None, float | None]:
+    """A WGS 84 point only if both coordinates are finite and on the globe."""
+    lat, lon = _number(latitude), _number(longitude)
+    if lat is not None and lon is not None and abs(lat) <= 90 and abs(lon) <= 180:
+        return lat, lon
+    return None, None
+
+
+def _hub_time(value: Any) -> str | None:
+    if isinstance(value, datetime):
+        when = value if value.tzinfo else value.replace(tzinfo=UTC)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        when = datetime.fromtimestamp(value / 1_000_000, tz=UTC)
+    else:
+        return None
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
