@@ -284,7 +284,12 @@ def test_only_the_raiser_or_a_school_administrator_may_cancel_a_panic() -> None:
     admin = next(
         s.id for s in book.directory.school("sch-lincoln-hs").staff if s.role == "administrator"
     )
-    out = feed(book, _cancel_of(signal, source="staff-app", cancelled_by=admin))
+    # A system that does not sign staff in cannot speak for an administrator.
+    claimed = _decision(
+        feed(book, _cancel_of(signal, source="panic-badges-north", cancelled_by=admin))
+    )
+    assert claimed["refusal"] == "NOT_PERMITTED"
+    out = feed(book, _cancel_of(signal, source="staff-app-lincoln", cancelled_by=admin))
     assert _decision(out)["outcome"] == "APPLIED"
     assert _without_decision(out)[0]["state"] == "CANCELLED"
 

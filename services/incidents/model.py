@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from safehub.kernel.codec import Event
-from safehub.kernel.directory import Directory
+from safehub.kernel.directory import Directory, Scope
 from safehub.kernel.envelope import new_event
 
 SOURCE = "incidents"
@@ -527,6 +527,12 @@ class IncidentBook:
         raised_by = incident.panic_sources.get(panic_id)
         if raised_by is not None and raised_by == envelope["source"]:
             return True
+        # An administrator is named by the system that signed them in: only a staff app (a
+        # client with the SRP scope, which authenticates staff) may speak for one; a panic or
+        # camera vendor's system naming an administrator is just a typed claim.
+        caller = self.directory.client(str(envelope["source"]))
+        if caller is None or Scope.SRP not in caller.scopes:
+            return False
         staff = self.directory.staff_member(incident.school, str(signal.get("cancelled_by")))
         return staff is not None and staff.role == "administrator"
 
