@@ -741,3 +741,22 @@ def test_the_readiness_probe_refuses_a_stale_ready_file(helm: Any, tmp_path: Pat
     assert probe() == 0, "a file written after PID 1 started: ready"
     os.utime(ready, (1_000_000_000, 1_000_000_000))  # 2001: before this machine's PID 1
     assert probe() != 0, "a file older than PID 1: stale"
+
+
+def test_notify_operators_are_mounted_from_their_secret_when_named(
+    rendered: tuple[dict[str, Any], list[dict[str, Any]]],
+) -> None:
+    """Without an operators file nobody may approve family messages (safe, but unusable)."""
+    values, docs = rendered
+    secret = values.get("services", {}).get("notify", {}).get("operatorsSecret")
+    pod = _deployments(docs)["services.notify"]["spec"]["template"]["spec"]
+    env = _env(pod["containers"][0])
+    if not secret:
+        assert "SAFEHUB_NOTIFY__OPERATORS_FILE" not in env
+        return
+    path = Path(env["SAFEHUB_NOTIFY__OPERATORS_FILE"]["value"])
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "notify-operators")
+    assert path.parent == Path(mount["mountPath"]) and mount["readOnly"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "notify-operators")
+    assert volume["secret"]["secretName"] == secret
+    assert volume["secret"]["items"] == [{"key": "operators.json", "path": path.name}]
