@@ -388,6 +388,8 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
                     log.exception("connector message failed", session=session.id)
         except grpc.RpcError:  # the call ended (client gone, server stopping)
             log.info("connector session ended by the transport", session=session.id)
+        except RejectionError as rejection:  # a message that did not parse ends the session
+            log.warning("connector session ended", session=session.id, reason=rejection.message)
         finally:
             session.close()
 

@@ -8,6 +8,7 @@ and answer only after the broker confirmed.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from safehub.kernel.envelope import event_id_for, new_event
 from services.gateway import mapping
 from services.gateway.decisions import Decisions, Outcome, answer
 from services.gateway.intake import Intake, Submission, fingerprint
+from services.gateway.limits import paced
 from services.gateway.rpc import RejectionError, caller, unary
 from services.gateway.settings import GatewaySection
 from services.gateway.validation import Check, known_door, known_place
@@ -121,7 +123,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             request.occurred_at,
             request.HasField("occurred_at"),
             required=True,
-            max_skew=self._skew,
+            max_skew=None,  # life-safety: any real clock; the hub works on its own
         )
         check.raise_if_any()
         assert client_event_id and place and device_id and role and panic_type and occurred_at
@@ -175,7 +177,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             request.occurred_at,
             request.HasField("occurred_at"),
             required=True,
-            max_skew=self._skew,
+            max_skew=None,  # life-safety: any real clock; the hub works on its own
         )
         check.raise_if_any()
         assert client_event_id and place and camera_id and analytic and occurred_at
@@ -226,11 +228,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         request_iterator: Iterator[ingest_pb2.ReportDoorStateRequest],
         context: grpc.ServicerContext,
     ) -> ingest_pb2.StreamDoorStatesResponse:
-        """Many door state changes: each item accepted or rejected on its own."""
-        accepted, errors, duplicates = self._door_batch(request_iterator, context)
+        """Many door state changes: each item accepted or rejected on its own.
+
+        Items are processed as they come (bounded memory however long the stream); a caller
+        that sends nothing for ``stream_idle_timeout_s`` gets DEADLINE_EXCEEDED.
+        """
+        items = paced(request_iterator, self._settings.stream_idle_timeout_s, "StreamDoorStates")
+        accepted, rejected, errors, duplicates = self._door_batch(items, context)
         return ingest_pb2.StreamDoorStatesResponse(
             accepted_count=accepted,
-            rejected_count=len(errors),
+            rejected_count=rejected,
             duplicate_count=duplicates,
             errors=errors,
         )
@@ -240,10 +247,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.ReportDoorStatesRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.ReportDoorStatesResponse:
         """A batch of door state changes in one message (cheapest for high-volume feeds)."""
-        accepted, errors, duplicates = self._door_batch(iter(request.items), context)
+        accepted, rejected, errors, duplicates = self._door_batch(iter(request.items), context)
         return ingest_pb2.ReportDoorStatesResponse(
             accepted_count=accepted,
-            rejected_count=len(errors),
+            rejected_count=rejected,
             duplicate_count=duplicates,
             errors=errors,
         )
@@ -252,50 +259,73 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self,
         items: Iterator[ingest_pb2.ReportDoorStateRequest],
         context: grpc.ServicerContext,
-    ) -> tuple[int, list[ingest_pb2.StreamItemError], int]:
-        """Validate and publish door states one by one; (accepted, errors, duplicates)."""
+    ) -> tuple[int, int, list[ingest_pb2.StreamItemError], int]:
+        """Validate and publish door states one by one; (accepted, rejected, errors, duplicates).
+
+        At most ``stream_window`` published items wait for the broker's confirmation (the
+        next waits for the oldest), and only the first ``max_stream_errors`` rejections are
+        listed, so memory does not grow with the length of the stream.
+        """
         client = authorised_caller(context, self._directory, Scope.DOORS)
-        errors: list[ingest_pb2.StreamItemError] = []
-        pending: list[tuple[int, str, Submission]] = []
-        duplicates = 0
+        errors = _Errors(self._settings.max_stream_errors)
+        window: deque[tuple[int, str, Submission]] = deque()
+        accepted = duplicates = 0
         limit = self._settings.max_stream_items
-        for index, item in enumerate(items):
-            if index >= limit:
-                # Keep reading so the caller gets an answer, but accept nothing more.
-                errors.append(
-                    ingest_pb2.StreamItemError(
-                        index=index,
-                        client_event_id=item.client_event_id[:128],
-                        reason=ingest_pb2.REJECT_REASON_INVALID_ARGUMENT,
-                        detail=f"more than {limit} items in one batch; send bounded batches",
+        room = self._settings.stream_window
+
+        def settle(keep: int) -> None:
+            nonlocal accepted
+            while len(window) > keep or (window and _settled(window[0][2])):
+                index, client_event_id, submission = window.popleft()
+                try:
+                    self._intake.confirm(submission)
+                    accepted += 1
+                except RejectionError as rejection:
+                    errors.add(_item_error(index, client_event_id, rejection))
+
+        try:
+            for index, item in enumerate(items):
+                if index >= limit:
+                    # Keep reading so the caller gets an answer, but accept nothing more.
+                    errors.add(
+                        ingest_pb2.StreamItemError(
+                            index=index,
+                            client_event_id=item.client_event_id[:128],
+                            reason=ingest_pb2.REJECT_REASON_INVALID_ARGUMENT,
+                            detail=f"more than {limit} items in one batch; send bounded batches",
+                        )
                     )
-                )
-                continue
-            try:
-                event = self.door_event(client, DoorReport(item), Scope.DOORS)
-                submission = self._intake.submit(event, fingerprint(item))
-            except RejectionError as rejection:
-                errors.append(_item_error(index, item.client_event_id, rejection))
-                continue
-            if submission.duplicate:
-                duplicates += 1
-            pending.append((index, item.client_event_id, submission))
-        accepted = 0
-        for index, client_event_id, submission in pending:
-            try:
-                self._intake.confirm(submission)
-                accepted += 1
-            except RejectionError as rejection:
-                errors.append(_item_error(index, client_event_id, rejection))
-        errors.sort(key=lambda e: e.index)
+                    continue
+                try:
+                    event = self.door_event(client, DoorReport(item), Scope.DOORS)
+                    submission = self._intake.submit(event, fingerprint(item))
+                except RejectionError as rejection:
+                    errors.add(_item_error(index, item.client_event_id, rejection))
+                    continue
+                if submission.duplicate:
+                    duplicates += 1
+                window.append((index, item.client_event_id, submission))
+                settle(room)
+        except RejectionError as rejection:
+            # The stream itself was refused (idle, malformed item): what came before stands.
+            settle(0)
+            raise RejectionError(
+                rejection.code,
+                f"{rejection.message} ({accepted} accepted, {errors.count} rejected before)",
+                rejection.violations,
+            ) from rejection
+        except BaseException:
+            settle(0)  # the caller is gone; still confirm (or release) what was published
+            raise
+        settle(0)
         log.info(
             "door states received",
             client=client.id,
             accepted=accepted,
-            rejected=len(errors),
+            rejected=errors.count,
             duplicates=duplicates,
         )
-        return accepted, errors, duplicates
+        return accepted, errors.count, errors.listed(), duplicates
 
     @unary
     def RequestSrpAction(  # noqa: N802
@@ -399,7 +429,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             request.occurred_at,
             request.HasField("occurred_at"),
             required=False,
-            max_skew=self._skew,
+            max_skew=None,  # life-safety: any real clock; the hub works on its own
         )
         check.raise_if_any()
         assert client_event_id and place and panic_event_id and device_id and reason
@@ -515,6 +545,34 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             exercise=bool(event["envelope"]["exercise"]),
         )
         return submission
+
+
+def _settled(submission: Submission) -> bool:
+    return submission.future is None or submission.future.done()
+
+
+class _Errors:
+    """Rejected items: all counted, the first ``cap`` by index kept."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.count = 0
+        self._kept: list[ingest_pb2.StreamItemError] = []
+
+    def add(self, error: ingest_pb2.StreamItemError) -> None:
+        self.count += 1
+        self._kept.append(error)
+        if len(self._kept) >= 2 * self.cap:
+            self._trim()
+
+    def _trim(self) -> None:
+        self._kept.sort(key=lambda e: e.index)
+        del self._kept[self.cap :]
+
+    def listed(self) -> list[ingest_pb2.StreamItemError]:
+        """The first ``cap`` errors in stream order."""
+        self._trim()
+        return self._kept
 
 
 def _item_error(

@@ -2,8 +2,12 @@
 
 ``start(runtime)`` loads the directory, binds the server (writing the bound port to
 ``port_file`` when set), registers health and reflection, and consumes the door-commands and
-announcements topics to feed attached connectors. On SIGTERM the runtime drains it: health
-turns NOT_SERVING, connector sessions end, in-flight calls get ``grace_s`` to finish.
+announcements topics to feed attached connectors. Every handler is registered guarded
+(:mod:`services.gateway.wire`): bytes that are not the request are INVALID_ARGUMENT, and
+streams hold a :class:`~services.gateway.limits.StreamLimits` slot (per client, and at most
+half of the workers, so unary life-safety calls always find one). On SIGTERM the runtime
+drains it: health turns NOT_SERVING, connector sessions end, in-flight calls get ``grace_s``
+to finish.
 """
 
 from __future__ import annotations
@@ -34,15 +38,19 @@ from services.gateway.decisions import Decisions
 from services.gateway.dedupe import Deduper
 from services.gateway.ingest import IngestServicer
 from services.gateway.intake import Intake
+from services.gateway.limits import StreamLimits
 from services.gateway.settings import GatewaySection, GatewaySettings
+from services.gateway.wire import add_guarded
 
 log = structlog.get_logger(__name__)
 
 NAME = "gateway"
 DOOR_COMMANDS = "safehub.door-commands.v1"
 ANNOUNCEMENTS = "safehub.announcements.v1"
-INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
-CONNECTOR_SERVICE = connector_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name
+INGEST = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"]
+CONNECTOR = connector_pb2.DESCRIPTOR.services_by_name["ConnectorService"]
+INGEST_SERVICE = INGEST.full_name
+CONNECTOR_SERVICE = CONNECTOR.full_name
 SERVICE_NAMES = (INGEST_SERVICE, CONNECTOR_SERVICE)
 
 
@@ -115,8 +123,25 @@ class Gateway:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(self.ingest, self.server)
-        connector_pb2_grpc.add_ConnectorServiceServicer_to_server(self.connectors, self.server)
+        # Streams take at most half of the workers; the rest serve the unary calls.
+        self.stream_limits = StreamLimits(
+            self.settings.stream_limit, self.settings.max_streams_per_client
+        )
+        # Malformed requests are refused INVALID_ARGUMENT (not INTERNAL); streams are slotted.
+        add_guarded(
+            self.server,
+            INGEST,
+            ingest_pb2_grpc.add_IngestServiceServicer_to_server,
+            self.ingest,
+            self.stream_limits,
+        )
+        add_guarded(
+            self.server,
+            CONNECTOR,
+            connector_pb2_grpc.add_ConnectorServiceServicer_to_server,
+            self.connectors,
+            self.stream_limits,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

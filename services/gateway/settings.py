@@ -55,10 +55,52 @@ class GatewaySection(BaseModel):
         "service's decision before it is answered PENDING (recorded, decided later)",
     )
     max_clock_skew_s: float = Field(
-        default=300.0, gt=0, le=86_400, description="how far in the future occurred_at may be"
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="how far in the future a door report's occurred_at may be (a panic, "
+        "camera alert or cancellation is taken with any clock from 1970 to 2100: the hub "
+        "works on its own time)",
     )
     max_stream_items: int = Field(
         default=10_000, ge=1, le=1_000_000, description="items per StreamDoorStates call"
+    )
+    max_streams: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description="concurrent streams (StreamDoorStates and Attach together) on this "
+        "gateway; each holds a worker thread, so at most half of max_workers: the other "
+        "workers stay reserved for unary calls (ReportPanic, CancelPanic, RequestSrpAction, "
+        "ReportCameraAlert), which no device feed can take; default half of max_workers",
+    )
+    max_streams_per_client: int = Field(
+        default=8,
+        ge=1,
+        le=512,
+        description="concurrent streams (StreamDoorStates and Attach together) of one client "
+        "certificate; more are refused with RESOURCE_EXHAUSTED",
+    )
+    stream_idle_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="a StreamDoorStates stream that sends no item for this long is ended "
+        "with DEADLINE_EXCEEDED (items sent before it are processed), freeing its worker",
+    )
+    stream_window: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="door states of one batch or stream published and not yet confirmed by "
+        "the broker; the next item waits, so a long stream holds bounded memory",
+    )
+    max_stream_errors: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="rejected items listed (the first, by index) in a batch or stream "
+        "response; rejected_count counts them all",
     )
     max_message_bytes: int = Field(
         default=1_048_576, ge=4096, le=16 * 1_048_576, description="largest request message"
@@ -110,7 +152,25 @@ class GatewaySection(BaseModel):
     def _sessions_leave_workers(self) -> GatewaySection:
         if self.max_connector_sessions > self.max_workers // 2:
             raise ValueError("max_connector_sessions must be at most half of max_workers")
+        if self.max_streams is not None:
+            if self.max_streams > self.max_workers // 2:
+                raise ValueError(
+                    f"SAFEHUB_GATEWAY__MAX_STREAMS ({self.max_streams}) must be at most half of "
+                    f"SAFEHUB_GATEWAY__MAX_WORKERS ({self.max_workers}): the rest are reserved "
+                    "for life-safety unary calls"
+                )
+            if self.max_streams < self.max_connector_sessions:
+                raise ValueError(
+                    f"SAFEHUB_GATEWAY__MAX_STREAMS ({self.max_streams}) must be at least "
+                    f"SAFEHUB_GATEWAY__MAX_CONNECTOR_SESSIONS ({self.max_connector_sessions}): "
+                    "connector sessions are streams"
+                )
         return self
+
+    @property
+    def stream_limit(self) -> int:
+        """Concurrent streams on this gateway (``max_streams``, default half the workers)."""
+        return self.max_streams if self.max_streams is not None else self.max_workers // 2
 
     def resolved_directory_file(self) -> Path:
         """The directory file to load; ConfigError naming the variable if there is none."""

@@ -24,10 +24,50 @@ MAX_PLACE_ID = 64
 MAX_TEXT = 1000
 MAX_URL = 2048
 
+#: Earliest occurred_at taken: the Unix epoch (a device whose clock was reset reports 1970;
+#: anything earlier is not a clock reading). Windows and correlation use hub time anyway.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+#: Latest occurred_at taken where no skew limit applies (a life-safety report is accepted
+#: whatever its clock says, as long as it is a date at all).
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
-def _has_control(value: str, *, allow_newlines: bool) -> bool:
-    allowed = {"\n", "\t", "\r"} if allow_newlines else set()
-    return any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in value)
+#: Unicode categories never allowed in an identifier: controls, format characters (zero-width
+#: and bidi controls), unassigned, private use, surrogates, line and paragraph separators.
+#: Each would let two ids look the same to a person while differing for the hub.
+_ID_REFUSED = frozenset({"Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp"})
+#: Bidi embeddings, overrides, isolates and marks: in free text they reorder what a reviewer or
+#: a dispatcher reads ("Trojan Source"); other format characters (emoji joiners) are fine.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_TEXT_ALLOWED_CONTROLS = frozenset("\n\t\r")
+
+
+def _ident_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an identifier (naming the code point, never the value)."""
+    if value != value.strip():
+        return "must not have surrounding blanks"
+    for position, ch in enumerate(value):
+        if unicodedata.category(ch) in _ID_REFUSED:
+            return (
+                f"must not contain control, format or invisible characters "
+                f"(U+{ord(ch):04X} at position {position})"
+            )
+    if not unicodedata.is_normalized("NFC", value):
+        return "must be in Unicode normalization form NFC"
+    return None
+
+
+def _text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be free text (naming the code point, never the text)."""
+    for position, ch in enumerate(value):
+        category = unicodedata.category(ch)
+        if (category == "Cc" and ch not in _TEXT_ALLOWED_CONTROLS) or category == "Cs":
+            return f"must not contain control characters (U+{ord(ch):04X} at position {position})"
+        if ch in _BIDI:
+            return (
+                f"must not contain bidirectional override or isolate characters "
+                f"(U+{ord(ch):04X} at position {position})"
+            )
+    return None
 
 
 class Check:
@@ -48,15 +88,16 @@ class Check:
     def ident(
         self, field: str, value: str, *, required: bool = True, max_len: int = MAX_ID
     ) -> str | None:
-        """An identifier: bounded, no control characters, no surrounding blanks."""
+        """An identifier: bounded, NFC, no control, format or invisible characters, no
+        surrounding blanks."""
         if not value:
             if required:
                 self.add(field, "is required")
             return None
         if len(value) > max_len:
             self.add(field, f"must be at most {max_len} characters")
-        elif value != value.strip() or _has_control(value, allow_newlines=False):
-            self.add(field, "must not contain control characters or surrounding blanks")
+        elif (problem := _ident_problem(value)) is not None:
+            self.add(field, problem)
         else:
             return value
         return None
@@ -71,8 +112,8 @@ class Check:
             return None
         if len(value) > max_len:
             self.add(field, f"must be at most {max_len} characters")
-        elif _has_control(value, allow_newlines=True):
-            self.add(field, "must not contain control characters")
+        elif (problem := _text_problem(value)) is not None:
+            self.add(field, problem)
         else:
             return value
         return None
@@ -125,10 +166,11 @@ class Check:
         present: bool,
         *,
         required: bool,
-        max_skew: timedelta,
+        max_skew: timedelta | None,
         now: datetime | None = None,
     ) -> datetime | None:
-        """A google.protobuf.Timestamp, not further in the future than ``max_skew``."""
+        """A google.protobuf.Timestamp from 1970 on, not further in the future than
+        ``max_skew`` (``None``: any date before :data:`LATEST`, for life-safety reports)."""
         if not present:
             if required:
                 self.add(field, "is required")
@@ -138,7 +180,14 @@ class Check:
         except (ValueError, OverflowError):
             self.add(field, "is not a valid timestamp")
             return None
-        if when > (now or datetime.now(UTC)) + max_skew:
+        if when < EARLIEST:
+            self.add(field, "is before 1970-01-01T00:00:00Z: not a clock reading")
+            return None
+        if max_skew is None:
+            if when >= LATEST:
+                self.add(field, f"is after {LATEST:%Y-%m-%d}: not a clock reading")
+                return None
+        elif when > (now or datetime.now(UTC)) + max_skew:
             self.add(field, f"is more than {int(max_skew.total_seconds())} s in the future")
             return None
         return when

@@ -33,12 +33,14 @@ import grpc
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2_grpc
+from grpc_status import rpc_status
 
 from connectors.access_control_sim.settings import AccessControlSimSection
 from connectors.access_control_sim.sim import AccessControlSim
 from safehub.embedded.pki import DevPki
-from safehub.gen.safehub.common.v1 import place_pb2
+from safehub.gen.safehub.common.v1 import door_pb2, place_pb2
 from safehub.gen.safehub.connector.v1 import connector_pb2_grpc
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.kernel.codec import Codec, Event
@@ -280,6 +282,45 @@ def panic_request(**fields: Any) -> ingest_pb2.ReportPanicRequest:
         **fields,
     }
     return ingest_pb2.ReportPanicRequest(**values)
+
+
+def door_request(**fields: Any) -> ingest_pb2.ReportDoorStateRequest:
+    """A valid door state report (sch-lincoln-hs B, B-east-entry LOCKED); ``fields`` override."""
+    values: dict[str, Any] = {
+        "client_event_id": f"door-{uuid.uuid4()}",
+        "place": place(),
+        "door_id": "B-east-entry",
+        "state": door_pb2.DOOR_STATE_LOCKED,
+        "occurred_at": timestamp(),
+        **fields,
+    }
+    return ingest_pb2.ReportDoorStateRequest(**values)
+
+
+def camera_request(**fields: Any) -> ingest_pb2.ReportCameraAlertRequest:
+    """A valid gunshot alert (sch-lincoln-hs A/gym, confidence 0.5); ``fields`` override."""
+    values: dict[str, Any] = {
+        "client_event_id": f"cam-{uuid.uuid4()}",
+        "place": place(building="A", room="gym"),
+        "camera_id": "cam-1",
+        "analytic": ingest_pb2.CAMERA_ANALYTIC_GUNSHOT,
+        "confidence": 0.5,
+        "occurred_at": timestamp(),
+        **fields,
+    }
+    return ingest_pb2.ReportCameraAlertRequest(**values)
+
+
+def field_violations(error: grpc.RpcError) -> dict[str, str]:
+    """Field → description of the ``google.rpc.BadRequest`` detail of a refused call."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "no google.rpc.Status in the trailers"
+    found: dict[str, str] = {}
+    for detail in status.details:
+        request = error_details_pb2.BadRequest()
+        if detail.Unpack(request):
+            found.update({v.field: v.description for v in request.field_violations})
+    return found
 
 
 # -- reading what landed -----------------------------------------------------------------

@@ -474,12 +474,14 @@ class StreamDoorStatesResponse(_message.Message):
     accepted_count: _builtins.int
     """Number of items accepted, duplicates included."""
     rejected_count: _builtins.int
-    """Number of items rejected; each has an entry in errors."""
+    """Number of items rejected (all of them, listed in errors or not)."""
     duplicate_count: _builtins.int
     """Number of accepted items that were retries of already accepted client_event_ids."""
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamItemError]:
-        """One entry per rejected item, in stream order."""
+        """The first rejected items, in stream order: at most the gateway's error limit
+        (SAFEHUB_GATEWAY__MAX_STREAM_ERRORS, 100 by default); rejected_count counts them all.
+        """
 
     def __init__(
         self,
@@ -534,12 +536,14 @@ class ReportDoorStatesResponse(_message.Message):
     accepted_count: _builtins.int
     """Number of items accepted, duplicates included."""
     rejected_count: _builtins.int
-    """Number of items rejected; each has an entry in errors."""
+    """Number of items rejected (all of them, listed in errors or not)."""
     duplicate_count: _builtins.int
     """Number of accepted items that were retries of already accepted client_event_ids."""
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamItemError]:
-        """One entry per rejected item, in batch order."""
+        """The first rejected items, in batch order: at most the gateway's error limit
+        (SAFEHUB_GATEWAY__MAX_STREAM_ERRORS, 100 by default); rejected_count counts them all.
+        """
 
     def __init__(
         self,
