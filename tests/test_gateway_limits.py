@@ -249,6 +249,36 @@ def test_seventy_idle_streams_of_one_door_client_leave_the_panic_path_free(
 
 
 @pytest.mark.kafka
+def test_unary_door_feeds_count_against_the_same_limits(gateway: Callable[..., Any]) -> None:
+    """A door feed's unary batches hold workers too: they take a slot like a stream."""
+    release = threading.Event()
+    with gateway(max_streams_per_client=1, stream_idle_timeout_s=120) as gw:
+        (stream,) = open_idle_streams(gw, "StreamDoorStates", 1, release)
+        try:
+            wait_until(
+                lambda: gw.gw.stream_limits.open_streams(DOOR) == 1,
+                timeout=TIMEOUT,
+                what="the stream admitted",
+            )
+            stub = gw.stub_for(DOOR)
+            batch = ingest_pb2.ReportDoorStatesRequest(items=[door_request()])
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ReportDoorStates(batch, timeout=TIMEOUT)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "SAFEHUB_GATEWAY__MAX_STREAMS_PER_CLIENT=1" in (info.value.details() or "")
+            panics_succeed(gw)
+        finally:
+            release.set()
+        stream.result(timeout=TIMEOUT)
+        wait_until(
+            lambda: gw.gw.stream_limits.open_streams(DOOR) == 0, timeout=TIMEOUT, what="freed"
+        )
+        answer = stub.ReportDoorStates(batch, timeout=TIMEOUT)
+        assert answer.accepted_count == 1
+        assert gw.gw.stream_limits.open_streams(DOOR) == 0, "the unary call gave its slot back"
+
+
+@pytest.mark.kafka
 def test_the_71st_stream_of_a_client_is_refused_and_other_clients_are_not(
     gateway: Callable[..., Any],
 ) -> None:

@@ -1,7 +1,8 @@
 """What one caller's streams may take from the gateway: slots, idle time, memory.
 
 Every stream (``StreamDoorStates``, ``Attach``) holds a worker thread for as long as it is
-open. :class:`StreamLimits` admits a stream only while the caller's certificate holds fewer
+open, and so does a unary door feed call (``ReportDoorState(s)``) while it publishes.
+:class:`StreamLimits` admits one only while the caller's certificate holds fewer
 than ``max_streams_per_client`` and the gateway fewer than its stream limit (at most half of
 ``max_workers``), so the remaining workers always serve the unary life-safety calls
 (ReportPanic, CancelPanic, RequestSrpAction, ReportCameraAlert): no device feed can take them.
@@ -64,14 +65,16 @@ class StreamLimits:
             if held >= self.per_client:
                 raise RejectionError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"client {client!r} already holds {held} open streams, the most one client "
-                    f"may (SAFEHUB_GATEWAY__MAX_STREAMS_PER_CLIENT={self.per_client}); close one "
-                    f"before opening another {method}, or retry with backoff",
+                    f"client {client!r} already holds {held} open streams and door-feed calls, "
+                    f"the most one client may (SAFEHUB_GATEWAY__MAX_STREAMS_PER_CLIENT="
+                    f"{self.per_client}); let one finish before another {method}, or retry "
+                    "with backoff",
                 )
             if self._open >= self.total:
                 raise RejectionError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"this gateway already serves {self._open} streams, the most it allows "
+                    f"this gateway already serves {self._open} streams and door-feed calls, "
+                    "the most it allows "
                     f"(SAFEHUB_GATEWAY__MAX_STREAMS={self.total}; the other workers are kept "
                     f"for life-safety calls); retry {method} with backoff, or send batches "
                     "with ReportDoorStates",

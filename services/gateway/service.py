@@ -123,7 +123,8 @@ class Gateway:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        # Streams take at most half of the workers; the rest serve the unary calls.
+        # Device feeds (streams, door reports) take at most half of the workers; the rest
+        # serve the life-safety calls.
         self.stream_limits = StreamLimits(
             self.settings.stream_limit, self.settings.max_streams_per_client
         )
@@ -134,6 +135,8 @@ class Gateway:
             ingest_pb2_grpc.add_IngestServiceServicer_to_server,
             self.ingest,
             self.stream_limits,
+            # Unary door feeds hold workers too: many at once must not take the panics'.
+            bulk=frozenset({"ReportDoorState", "ReportDoorStates"}),
         )
         add_guarded(
             self.server,

@@ -148,11 +148,19 @@ class GuardedItems:
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
-def _guard_unary_request(behavior: Behavior) -> Behavior:
+def _guard_unary_request(
+    behavior: Behavior, limits: StreamLimits | None = None, method: str = ""
+) -> Behavior:
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, Malformed):
             abort(context, request.rejection())
-        return behavior(request, context)
+        if limits is None:
+            return behavior(request, context)
+        try:
+            with _slot(limits, context, method):
+                return behavior(request, context)
+        except RejectionError as rejection:
+            abort(context, rejection)
 
     return guarded
 
@@ -228,7 +236,7 @@ def guard(
             response_serializer=serializer,
         )
     return grpc.unary_unary_rpc_method_handler(
-        _guard_unary_request(handler.unary_unary),
+        _guard_unary_request(handler.unary_unary, limits, method),
         request_deserializer=deserializer,
         response_serializer=serializer,
     )
@@ -255,8 +263,15 @@ def add_guarded(
     add_to_server: Callable[[Any, Any], None],
     servicer: Any,
     limits: StreamLimits | None,
+    *,
+    bulk: frozenset[str] = frozenset(),
 ) -> None:
-    """Register ``servicer`` like the generated ``add_to_server`` would, every handler guarded."""
+    """Register ``servicer`` like the generated ``add_to_server`` would, every handler guarded.
+
+    Request-streaming methods and the unary methods named in ``bulk`` (device feeds) take a
+    ``limits`` slot while they run; the other unary methods (life-safety calls) never wait
+    for one.
+    """
     capture = _Capture()
     add_to_server(servicer, capture)
     generated = capture.handlers[service.full_name]
@@ -264,7 +279,7 @@ def add_guarded(
         name: guard(
             handler,
             service.methods_by_name[name].input_type,
-            limits if handler.request_streaming else None,
+            limits if handler.request_streaming or name in bulk else None,
             name,
         )
         for name, handler in generated.items()
