@@ -149,6 +149,23 @@ def test_statuses_never_go_back_and_keep_the_provider_id(store: Store) -> None:
     assert store.delivery_by_provider_id("SM1") == row
 
 
+def test_delivered_is_never_overwritten_by_a_later_failure_and_overwrites_an_earlier_one(
+    store: Store,
+) -> None:
+    n, delivery = _create(store)
+    other = _delivery(n, "stf-1", "EMAIL")
+    store.add_deliveries([other], [])
+    d, e = delivery.delivery_id, other.delivery_id
+    store.record_statuses([StatusChange(d, "DELIVERED", "SM1")], [])
+    store.record_statuses([StatusChange(d, "FAILED", None, "30003")], [])  # a late bounce
+    store.record_statuses([StatusChange(e, "FAILED", None, "550")], [])
+    store.record_statuses([StatusChange(e, "EXPIRED", None, "late")], [])  # failures rank alike
+    store.record_statuses([StatusChange(e, "DELIVERED", "M1")], [])  # a late carrier receipt
+    rows = {r.delivery_id: r for r in store.deliveries_of(n.notification_id)}
+    assert (rows[d].status, rows[d].error) == ("DELIVERED", None)
+    assert (rows[e].status, rows[e].provider_message_id) == ("DELIVERED", "M1")
+
+
 def test_incident_marks_only_move_forward(store: Store) -> None:
     store.mark_incident("inc-1", "LOCKDOWN", 2, "n-2", ["staff:s"])
     store.mark_incident("inc-1", "SECURE", 1, "n-1", ["staff:s"])  # older: ignored

@@ -17,7 +17,8 @@ document). Each row is claimed by one connector process for a short lease, renew
 works, so one incident is sent by one process at a time and a dead process's rows are taken
 over when its lease runs out.
 
-SQLite file by default (WAL: a committed write survives a kill -9), PostgreSQL by URL.
+SQLite file by default (WAL: a committed write survives a kill -9), PostgreSQL by URL; the
+schema comes from the alembic migrations in ``migrations/`` (applied at open).
 """
 
 from __future__ import annotations
@@ -40,25 +41,25 @@ from sqlalchemy import (
     Table,
     Text,
     case,
-    create_engine,
-    event,
     func,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection
 
 from connectors.psap_cad.eido import IncidentSnapshot
 from connectors.psap_cad.signals import SignalFacts
-from safehub.kernel.errors import ConfigError, SafeHubError
 from safehub.kernel.lifecycle import Closing
+from safehub.kernel.store import StoreError, insert_for, make_engine, migrate, upsert
 
 log = structlog.get_logger(__name__)
 
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
-class LedgerError(SafeHubError):
-    """The ledger could not be read or written."""
+
+class LedgerError(StoreError):
+    """The ledger could not be opened, read or written."""
+
+    store = "psap_cad ledger"
 
 
 class Decision:
@@ -121,21 +122,9 @@ class Ledger(Closing):
     """The ledger tables behind one SQLAlchemy engine (thread-safe: a connection per call)."""
 
     def __init__(self, url: str, *, table_prefix: str = "psap_cad_") -> None:
-        try:
-            parsed = make_url(url)
-        except Exception as exc:
-            raise ConfigError(f"ledger URL is invalid: {type(exc).__name__}") from exc
-        connect_args: dict[str, Any] = {}
-        if parsed.get_backend_name() == "sqlite":
-            database = parsed.database or ""
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            # Consumer threads and the inbound server share the pool.
-            connect_args = {"check_same_thread": False, "timeout": 30}
-        self._engine: Engine = create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
-        if parsed.get_backend_name() == "sqlite":
-            event.listen(self._engine, "connect", _sqlite_pragmas)
-        self._dialect = parsed.get_backend_name()
+        # Consumer threads and the inbound server share the pool.
+        self._engine: Engine = make_engine(url, name="psap_cad ledger")
+        self._insert = insert_for(self._engine)
         metadata = MetaData()
         self.incidents = Table(
             f"{table_prefix}incidents",
@@ -190,19 +179,17 @@ class Ledger(Closing):
             Column("claimed_by", String(200), nullable=False),
             Column("claimed_until", DateTime(timezone=True), nullable=False),
         )
-        try:
-            metadata.create_all(self._engine)
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"cannot open the ledger: {type(exc).__name__}") from exc
+        # The schema is the migrations' (``migrations/versions``); the tables above mirror it.
+        # A file made by ``create_all`` before the ledger had migrations is adopted as 0001.
+        migrate(
+            self._engine,
+            MIGRATIONS,
+            error=LedgerError,
+            table_prefix=table_prefix,
+            adopt=metadata.tables,
+        )
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _insert(self, table: Table) -> Any:
-        if self._dialect == "postgresql":
-            return postgresql.insert(table)
-        if self._dialect == "sqlite":
-            return sqlite.insert(table)
-        raise ConfigError(f"ledger backend {self._dialect!r} is not supported")
 
     def _decide(
         self,
@@ -310,13 +297,13 @@ class Ledger(Closing):
                 "status": snapshot.status,
                 "updated_at": now,
             }
-            insert = self._insert(incidents).values(
-                incident_id=snapshot.incident_id, sent_version=0, **baseline
-            )
             conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=["incident_id"],
-                    set_=baseline,
+                upsert(
+                    conn,
+                    incidents,
+                    {"incident_id": snapshot.incident_id, "sent_version": 0, **baseline},
+                    keys=["incident_id"],
+                    update=baseline,
                     where=incidents.c.last_version < snapshot.version,
                 )
             )
@@ -331,17 +318,19 @@ class Ledger(Closing):
                 "trace": json.dumps([[k, v.decode("latin-1")] for k, v in trace]),
                 "queued_at": now,
             }
-            insert = self._insert(outbox).values(
-                incident_id=snapshot.incident_id,
-                claimed_by=owner,
-                claimed_until=now + lease,
-                **row,
-            )
             claimable = (outbox.c.claimed_by == owner) | (outbox.c.claimed_until < now)
             conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=["incident_id"],
-                    set_={
+                upsert(
+                    conn,
+                    outbox,
+                    {
+                        "incident_id": snapshot.incident_id,
+                        "claimed_by": owner,
+                        "claimed_until": now + lease,
+                        **row,
+                    },
+                    keys=["incident_id"],
+                    update={
                         **row,
                         "claimed_by": case((claimable, owner), else_=outbox.c.claimed_by),
                         "claimed_until": case(
@@ -612,13 +601,3 @@ def _pending(row: Any) -> PendingDispatch:
         causation_id=row["causation_id"],
         trace=[(str(k), str(v).encode("latin-1")) for k, v in trace],
     )
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL + NORMAL: a committed transaction survives a process crash (not a power cut)
-    # without an fsync per dispatch on the 911 path.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()

@@ -48,6 +48,7 @@ from services.notify.channels.base import (
 )
 from services.notify.settings import NotifySection, RateLimit
 from services.notify.store import (
+    RANK,
     DeliveryRow,
     NotificationRow,
     OutboxItem,
@@ -64,8 +65,6 @@ REQUESTED = EVENT_NAMESPACE + "NotificationRequested"
 RECEIPT = EVENT_NAMESPACE + "DeliveryReceipt"
 #: Person channels in order of preference (VOICE last: the most intrusive, for escalation).
 PREFERENCE = ("SMS", "EMAIL", "PUSH", "VOICE")
-#: Status order for a delivery (it never goes back; FAILED and DELIVERED are both final).
-RANK = {"QUEUED": 0, "SENT": 1, "DELIVERED": 2, "FAILED": 2, "REJECTED": 2, "EXPIRED": 2}
 PRIORITY_ORDER = {"LIFE_SAFETY": 0, "URGENT": 1, "ROUTINE": 2}
 #: A repeated SMS "1" within this time of an acknowledgement is answered "already confirmed".
 REPLY_WINDOW_S = 24 * 3600.0

@@ -7,6 +7,7 @@ schedule (``next_escalation_at`` per recipient, so a restart resumes it), the SR
 notified per incident, the CAP documents, and an outbox of encoded events written in the same
 transaction as the state they report (published after commit, re-published after a crash).
 
+The schema comes from the alembic migrations in ``migrations/`` (applied at open).
 No contact details are stored: recipients are ids; addresses come from the directory.
 Times are epoch seconds (float), the same on both backends.
 """
@@ -33,24 +34,41 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
-    create_engine,
-    event,
     func,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection
 
-from safehub.kernel.errors import ConfigError, SafeHubError
+from safehub.kernel import store as kernel_store
 from safehub.kernel.lifecycle import Closing
+from safehub.kernel.store import (
+    insert_for,
+    insert_or_ignore,
+    make_engine,
+    migrate,
+    upsert,
+    wrap_errors,
+)
 
-#: Status order: a delivery never goes back (a late SENT after DELIVERED changes nothing).
-RANK = {"QUEUED": 0, "SENT": 1, "DELIVERED": 2, "FAILED": 3, "REJECTED": 3, "EXPIRED": 3}
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+#: The one order of a delivery's statuses (the dispatcher's in-memory check and this store's
+#: ``rank`` column both use it): a delivery only ever moves to a higher rank, so a late,
+#: repeated or reordered callback never takes it back (a SENT after DELIVERED changes nothing).
+#: DELIVERED outranks every failure because it is the proof an operator and a reviewer ask for
+#: ("was this person told?"): a FAILED arriving after it (a bounce for a mail the server had
+#: accepted, a duplicated or out-of-order carrier callback) must neither erase that proof nor
+#: start a fallback to another channel for someone who has the message, while a DELIVERED
+#: arriving after a FAILED (a late carrier receipt) is news worth recording, even though the
+#: fallback the failure started has already gone out. The failures rank alike: the first
+#: recorded stays.
+RANK = {"QUEUED": 0, "SENT": 1, "FAILED": 2, "REJECTED": 2, "EXPIRED": 2, "DELIVERED": 3}
 
 
-class StoreError(SafeHubError):
-    """The store could not be read or written."""
+class StoreError(kernel_store.StoreError):
+    """The notify store could not be opened, read or written."""
+
+    store = "notify store"
 
 
 @dataclass(frozen=True)
@@ -155,28 +173,8 @@ class Store(Closing):
     """The store's tables behind one SQLAlchemy engine (thread-safe: a connection per call)."""
 
     def __init__(self, url: str, *, table_prefix: str = "notify_") -> None:
-        try:
-            parsed = make_url(url)
-        except Exception as exc:
-            raise ConfigError(f"notify database URL is invalid: {type(exc).__name__}") from exc
-        connect_args: dict[str, Any] = {}
-        self._dialect = parsed.get_backend_name()
-        if self._dialect == "sqlite":
-            database = parsed.database or ""
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            connect_args = {"check_same_thread": False, "timeout": 30}
-        elif self._dialect != "postgresql":
-            raise ConfigError(f"notify database backend {self._dialect!r} is not supported")
-        self._engine: Engine = create_engine(
-            parsed,
-            connect_args=connect_args,
-            # A server can drop idle connections; a SQLite file cannot (a ping per call).
-            pool_pre_ping=self._dialect == "postgresql",
-            pool_size=10,
-        )
-        if self._dialect == "sqlite":
-            event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._engine: Engine = make_engine(url, name="notify", pool_size=10)
+        self._insert = insert_for(self._engine)
         metadata = MetaData()
         p = table_prefix
         self.notifications = Table(
@@ -281,23 +279,17 @@ class Store(Closing):
             Column("body", LargeBinary, nullable=False),
             Column("created_at", Double, nullable=False),
         )
-        try:
-            metadata.create_all(self._engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open the notify store: {type(exc).__name__}") from exc
+        # The schema is the migrations' (``migrations/versions``); the tables above mirror it.
+        # A file made by ``create_all`` before the store had migrations is adopted as 0001.
+        migrate(self._engine, MIGRATIONS, error=StoreError, table_prefix=p, adopt=metadata.tables)
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _insert(self, table: Table) -> Any:
-        if self._dialect == "postgresql":
-            return postgresql.insert(table)
-        return sqlite.insert(table)
 
     def _outbox(self, conn: Connection, items: Sequence[OutboxItem]) -> None:
         if items:
             now = time.time()
             conn.execute(
-                self._insert(self.outbox).on_conflict_do_nothing(index_elements=["event_id"]),
+                insert_or_ignore(conn, self.outbox, keys=["event_id"]),
                 [{"event_id": i.event_id, "body": i.body, "created_at": now} for i in items],
             )
 
@@ -318,38 +310,35 @@ class Store(Closing):
         False if it already exists (a redelivered request): nothing is changed.
         """
         n = notification
-        try:
-            with self._begin() as conn:
-                inserted = conn.execute(
-                    self._insert(self.notifications)
-                    .values(
-                        notification_id=n.notification_id,
-                        request_event_id=n.request_event_id,
-                        incident_id=n.incident_id,
-                        tenant=json.dumps(n.tenant),
-                        school_id=n.school_id,
-                        building=n.building,
-                        srp_action=n.srp_action,
-                        priority=n.priority,
-                        exercise=n.exercise,
-                        require_ack=n.require_ack,
-                        headline=n.headline,
-                        body=n.body,
-                        audiences=json.dumps(n.audiences),
-                        cap_identifier=n.cap_identifier,
-                        created_at=n.created_at,
-                    )
-                    .on_conflict_do_nothing(index_elements=["notification_id"])
-                    # rowcount of INSERT … ON CONFLICT is -1 on psycopg: ask for the row.
-                    .returning(self.notifications.c.notification_id)
+        with wrap_errors(StoreError, "cannot store notification"), self._begin() as conn:
+            inserted = conn.execute(
+                self._insert(self.notifications)
+                .values(
+                    notification_id=n.notification_id,
+                    request_event_id=n.request_event_id,
+                    incident_id=n.incident_id,
+                    tenant=json.dumps(n.tenant),
+                    school_id=n.school_id,
+                    building=n.building,
+                    srp_action=n.srp_action,
+                    priority=n.priority,
+                    exercise=n.exercise,
+                    require_ack=n.require_ack,
+                    headline=n.headline,
+                    body=n.body,
+                    audiences=json.dumps(n.audiences),
+                    cap_identifier=n.cap_identifier,
+                    created_at=n.created_at,
                 )
-                if inserted.first() is None:
-                    return False
-                self._add_recipients(conn, recipients)
-                self._add_deliveries(conn, deliveries)
-                self._outbox(conn, outbox)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot store notification: {type(exc).__name__}") from exc
+                .on_conflict_do_nothing(index_elements=["notification_id"])
+                # rowcount of INSERT … ON CONFLICT is -1 on psycopg: ask for the row.
+                .returning(self.notifications.c.notification_id)
+            )
+            if inserted.first() is None:
+                return False
+            self._add_recipients(conn, recipients)
+            self._add_deliveries(conn, deliveries)
+            self._outbox(conn, outbox)
         return True
 
     def add_recipients(
@@ -362,20 +351,15 @@ class Store(Closing):
 
         Recipients already stored are left as they are.
         """
-        try:
-            with self._begin() as conn:
-                self._add_recipients(conn, recipients)
-                self._add_deliveries(conn, deliveries)
-                self._outbox(conn, outbox)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot store recipients: {type(exc).__name__}") from exc
+        with wrap_errors(StoreError, "cannot store recipients"), self._begin() as conn:
+            self._add_recipients(conn, recipients)
+            self._add_deliveries(conn, deliveries)
+            self._outbox(conn, outbox)
 
     def _add_recipients(self, conn: Connection, recipients: Sequence[RecipientRow]) -> None:
         if recipients:
             conn.execute(
-                self._insert(self.recipients).on_conflict_do_nothing(
-                    index_elements=["notification_id", "recipient_id"]
-                ),
+                insert_or_ignore(conn, self.recipients, keys=["notification_id", "recipient_id"]),
                 [
                     {
                         "notification_id": r.notification_id,
@@ -420,9 +404,7 @@ class Store(Closing):
     def _add_deliveries(self, conn: Connection, deliveries: Sequence[DeliveryRow]) -> None:
         if deliveries:
             conn.execute(
-                self._insert(self.deliveries).on_conflict_do_nothing(
-                    index_elements=["delivery_id"]
-                ),
+                insert_or_ignore(conn, self.deliveries, keys=["delivery_id"]),
                 [
                     {
                         "delivery_id": d.delivery_id,
@@ -513,13 +495,10 @@ class Store(Closing):
             }
             for c in changes
         ]
-        try:
-            with self._begin() as conn:
-                if rows:
-                    conn.execute(statement, rows)
-                self._outbox(conn, outbox)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot record delivery statuses: {type(exc).__name__}") from exc
+        with wrap_errors(StoreError, "cannot record delivery statuses"), self._begin() as conn:
+            if rows:
+                conn.execute(statement, rows)
+            self._outbox(conn, outbox)
 
     def delivery(self, delivery_id: str) -> DeliveryRow | None:
         """A delivery by id."""
@@ -668,12 +647,13 @@ class Store(Closing):
             "audiences": json.dumps(list(audiences)),
         }
         table = self.incident_marks
-        insert = self._insert(table).values(incident_id=incident_id, **values)
         with self._begin() as conn:
             conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=["incident_id"],
-                    set_=values,
+                upsert(
+                    conn,
+                    table,
+                    {"incident_id": incident_id, **values},
+                    keys=["incident_id"],
                     where=table.c.version < version,
                 )
             )
@@ -686,42 +666,39 @@ class Store(Closing):
         False if it is already stored (a redelivered incident event): nothing changes.
         """
         table = self.held
-        try:
-            with self._begin() as conn:
-                inserted = conn.execute(
-                    self._insert(table)
-                    .values(
-                        notification_id=row.notification_id,
-                        incident_id=row.incident_id,
-                        tenant=json.dumps(row.tenant),
-                        school_id=row.school_id,
-                        srp_action=row.srp_action,
-                        priority=row.priority,
-                        headline=row.headline,
-                        body=row.body,
-                        audiences=json.dumps(row.audiences),
-                        causation_id=row.causation_id,
-                        created_at=row.created_at,
-                        status="held",
-                    )
-                    .on_conflict_do_nothing(index_elements=["notification_id"])
-                    .returning(table.c.notification_id)
+        with wrap_errors(StoreError, "cannot hold notification"), self._begin() as conn:
+            inserted = conn.execute(
+                self._insert(table)
+                .values(
+                    notification_id=row.notification_id,
+                    incident_id=row.incident_id,
+                    tenant=json.dumps(row.tenant),
+                    school_id=row.school_id,
+                    srp_action=row.srp_action,
+                    priority=row.priority,
+                    headline=row.headline,
+                    body=row.body,
+                    audiences=json.dumps(row.audiences),
+                    causation_id=row.causation_id,
+                    created_at=row.created_at,
+                    status="held",
                 )
-                if inserted.first() is None:
-                    return False
-                if row.incident_id is not None:
-                    # Parents must never get an older action's message after a newer one.
-                    conn.execute(
-                        table.update()
-                        .where(
-                            table.c.incident_id == row.incident_id,
-                            table.c.notification_id != row.notification_id,
-                            table.c.status == "held",
-                        )
-                        .values(status="superseded")
+                .on_conflict_do_nothing(index_elements=["notification_id"])
+                .returning(table.c.notification_id)
+            )
+            if inserted.first() is None:
+                return False
+            if row.incident_id is not None:
+                # Parents must never get an older action's message after a newer one.
+                conn.execute(
+                    table.update()
+                    .where(
+                        table.c.incident_id == row.incident_id,
+                        table.c.notification_id != row.notification_id,
+                        table.c.status == "held",
                     )
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot hold notification: {type(exc).__name__}") from exc
+                    .values(status="superseded")
+                )
         return True
 
     def held_message(self, notification_id: str) -> HeldRow | None:
@@ -761,26 +738,23 @@ class Store(Closing):
         Only a message still held can be decided: False for a second or redelivered decision.
         """
         table = self.held
-        try:
-            with self._begin() as conn:
-                moved = conn.execute(
-                    table.update()
-                    .where(table.c.notification_id == notification_id, table.c.status == "held")
-                    .values(
-                        status=status,
-                        decided_by=decided_by,
-                        decided_at=time.time(),
-                        decision_event_id=decision_event_id,
-                        note=note,
-                        released_headline=released_headline,
-                        released_body=released_body,
-                    )
+        with wrap_errors(StoreError, "cannot record the decision"), self._begin() as conn:
+            moved = conn.execute(
+                table.update()
+                .where(table.c.notification_id == notification_id, table.c.status == "held")
+                .values(
+                    status=status,
+                    decided_by=decided_by,
+                    decided_at=time.time(),
+                    decision_event_id=decision_event_id,
+                    note=note,
+                    released_headline=released_headline,
+                    released_body=released_body,
                 )
-                if not moved.rowcount:
-                    return False
-                self._outbox(conn, outbox)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot record the decision: {type(exc).__name__}") from exc
+            )
+            if not moved.rowcount:
+                return False
+            self._outbox(conn, outbox)
         return True
 
     # -- CAP ---------------------------------------------------------------------------------
@@ -977,12 +951,3 @@ def _delivery(row: Any) -> DeliveryRow:
         created_at=float(row["created_at"]),
         updated_at=float(row["updated_at"]),
     )
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL + NORMAL: a committed write survives a process crash without an fsync per receipt.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()

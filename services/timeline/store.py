@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -38,29 +36,28 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     and_,
-    create_engine,
-    event,
     func,
     or_,
     select,
     tuple_,
     type_coerce,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Row, RowMapping, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection, Row, RowMapping
 
 from safehub.kernel import chain
-from safehub.kernel.errors import ConfigError, SafeHubError
+from safehub.kernel import store as kernel_store
 from safehub.kernel.lifecycle import Closing
+from safehub.kernel.store import insert_for, make_engine
 
 log = structlog.get_logger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-class StoreError(SafeHubError):
+class StoreError(kernel_store.StoreError):
     """The timeline store could not be opened, read or written."""
+
+    store = "timeline store"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -334,28 +331,14 @@ class Store(Closing):
     """The timeline tables behind one database URL (thread-safe: a connection per call)."""
 
     def __init__(self, url: str, *, migrate: bool = True, pool_size: int = 8) -> None:
-        try:
-            parsed = make_url(url)
-        except Exception as exc:
-            raise ConfigError(f"timeline database URL is invalid: {type(exc).__name__}") from exc
-        self.dialect = parsed.get_backend_name()
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise ConfigError(f"timeline database {self.dialect!r} is not supported")
+        self.engine: Engine = make_engine(url, name="timeline", pool_size=pool_size)
+        self.dialect = self.engine.dialect.name
+        self._writer: Engine = self.engine
         if self.dialect == "sqlite":
-            database = parsed.database or ""
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            args: dict[str, Any] = {"check_same_thread": False, "timeout": 30}
-            self.engine: Engine = create_engine(parsed, connect_args=args)
             # Writers take the database lock at BEGIN: a read-then-write batch never meets
             # SQLITE_BUSY_SNAPSHOT halfway (readers use the other engine and never block).
-            self._writer: Engine = create_engine(parsed, connect_args=args, pool_size=2)
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-            event.listen(self._writer, "connect", _sqlite_writer_connect)
-            event.listen(self._writer, "begin", _sqlite_begin_immediate)
-        else:
-            self.engine = create_engine(parsed, pool_size=pool_size, pool_pre_ping=True)
-            self._writer = self.engine
+            self._writer = make_engine(url, name="timeline", pool_size=2, begin_immediate=True)
+        self._insert = insert_for(self.engine)
         self._page_columns = [
             _iso_text(self.dialect, c) if c.name in ("occurred_at", "recorded_at") else c
             for c in (entries.c[name] for name in PAGE_COLUMNS)
@@ -365,22 +348,12 @@ class Store(Closing):
 
     def migrate(self) -> None:
         """Apply the alembic migrations (``upgrade head``)."""
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        try:
-            with self._writer.begin() as conn:
-                config.attributes["connection"] = conn
-                command.upgrade(config, "head")
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot migrate the timeline store: {type(exc).__name__}") from exc
+        kernel_store.migrate(self._writer, MIGRATIONS, error=StoreError)
 
     def close(self) -> None:
         """Release the connection pools."""
         self.engine.dispose()
         self._writer.dispose()
-
-    def _insert(self, table: Table) -> Any:
-        return (postgresql if self.dialect == "postgresql" else sqlite).insert(table)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -746,21 +719,3 @@ def _iso_text(dialect: str, column: Any) -> ColumnElement[str]:
         return (func.replace(stored, " ", "T", type_=Text) + "Z").label(column.name)
     utc = func.timezone("UTC", column)
     return func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"', type_=Text).label(column.name)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL + NORMAL: a committed batch survives a process crash; readers never block writers.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-def _sqlite_writer_connect(dbapi_connection: Any, record: Any) -> None:
-    _sqlite_pragmas(dbapi_connection, record)
-    dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
-
-
-def _sqlite_begin_immediate(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
