@@ -1,9 +1,9 @@
 # The SafeHub image: every deployable (`python -m services.<name>`,
 # `python -m connectors.<name>`) and the `safehub` CLI, for deploy/helm/safehub.
 #
-# Build from the repository root; the EIDO facts file comes from shared/ beside it, given
-# as a named build context:
-#   docker build --build-context shared=../shared -t safehub:0.1.0 .
+# Build from the repository root (the CAP schema and the EIDO facts ship inside the
+# package, safehub/standards):
+#   docker build -t safehub:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
@@ -31,8 +31,6 @@ RUN groupadd --system --gid 10001 safehub \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /opt/safehub
 COPY deploy/directory/ deploy/directory/
-COPY --from=shared standards/nena-eido/eido-required-fields.json standards/nena-eido/
-COPY --from=shared standards/cap-1.2/CAP-v1.2.xsd standards/cap-1.2/
 # Installed packages cannot find a checkout's deploy/ folder: name the files here (the
 # Helm chart mounts the real directory and sets these again).
 ENV SAFEHUB_GATEWAY__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
@@ -41,8 +39,6 @@ ENV SAFEHUB_GATEWAY__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
     SAFEHUB_PSAP_CAD__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
     SAFEHUB_ACCESS_CONTROL_SIM__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
     SAFEHUB_NOTIFY__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
-    SAFEHUB_TIMELINE__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
-    SAFEHUB_PSAP_CAD__EIDO_RULES_FILE=/opt/safehub/standards/nena-eido/eido-required-fields.json \
-    SAFEHUB_NOTIFY__CAP_XSD=/opt/safehub/standards/cap-1.2/CAP-v1.2.xsd
+    SAFEHUB_TIMELINE__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json
 USER 10001:10001
 CMD ["safehub", "--help"]

@@ -34,7 +34,8 @@ from services.notify.cap_endpoint import (
     post_cap,
 )
 
-STANDARDS = Path(cap.DEFAULT_CAP_XSD).parent
+#: The project's reference set beside the repository (samples are not shipped in the package).
+STANDARDS = Path(__file__).resolve().parents[2] / "shared/standards/cap-1.2"
 SAMPLES = sorted((STANDARDS / "samples").glob("*.xml"))
 NEGATIVE = STANDARDS / "samples-negative"
 NS = {"cap": cap.CAP_NAMESPACE, "atom": ATOM_NAMESPACE}
@@ -810,3 +811,13 @@ def test_post_cap_transport_failures_are_transient(
         post_cap(f"{base}/cap", b"<x/>", ca_bundle=tmp_path / "none.pem")
     assert error.value.transient is False
     assert receiver.received == []
+
+
+def test_the_shipped_schema_is_the_reference_copy_byte_for_byte() -> None:
+    """safehub/standards carries the OASIS schema verbatim (and the EIDO facts unchanged)."""
+    from connectors.psap_cad.settings import DEFAULT_EIDO_RULES
+
+    assert cap.DEFAULT_CAP_XSD.read_bytes() == (STANDARDS / "CAP-v1.2.xsd").read_bytes()
+    reference = STANDARDS.parent / "nena-eido/eido-required-fields.json"
+    assert DEFAULT_EIDO_RULES.read_bytes() == reference.read_bytes()
+    assert "safehub/standards" in cap.DEFAULT_CAP_XSD.as_posix()

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
+from safehub import standards
 from safehub.kernel.settings import HubSettings
 
 #: The repository root (connectors/psap_cad/settings.py → three levels up).
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: The EIDO facts file lives in the shared standards folder beside the repository.
-DEFAULT_EIDO_RULES = _REPO_ROOT.parent / "shared/standards/nena-eido/eido-required-fields.json"
+#: The EIDO facts file, shipped in the package (:mod:`safehub.standards`).
+DEFAULT_EIDO_RULES = standards.EIDO_RULES
 
 
 class PsapCadConfig(BaseModel):

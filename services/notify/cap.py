@@ -30,6 +30,7 @@ from typing import Any
 
 from lxml import etree  # type: ignore[import-untyped]
 
+from safehub import standards
 from safehub.kernel.directory import School
 from safehub.kernel.errors import ConfigError, SafeHubError
 
@@ -38,10 +39,8 @@ CAP_NAMESPACE = "urn:oasis:names:tc:emergency:cap:1.2"
 CAP_MEDIA_TYPE = "application/cap+xml"
 XINCLUDE_NAMESPACES = ("http://www.w3.org/2001/XInclude", "http://www.w3.org/2003/XInclude")
 
-#: The repository root (services/notify/cap.py → three levels up).
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-#: The verbatim OASIS schema in the shared standards folder beside the repository.
-DEFAULT_CAP_XSD = _REPO_ROOT.parent / "shared/standards/cap-1.2/CAP-v1.2.xsd"
+#: The verbatim OASIS schema, shipped in the package (:mod:`safehub.standards`).
+DEFAULT_CAP_XSD = standards.CAP_XSD
 
 #: Largest incoming document accepted; real IPAWS alerts with an embedded image stay below.
 MAX_CAP_BYTES = 1 << 20
