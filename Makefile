@@ -53,6 +53,10 @@ chromium: ## Make sure Debian's headless Chromium is installed (browser tests)
 test: lint chromium ## Lint, then run the whole test suite against real parts
 	$(BIN)/pytest -q
 
+.PHONY: test-fast
+test-fast: $(STAMP) ## The tests that need no broker and no PostgreSQL (about a minute)
+	$(BIN)/pytest -q -m "not kafka and not postgres"
+
 .PHONY: protos
 protos: $(STAMP) ## Regenerate gRPC code into safehub/gen
 	$(BIN)/python tools/gen_protos.py

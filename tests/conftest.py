@@ -34,6 +34,18 @@ def pytest_configure(config: pytest.Config) -> None:
     trace.set_tracer_provider(provider)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers from what a test really uses, so ``-m "not kafka and not postgres"`` is the
+    fast tier whatever a module remembered to declare."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if "kafka_bootstrap" in names:
+            item.add_marker(pytest.mark.kafka)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """Finished spans recorded during the test."""
