@@ -26,7 +26,7 @@ from safehub.kernel.bus import (
     header,
 )
 from safehub.kernel.codec import Codec
-from safehub.kernel.errors import HandlerError
+from safehub.kernel.errors import HandlerError, StopWithoutCommit
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from tests.support.examples import SENSITIVE_MARK, example_event
@@ -325,6 +325,48 @@ def test_oversized_message_is_refused_by_the_hub(
     small = kafka.model_copy(update={"max_message_bytes": 1024})
     with EventProducer(small, codec, catalog) as producer, pytest.raises(BusError, match="1024"):
         producer.publish_raw(catalog.dead_letter, b"k", b"x" * 2048, [])
+
+
+def test_a_handler_that_says_stop_without_commit_leaves_the_message_for_the_next_run(
+    kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, group_id: str
+) -> None:
+    """StopWithoutCommit: not retried, not dead-lettered, not committed; run() returns."""
+    event = example_event(event_schemas()["safehub.events.PanicAlert"])
+    attempts: list[str] = []
+
+    def interrupted(consumed: ConsumedEvent) -> None:
+        attempts.append(consumed.event_id)
+        raise StopWithoutCommit("a real dispatch is undecided and we are stopping")
+
+    with EventProducer(kafka, codec, catalog) as producer:
+        consumer = EventConsumer(
+            kafka,
+            codec,
+            catalog,
+            group_id=group_id,
+            topics=["safehub.alerts.v1"],
+            handler=interrupted,
+            dead_letter=producer,
+            policy=PoisonPolicy(max_attempts=3, backoff_s=0.01),
+        )
+        consumer.wait_for_assignment()
+        producer.publish(event)
+        consumer.run()  # returns without anyone setting a stop signal
+        consumer.close()
+        assert attempts == [event["envelope"]["event_id"]], "never retried"
+        assert consumer.stats.dead_lettered == 0 and consumer.stats.retried == 0
+        again: list[str] = []
+        with consuming(
+            kafka,
+            codec,
+            catalog,
+            producer,
+            group_id,
+            ["safehub.alerts.v1"],
+            lambda c: again.append(c.event_id),
+        ):
+            wait_until(lambda: again, what="the message again in the next run")
+    assert again == [event["envelope"]["event_id"]]
 
 
 def test_failure_while_stopping_is_neither_dead_lettered_nor_committed(

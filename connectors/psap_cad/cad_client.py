@@ -18,6 +18,7 @@ import structlog
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
 from connectors.psap_cad.settings import PsapCadConfig
+from safehub.kernel.errors import StopWithoutCommit
 from safehub.kernel.lifecycle import Closing
 
 log = structlog.get_logger(__name__)
@@ -25,12 +26,11 @@ log = structlog.get_logger(__name__)
 EIDO_MEDIA_TYPE = "application/json"
 
 
-class DispatchInterrupted(BaseException):
-    """The connector is stopping while a dispatch is still unrecorded.
+class DispatchInterrupted(StopWithoutCommit):
+    """The connector is stopping while a dispatch is still undecided or unrecorded.
 
-    A BaseException on purpose: the kernel's consumer retries and then dead-letters any
-    Exception, and a dispatch must never be dead-lettered. This one passes through the
-    consumer loop, so the offset is not committed and the next run handles it again.
+    A dispatch must never be dead-lettered: as a :class:`StopWithoutCommit` it passes
+    through the kernel's consumer uncommitted, and the next run handles it again.
     """
 
 

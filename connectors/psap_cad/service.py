@@ -158,11 +158,10 @@ class PsapCadConnector:
         self.runtime.spawn(lambda: self._consume_incidents(consumer), name="consume-psap-cad")
 
     def _consume_incidents(self, consumer: EventConsumer) -> None:
+        # A DispatchInterrupted (StopWithoutCommit) ends run() with the event uncommitted:
+        # the next run of the connector handles it again.
         try:
             consumer.run(self.runtime.stop)
-        except DispatchInterrupted as exc:
-            # Not committed: the next run of the connector handles it again.
-            log.warning("stopped with an incident event undecided; redelivered", why=str(exc))
         finally:
             consumer.close()
 

@@ -40,7 +40,14 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from safehub.kernel import tracing
 from safehub.kernel.codec import Codec, Event
-from safehub.kernel.errors import BusError, CodecError, DeliveryError, HandlerError, SafeHubError
+from safehub.kernel.errors import (
+    BusError,
+    CodecError,
+    DeliveryError,
+    HandlerError,
+    SafeHubError,
+    StopWithoutCommit,
+)
 from safehub.kernel.lifecycle import Closing
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
@@ -206,10 +213,6 @@ class EventProducer(Closing):
         self._poller.join(timeout=2.0)
         if remaining:
             log.error("producer closed with unconfirmed messages", unconfirmed=remaining)
-
-
-class _Stopping(Exception):  # noqa: N818 - control flow, never leaves this module
-    """Raised out of a handler retry loop when the consumer is stopping."""
 
 
 @dataclass(frozen=True)
@@ -394,8 +397,10 @@ class EventConsumer(Closing):
         try:
             while not self._stopping():
                 self.poll_once(0.1)
-        except _Stopping:
-            log.info("stopped with a message left for the next run", group=self._group_id)
+        except StopWithoutCommit as exc:
+            log.info(
+                "stopped with a message left for the next run", group=self._group_id, why=str(exc)
+            )
 
     def _stopping(self) -> bool:
         return self._stop.is_set() or bool(self._external_stop and self._external_stop.is_set())
@@ -487,6 +492,8 @@ class EventConsumer(Closing):
                 self._handler(consumed)
                 self.stats.handled += 1
                 return
+            except StopWithoutCommit:
+                raise
             except HandlerError as exc:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 self._send_to_dead_letter(record, exc, attempts=attempt)
@@ -494,7 +501,9 @@ class EventConsumer(Closing):
             except Exception as exc:
                 if self._stopping():
                     # Shutting down: a transient failure must not become a dead letter.
-                    raise _Stopping from exc
+                    raise StopWithoutCommit(
+                        f"stopping while {type(exc).__name__} was being retried"
+                    ) from exc
                 if attempt >= self._policy.max_attempts:
                     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                     self._send_to_dead_letter(record, exc, attempts=attempt)

@@ -50,3 +50,13 @@ class BrokerError(SafeHubError):
 
 class HandlerError(SafeHubError):
     """A consumer handler rejected a message permanently (it goes to the dead-letter topic)."""
+
+
+class StopWithoutCommit(SafeHubError):  # noqa: N818 - a signal to stop, not a failure
+    """The deployable is stopping with a message not yet handled: leave it for the next run.
+
+    Raised by a handler (or by a consumer of the kernel on a failure while stopping), it is
+    neither retried nor dead-lettered, its offset is not committed, and the consumer's
+    ``run`` returns: the next run (after the restart, or on another worker) handles the
+    message again. For what must never be dead-lettered, such as a real dispatch to 911.
+    """

@@ -41,7 +41,7 @@ from safehub.kernel.bus import (
 from safehub.kernel.chain import jsonable
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.envelope import EVENT_NAMESPACE
-from safehub.kernel.errors import BusError, HandlerError
+from safehub.kernel.errors import BusError, HandlerError, StopWithoutCommit
 from safehub.kernel.lifecycle import Closing
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import DEAD_LETTER, SPANS, TopicCatalog
@@ -361,10 +361,6 @@ def spans_of(data: bytes) -> list[SpanRow]:
     return rows
 
 
-class _Stopping(Exception):  # noqa: N818 - control flow inside this module
-    """The service is stopping while a batch is not written: leave it uncommitted."""
-
-
 class BatchConsumer(Closing, Generic[T]):
     """Decode a poll batch message by message, write it in one go, then commit its offsets."""
 
@@ -427,7 +423,7 @@ class BatchConsumer(Closing, Generic[T]):
         try:
             while not self._stop.is_set():
                 self.poll_once(0.2)
-        except _Stopping:
+        except StopWithoutCommit:
             log.info("stopped with a batch left for the next run", group=self._group_id)
 
     def poll_once(self, timeout: float) -> int:
@@ -525,7 +521,7 @@ class BatchConsumer(Closing, Generic[T]):
                 self._write_one_by_one(items, sources)
                 return
             if self._stop.wait(delay):
-                raise _Stopping
+                raise StopWithoutCommit("stopping with a batch not written")
             delay = min(delay * 2, 5.0)
 
     def _write_one_by_one(self, items: list[T], sources: list[Message]) -> None:
