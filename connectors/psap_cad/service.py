@@ -47,7 +47,7 @@ from safehub.kernel import tracing
 from safehub.kernel.bus import ConsumedEvent, EventConsumer
 from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import EVENT_NAMESPACE, event_id_for, new_event
-from safehub.kernel.errors import BusError, ConfigError, HandlerError
+from safehub.kernel.errors import BusError, ConfigError, HandlerError, SafeHubError
 from safehub.kernel.http_server import ServerThread, server_ssl_context
 from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
@@ -425,7 +425,7 @@ class PsapCadConnector:
         return 202, {"accepted": True, "eventId": event_id}
 
 
-class MalformedRequestError(ValueError):
+class MalformedRequestError(SafeHubError):
     """An inbound request refused with 400; the message is the reason (never the data)."""
 
 

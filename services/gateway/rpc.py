@@ -22,6 +22,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from safehub.gen.safehub.ingest.v1 import ingest_pb2
 from safehub.kernel.directory import Client, Directory
+from safehub.kernel.errors import SafeHubError
 
 #: What a caller's client certificate is matched on.
 CN_PROPERTY = "x509_common_name"
@@ -37,7 +38,7 @@ class Violation:
     not_found: bool = False
 
 
-class RejectionError(Exception):
+class RejectionError(SafeHubError):
     """A call or stream item the gateway refuses."""
 
     def __init__(

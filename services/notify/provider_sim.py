@@ -73,6 +73,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from safehub.kernel.errors import SafeHubError
 from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.logging import configure_logging
 from services.notify.channels.twilio import SIGNATURE_HEADER, sign
@@ -91,7 +92,7 @@ CALL_OUTCOMES = frozenset({"completed", "busy", "no-answer", "failed", "canceled
 DEFAULT_ERROR_CODES = {"undelivered": 30003, "failed": 30008}
 
 
-class TwilioApiError(Exception):
+class TwilioApiError(SafeHubError):
     """An error answer in Twilio's JSON shape."""
 
     def __init__(self, code: int, message: str, status: int = 400) -> None:
