@@ -45,16 +45,10 @@ from safehub.hub import Hub
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.settings import HubSettings
+from safehub.kernel.topics import ALERTS, DISPATCH, DOOR_COMMANDS, DOORS, INCIDENTS, NOTIFICATIONS
 
 SCHOOL = "sch-lincoln-hs"
-WATCHED = (
-    "safehub.alerts.v1",
-    "safehub.incidents.v1",
-    "safehub.dispatch.v1",
-    "safehub.door-commands.v1",
-    "safehub.doors.v1",
-    "safehub.notifications.v1",
-)
+WATCHED = (ALERTS, INCIDENTS, DISPATCH, DOOR_COMMANDS, DOORS, NOTIFICATIONS)
 
 
 class Journal:

@@ -51,11 +51,10 @@ from safehub.kernel.errors import BusError, ConfigError, HandlerError, SafeHubEr
 from safehub.kernel.http_server import ServerThread, server_ssl_context
 from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
+from safehub.kernel.topics import ALERTS, INCIDENTS
 
 log = structlog.get_logger(__name__)
 
-INCIDENTS_TOPIC = "safehub.incidents.v1"
-ALERTS_TOPIC = "safehub.alerts.v1"
 OPENED = EVENT_NAMESPACE + "IncidentOpened"
 CHANGED = EVENT_NAMESPACE + "IncidentChanged"
 CLEARED = EVENT_NAMESPACE + "IncidentCleared"
@@ -142,13 +141,13 @@ class PsapCadConnector:
         fast = {"max.poll.interval.ms": MAX_POLL_INTERVAL_MS}
         self.signal_consumer = self.runtime.consumer(
             f"{config.group_id}-signals",
-            [ALERTS_TOPIC],
+            [ALERTS],
             self.handle_signal,
             fetch_wait_max_ms=10,
         )
         self.incident_consumer = self.runtime.consumer(
             config.group_id,
-            [INCIDENTS_TOPIC],
+            [INCIDENTS],
             self.handle_incident,
             fetch_wait_max_ms=10,
             extra_config=fast,

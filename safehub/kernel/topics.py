@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from safehub.kernel.envelope import EVENT_NAMESPACE
 from safehub.kernel.errors import BusError, SafeHubError
 
 
@@ -39,33 +40,48 @@ class TopicSpec:
     config: Mapping[str, str] = field(default_factory=dict)
 
 
-_E = "safehub.events."
+_E = EVENT_NAMESPACE
+#: Base names of the topics (what services pass to ``TopicCatalog.name`` and consumers).
+ALERTS = "safehub.alerts.v1"
+DOORS = "safehub.doors.v1"
+DOOR_COMMANDS = "safehub.door-commands.v1"
+INCIDENTS = "safehub.incidents.v1"
+DISPATCH = "safehub.dispatch.v1"
+NOTIFICATIONS = "safehub.notifications.v1"
+ANNOUNCEMENTS = "safehub.announcements.v1"
+REUNIFICATION = "safehub.reunification.v1"
+TIPS = "safehub.tips.v1"
+CASES = "safehub.cases.v1"
+REFERRALS = "safehub.referrals.v1"
+DISCLOSURES = "safehub.disclosures.v1"
+ROSTER = "safehub.roster.v1"
+DEAD_LETTER = "safehub.deadletter.v1"
 SPANS = "safehub.spans.v1"
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
-        "safehub.alerts.v1",
+        ALERTS,
         12,
         KeyBy.SCHOOL,
         (_E + "PanicAlert", _E + "PanicCancelled", _E + "CameraAlert", _E + "SrpActionRequested"),
         "Life-safety signals from schools: panic buttons, camera analytics, staff SRP actions.",
     ),
     TopicSpec(
-        "safehub.doors.v1",
+        DOORS,
         12,
         KeyBy.SCHOOL,
         (_E + "DoorLockState",),
         "Door lock states reported by access-control systems (high volume).",
     ),
     TopicSpec(
-        "safehub.door-commands.v1",
+        DOOR_COMMANDS,
         12,
         KeyBy.SCHOOL,
         (_E + "LockCommand",),
         "Lock/unlock commands to access-control connectors.",
     ),
     TopicSpec(
-        "safehub.incidents.v1",
+        INCIDENTS,
         12,
         KeyBy.INCIDENT_OR_SCHOOL,
         (
@@ -79,14 +95,14 @@ TOPICS: tuple[TopicSpec, ...] = (
         "lockdown progress; one key per incident (a refusal with no incident: its school).",
     ),
     TopicSpec(
-        "safehub.dispatch.v1",
+        DISPATCH,
         12,
         KeyBy.INCIDENT,
         (_E + "CadDispatch", _E + "CadStatusUpdate"),
         "EIDO dispatches to 911 CAD and status updates coming back.",
     ),
     TopicSpec(
-        "safehub.notifications.v1",
+        NOTIFICATIONS,
         12,
         KeyBy.INCIDENT_OR_SCHOOL,
         (
@@ -99,49 +115,49 @@ TOPICS: tuple[TopicSpec, ...] = (
         "delivery and acknowledgement receipts.",
     ),
     TopicSpec(
-        "safehub.announcements.v1",
+        ANNOUNCEMENTS,
         12,
         KeyBy.SCHOOL,
         (_E + "AnnouncementCommand",),
         "PA, intercom and digital-signage announcements for connectors (notify's channel).",
     ),
     TopicSpec(
-        "safehub.reunification.v1",
+        REUNIFICATION,
         6,
         KeyBy.INCIDENT,
         (_E + "ReunificationStatus",),
         "Family reunification hand-offs and accounting.",
     ),
     TopicSpec(
-        "safehub.tips.v1",
+        TIPS,
         6,
         KeyBy.CASE,
         (_E + "TipSubmitted", _E + "TipUpdated"),
         "Anonymous tips (tipster identity never leaves the tip service in clear).",
     ),
     TopicSpec(
-        "safehub.cases.v1",
+        CASES,
         6,
         KeyBy.CASE,
         (_E + "ThreatCaseOpened", _E + "ThreatCaseUpdated"),
         "Behavioural threat assessment (BTAM) cases.",
     ),
     TopicSpec(
-        "safehub.referrals.v1",
+        REFERRALS,
         6,
         KeyBy.CASE,
         (_E + "Referral",),
         "Mental-health referrals to community partners.",
     ),
     TopicSpec(
-        "safehub.disclosures.v1",
+        DISCLOSURES,
         6,
         KeyBy.CASE,
         (_E + "RecordDisclosure",),
         "FERPA record disclosures (34 CFR 99.32 record of each).",
     ),
     TopicSpec(
-        "safehub.roster.v1",
+        ROSTER,
         6,
         KeyBy.SCHOOL,
         (_E + "RosterChange",),
@@ -156,7 +172,7 @@ TOPICS: tuple[TopicSpec, ...] = (
         "(ExportTraceServiceRequest), keyed by trace id; the timeline stores them.",
     ),
     TopicSpec(
-        "safehub.deadletter.v1",
+        DEAD_LETTER,
         3,
         KeyBy.SCHOOL,
         (),
@@ -164,8 +180,6 @@ TOPICS: tuple[TopicSpec, ...] = (
         "coordinates in headers.",
     ),
 )
-
-DEAD_LETTER = "safehub.deadletter.v1"
 
 
 class TopicCatalog:

@@ -46,16 +46,13 @@ from safehub.kernel.streams import (
     run_worker,
     set_table_key,
 )
-from safehub.kernel.topics import DEAD_LETTER, TopicCatalog
+from safehub.kernel.topics import DEAD_LETTER, DOOR_COMMANDS, DOORS, INCIDENTS, TopicCatalog
 from services.doorstate import model
 from services.doorstate.settings import DoorstateSettings
 
 log = structlog.get_logger(__name__)
 
-DOORS_TOPIC = "safehub.doors.v1"
-COMMANDS_TOPIC = "safehub.door-commands.v1"
-INCIDENTS_TOPIC = "safehub.incidents.v1"
-TOPICS = (DOORS_TOPIC, COMMANDS_TOPIC, INCIDENTS_TOPIC, DEAD_LETTER)
+TOPICS = (DOORS, DOOR_COMMANDS, INCIDENTS, DEAD_LETTER)
 
 DOOR_STATE = "safehub.events.DoorLockState"
 LOCK_COMMAND = "safehub.events.LockCommand"
@@ -77,7 +74,7 @@ class Doorstate:
         self.directory = directory
         self.deadline_s = section.confirm_deadline_s
         self.retention = timedelta(seconds=section.retention_s)
-        self.commands_topic = io.catalog.name(COMMANDS_TOPIC)
+        self.commands_topic = io.catalog.name(DOOR_COMMANDS)
         # JSON values; keys are "<school>/<door>" and "<school>" strings.
         schema: faust.Schema[str, Any] = faust.Schema(key_serializer="raw", value_serializer="json")
         self.door_states = app.Table("door_states", schema=schema, partitions=12)
@@ -296,14 +293,14 @@ def build_app(settings: DoorstateSettings) -> Any:
     io = StreamIO(app, Codec.from_contracts(), catalog, max_bytes=settings.kafka.max_message_bytes)
     service = Doorstate(app, io, Directory.load(section.directory_file), settings)
 
-    @app.agent(raw_topic(app, catalog, DOORS_TOPIC, COMMANDS_TOPIC), name="doorstate")
+    @app.agent(raw_topic(app, catalog, DOORS, DOOR_COMMANDS), name="doorstate")
     async def process(stream: Any) -> None:
         await io.consume(stream, service.handle)
 
     # Called rather than applied as a decorator: faust's timer decorator is untyped.
     app.timer(section.check_interval_s, name="doorstate-deadlines")(service.check_deadlines)
 
-    doors_topic = raw_topic(app, catalog, DOORS_TOPIC)
+    doors_topic = raw_topic(app, catalog, DOORS)
 
     @app.page("/doors/{school}")
     @app.topic_route(topic=doors_topic, match_info="school")

@@ -28,12 +28,11 @@ from safehub.kernel.codec import Codec, Event
 from safehub.kernel.envelope import EVENT_NAMESPACE
 from safehub.kernel.errors import BusError, CodecError
 from safehub.kernel.settings import KafkaSettings
-from safehub.kernel.topics import TopicCatalog
+from safehub.kernel.topics import INCIDENTS, TopicCatalog
 from services.gateway.rpc import RejectionError
 
 log = structlog.get_logger(__name__)
 
-INCIDENTS_TOPIC = "safehub.incidents.v1"
 DECIDED = EVENT_NAMESPACE + "SignalDecided"
 _DECIDED_BYTES = DECIDED.encode()
 _KEEP = 10_000  # recent decisions kept for waiters that register late
@@ -63,7 +62,7 @@ class Decisions:
         self._lock = threading.Lock()
         self._waiting: dict[str, Future[Event]] = {}
         self._recent: OrderedDict[str, Event] = OrderedDict()
-        topic = catalog.name(INCIDENTS_TOPIC)
+        topic = catalog.name(INCIDENTS)
         try:
             self._consumer = Consumer(
                 {
@@ -75,7 +74,7 @@ class Decisions:
                     "allow.auto.create.topics": False,
                 }
             )
-            partitions = catalog.specs[INCIDENTS_TOPIC].partitions
+            partitions = catalog.specs[INCIDENTS].partitions
             # From the end: earlier decisions have no waiter. (tansu may place "end" a few
             # records early; those are only kept as recent decisions.)
             self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in range(partitions)])

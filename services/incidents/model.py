@@ -39,10 +39,10 @@ from typing import Any
 
 from safehub.kernel.codec import Event
 from safehub.kernel.directory import Directory, Scope
-from safehub.kernel.envelope import new_event
+from safehub.kernel.envelope import EVENT_NAMESPACE, new_event
 
 SOURCE = "incidents"
-_E = "safehub.events."
+_E = EVENT_NAMESPACE
 TERMINAL = frozenset({"ALL_CLEAR", "CLOSED", "CANCELLED"})
 _NS = uuid.UUID("0b1e6a8e-2f4c-4d8a-9c3e-5f7a1d2b3c4d")
 

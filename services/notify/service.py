@@ -37,6 +37,7 @@ from safehub.kernel.errors import BusError, HandlerError
 from safehub.kernel.http_server import ServerThread
 from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
+from safehub.kernel.topics import INCIDENTS, NOTIFICATIONS
 from services.notify import templates
 from services.notify.approvals import DECIDED, Approvals
 from services.notify.audiences import AudienceError, Audiences, Target
@@ -464,7 +465,7 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
 
     runtime.consumer(
         "notify-requests",
-        ["safehub.notifications.v1"],
+        [NOTIFICATIONS],
         requests,
         fetch_wait_max_ms=config.requests_fetch_wait_ms,
         # The topic also carries our own receipts (several per recipient): pass them over.
@@ -473,7 +474,7 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
     hook = IncidentHook(runtime, store, audiences, approvals)
     runtime.consumer(
         "notify-incidents",
-        ["safehub.incidents.v1"],
+        [INCIDENTS],
         hook.handle,
         fetch_wait_max_ms=config.incidents_fetch_wait_ms,
     )
