@@ -121,3 +121,15 @@ def test_unknown_event_type_is_refused(codec: Codec) -> None:
     event["envelope"]["event_type"] = "safehub.events.NoSuchThing"
     with pytest.raises(UnknownSchemaError, match="NoSuchThing"):
         codec.encode(event)
+
+
+def test_stable_ids_keep_the_values_already_on_the_topics() -> None:
+    """One helper for every deterministic id; ids of events already published never change."""
+    from safehub.kernel.envelope import event_id_for
+    from services.incidents.model import command_id_for, incident_id_for
+    from services.notify.dispatcher import notify_id
+
+    assert event_id_for("panic-badges-north", "p-1") == "603c4fc7-593f-51b1-85db-0ba4397c21bd"
+    assert incident_id_for("sig-1") == "ab3f800f-7f2c-5fe2-be66-622c67df1cfa"
+    assert command_id_for("sig-1") == "24a26d3a-13c1-5641-a5a2-217fd1d633de"
+    assert notify_id("incident", "inc-1", "3") == "3910b5c0-e3df-5f5e-b1f0-f7d4494a87a8"

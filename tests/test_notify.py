@@ -33,7 +33,7 @@ from safehub.kernel.http_server import ServerThread
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from services.notify.cap import Scope, Status, parse
-from services.notify.dispatcher import stable_id
+from services.notify.dispatcher import notify_id
 from services.notify.store import DeliveryRow, NotificationRow, RecipientRow, Store
 from tests.support.kafka import read_all
 from tests.support.notify import (
@@ -576,7 +576,7 @@ def test_a_fan_out_cut_short_is_completed_when_the_request_comes_again(
         ],
         [
             DeliveryRow(
-                stable_id(notification_id, m.id, "EMAIL", "1"),
+                notify_id(notification_id, m.id, "EMAIL", "1"),
                 notification_id,
                 m.id,
                 "EMAIL",

@@ -29,7 +29,7 @@ from safehub.kernel.errors import ConfigError
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from services.notify.auth import ApiAuth, AuthError, Operator, OperatorsFile, token_sha256
-from services.notify.dispatcher import stable_id
+from services.notify.dispatcher import notify_id
 from tests.support.kafka import read_all
 from tests.support.notify import (
     STATUS_TOKEN,
@@ -134,7 +134,7 @@ def test_status_and_approval_routes_need_an_administrator_of_the_school(
         }
         incident_id = new_incident_id()
         producer.publish(incident("IncidentOpened", incident_id=incident_id, school=LINCOLN))
-        staff_nid = stable_id("incident", incident_id, "1")
+        staff_nid = notify_id("incident", incident_id, "1")
         with httpx.Client(base_url=notify.base_url, timeout=15) as client:
 
             def call(method: str, path: str, who: str, body: Any = None) -> httpx.Response:

@@ -34,6 +34,7 @@ from typing import Any
 
 from connectors.psap_cad.signals import SignalFacts
 from safehub.kernel.directory import Directory, School, UnknownPlaceError
+from safehub.kernel.envelope import stable_id
 from safehub.kernel.errors import SafeHubError
 
 EIDO_VERSION = "1.0"
@@ -394,7 +395,7 @@ class EidoBuilder:
         self.hub_id = hub_id
 
     def _urn(self, kind: str, *parts: object) -> str:
-        name = uuid.uuid5(_ID_NAMESPACE, "\x1f".join(str(p) for p in parts))
+        name = stable_id(_ID_NAMESPACE, *parts)
         return f"urn:emergency:uid:{kind}:{name}:{self.hub_id}"
 
     def school(self, snapshot: IncidentSnapshot) -> School | None:

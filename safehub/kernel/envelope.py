@@ -21,9 +21,16 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def stable_id(namespace: uuid.UUID, *parts: object, sep: str = "\x1f") -> str:
+    """A deterministic id (uuid5 in ``namespace``) from its parts: the same inputs give the
+    same id, so a redelivery or a retry produces what the first run did. Each user keeps its
+    own namespace (and separator): the ids already on the topics must not change."""
+    return str(uuid.uuid5(namespace, sep.join(str(part) for part in parts)))
+
+
 def event_id_for(client_id: str, client_event_id: str) -> str:
     """A stable event id for a client's retried submission (same inputs, same id)."""
-    return str(uuid.uuid5(_CLIENT_EVENT_NAMESPACE, f"{client_id}\x1f{client_event_id}"))
+    return stable_id(_CLIENT_EVENT_NAMESPACE, client_id, client_event_id)
 
 
 def new_event(

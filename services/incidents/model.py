@@ -39,7 +39,7 @@ from typing import Any
 
 from safehub.kernel.codec import Event
 from safehub.kernel.directory import Directory, Scope
-from safehub.kernel.envelope import EVENT_NAMESPACE, new_event
+from safehub.kernel.envelope import EVENT_NAMESPACE, new_event, stable_id
 
 SOURCE = "incidents"
 _E = EVENT_NAMESPACE
@@ -201,12 +201,12 @@ def _copy(incident: Incident) -> Incident:
 
 def incident_id_for(signal_id: str) -> str:
     """Deterministic incident id: redelivery of the opening signal opens the same incident."""
-    return str(uuid.uuid5(_NS, f"incident:{signal_id}"))
+    return stable_id(_NS, "incident", signal_id, sep=":")
 
 
 def command_id_for(signal_id: str) -> str:
     """Deterministic lock-command id for the SRP request that caused it."""
-    return str(uuid.uuid5(_NS, f"lock:{signal_id}"))
+    return stable_id(_NS, "lock", signal_id, sep=":")
 
 
 class IncidentBook:

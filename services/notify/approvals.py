@@ -33,7 +33,7 @@ from safehub.kernel.envelope import EVENT_NAMESPACE, new_event
 from safehub.kernel.errors import HandlerError, SafeHubError
 from services.notify import templates
 from services.notify.audiences import AudienceError, Audiences
-from services.notify.dispatcher import SOURCE, Outbox, stable_id
+from services.notify.dispatcher import SOURCE, Outbox, notify_id
 from services.notify.store import HeldRow, Store
 
 log = structlog.get_logger(__name__)
@@ -139,7 +139,7 @@ class Approvals:
         text = templates.family(action, school.name, "en")
         if text is None or not school.guardians:
             return None
-        notification_id = stable_id("family", incident_id, str(version))
+        notification_id = notify_id("family", incident_id, str(version))
         held = HeldRow(
             notification_id=notification_id,
             incident_id=incident_id,
@@ -318,7 +318,7 @@ class Approvals:
             tenant=held.tenant,
             incident_id=held.incident_id,
             causation_id=decision_event_id,
-            event_id=stable_id("request", held.notification_id),
+            event_id=notify_id("request", held.notification_id),
             payload={
                 "notification_id": held.notification_id,
                 "priority": held.priority,

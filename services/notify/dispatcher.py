@@ -36,7 +36,7 @@ import structlog
 
 from safehub.kernel.bus import ConsumedEvent, Delivered, EventProducer
 from safehub.kernel.codec import Codec, Event
-from safehub.kernel.envelope import EVENT_NAMESPACE, new_event
+from safehub.kernel.envelope import EVENT_NAMESPACE, new_event, stable_id
 from safehub.kernel.errors import HandlerError, SafeHubError
 from services.notify import templates
 from services.notify.audiences import ENDPOINT_CHANNELS, AudienceError, Audiences, Target
@@ -74,9 +74,9 @@ _IDS = uuid.UUID("0b6e8a4e-3f0e-4d8e-9a57-5f1c6f1f2c11")
 CHUNKS = (50, 500)
 
 
-def stable_id(*parts: str) -> str:
-    """A deterministic id from its parts (redeliveries produce the same ids)."""
-    return str(uuid.uuid5(_IDS, "\x1f".join(parts)))
+def notify_id(*parts: str) -> str:
+    """A deterministic id of notify's (redeliveries produce the same ids)."""
+    return stable_id(_IDS, *parts)
 
 
 def paths(priority: str) -> int:
@@ -588,7 +588,7 @@ class Dispatcher:
         reason: str,
         now: float,
     ) -> DeliveryRow:
-        delivery_id = stable_id(n.notification_id, recipient_id, channel, str(attempt))
+        delivery_id = notify_id(n.notification_id, recipient_id, channel, str(attempt))
         return DeliveryRow(
             delivery_id,
             n.notification_id,
@@ -980,7 +980,7 @@ class Dispatcher:
             incident_id=n.incident_id,
             causation_id=n.request_event_id,
             exercise=n.exercise,
-            event_id=stable_id("ack", notification_id, recipient_id),
+            event_id=notify_id("ack", notification_id, recipient_id),
             payload={
                 "notification_id": notification_id,
                 "recipient_id": recipient_id,
@@ -1048,7 +1048,7 @@ class Dispatcher:
             incident_id=n.incident_id,
             causation_id=n.request_event_id,
             exercise=n.exercise,
-            event_id=stable_id("receipt", row.delivery_id, status),
+            event_id=notify_id("receipt", row.delivery_id, status),
             payload={
                 "notification_id": n.notification_id,
                 "recipient_id": row.recipient_id,

@@ -65,7 +65,7 @@ from services.notify.channels.email import SmtpEmailAdapter
 from services.notify.channels.push import WebhookPushAdapter
 from services.notify.channels.sms import TwilioSmsAdapter, TwilioVoiceAdapter
 from services.notify.channels.twilio import STATUS_PATH, VOICE_ACK_PATH
-from services.notify.dispatcher import RECEIPT, REQUESTED, SOURCE, Dispatcher, Outbox, stable_id
+from services.notify.dispatcher import RECEIPT, REQUESTED, SOURCE, Dispatcher, Outbox, notify_id
 from services.notify.settings import NotifySection, NotifySettings
 from services.notify.store import NotificationRow, Store
 from services.notify.web import AckLinks, NotifyWeb
@@ -137,7 +137,7 @@ class IncidentHook:
             else f"SRP {action} - {school.name}"
         )
         body = str(event.get("summary") or event.get("message") or headline)
-        notification_id = stable_id("incident", incident_id, str(version))
+        notification_id = notify_id("incident", incident_id, str(version))
         request = new_event(
             "NotificationRequested",
             source=SOURCE,
@@ -146,7 +146,7 @@ class IncidentHook:
             incident_id=incident_id,
             causation_id=consumed.event_id,
             exercise=exercise,
-            event_id=stable_id("request", notification_id),
+            event_id=notify_id("request", notification_id),
             payload={
                 "notification_id": notification_id,
                 "priority": "LIFE_SAFETY",
