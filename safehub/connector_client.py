@@ -30,15 +30,15 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from safehub.embedded.pki import DevPki
 from safehub.gen.safehub.common.v1 import door_pb2, place_pb2
 from safehub.gen.safehub.connector.v1 import connector_pb2, connector_pb2_grpc
 from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.errors import ConfigError
 from safehub.kernel.runtime import Runtime
-from safehub.kernel.settings import ENV_PREFIX, NESTED_DELIMITER
+from safehub.kernel.settings import ENV_PREFIX, NESTED_DELIMITER, TlsFileSettings
+from safehub.kernel.tls import TlsFiles, tls_files
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +52,7 @@ def timestamp_now() -> Timestamp:
     return stamp
 
 
-class ConnectorClientConfig(BaseModel):
+class ConnectorClientConfig(TlsFileSettings):
     """Who a connector is and how it reaches the gateway; a connector's settings section extends it.
 
     A subclass sets ``section`` to its settings section's name so that errors name its
@@ -66,12 +66,6 @@ class ConnectorClientConfig(BaseModel):
     gateway_address: str = Field(default="127.0.0.1:50051", description="host:port")
     gateway_port_file: Path | None = Field(
         default=None, description="read the gateway's port from here on every (re)connect"
-    )
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_ca_file: Path | None = None
-    dev_pki_dir: Path | None = Field(
-        default=None, description="development only: take a client certificate from a DevPki"
     )
     directory_file: Path | None = Field(default=None, description="default: demo directory")
     school_ids: list[str] = Field(
@@ -93,24 +87,13 @@ class ConnectorClientConfig(BaseModel):
             )
         return path
 
+    def tls(self) -> TlsFiles:
+        """This client's checked TLS files (or a dev PKI certificate of ``client_id``)."""
+        return tls_files(self.section, self)
+
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """mTLS credentials from the configured files or a development PKI."""
-        if self.tls_cert_file and self.tls_key_file and self.tls_ca_file:
-            cert, key, ca = self.tls_cert_file, self.tls_key_file, self.tls_ca_file
-        elif self.dev_pki_dir is not None:
-            pki = DevPki(self.dev_pki_dir)
-            pair = pki.client(self.client_id)
-            cert, key, ca = pair.cert, pair.key, pki.ca.cert
-        else:
-            raise ConfigError(
-                f"set {self.variable('tls_cert_file')}, __TLS_KEY_FILE and __TLS_CA_FILE "
-                f"(or {self.variable('dev_pki_dir')} for development)"
-            )
-        return grpc.ssl_channel_credentials(
-            root_certificates=ca.read_bytes(),
-            private_key=key.read_bytes(),
-            certificate_chain=cert.read_bytes(),
-        )
+        return self.tls().channel_credentials()
 
     def gateway_target(self) -> str | None:
         """Where to dial now; None while the gateway has not written its port file yet."""

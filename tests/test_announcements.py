@@ -38,7 +38,13 @@ from safehub.kernel.errors import ConfigError
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from services.gateway.settings import DEMO_DIRECTORY
-from tests.support.gateway import GatewayClient, GatewayProcessHandle, gateway_process, read_events
+from tests.support.gateway import (
+    GatewayClient,
+    GatewayProcessHandle,
+    gateway_process,
+    issued_env,
+    read_events,
+)
 from tests.support.processes import Component
 from tests.support.waiting import wait_until
 
@@ -684,7 +690,10 @@ def test_a_misconfigured_connector_names_its_own_variables(
     directory_file: Path,
     tmp_path: Path,
 ) -> None:
-    with pytest.raises(ConfigError, match=f"set {prefix}TLS_CERT_FILE, .*{prefix}DEV_PKI_DIR"):
+    with pytest.raises(
+        ConfigError,
+        match=f"set {prefix}TLS_CERT_FILE, {prefix}TLS_KEY_FILE and {prefix}TLS_CA_FILE",
+    ):
         section().channel_credentials()
     missing = tmp_path / "nowhere.json"
     with pytest.raises(
@@ -720,7 +729,7 @@ def test_the_simulator_runs_as_a_process_and_plays(
         tmp_path,
         env={
             "SAFEHUB_PA_SIGNAGE_SIM__GATEWAY_ADDRESS": gw.address,
-            "SAFEHUB_PA_SIGNAGE_SIM__DEV_PKI_DIR": str(gw.pki.root),
+            **issued_env(gw.pki, "PA_SIGNAGE_SIM", PA_SOUTH),
             "SAFEHUB_PA_SIGNAGE_SIM__DIRECTORY_FILE": str(directory_file),
             "SAFEHUB_PA_SIGNAGE_SIM__SCHOOL_IDS": f'["{RIVERSIDE}"]',
             "SAFEHUB_PA_SIGNAGE_SIM__CLIENT_ID": PA_SOUTH,

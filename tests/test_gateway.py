@@ -37,6 +37,7 @@ from tests.support.gateway import (
     door_request,
     gateway_process,
     has_event,
+    issued_env,
     panic_request,
     place,
     read_events,
@@ -820,7 +821,7 @@ def test_the_simulator_runs_as_a_process(
         tmp_path,
         env={
             "SAFEHUB_ACCESS_CONTROL_SIM__GATEWAY_ADDRESS": gw.address,
-            "SAFEHUB_ACCESS_CONTROL_SIM__DEV_PKI_DIR": str(gw.pki.root),
+            **issued_env(gw.pki, "ACCESS_CONTROL_SIM", "acme-access-north"),
             "SAFEHUB_ACCESS_CONTROL_SIM__SCHOOL_IDS": '["sch-washington-ms"]',
         },
     ) as sim:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
@@ -92,6 +93,38 @@ class TracingSettings(BaseModel):
     )
     export_delay_ms: int = Field(
         default=200, ge=10, le=60_000, description="how long spans are batched before export"
+    )
+
+
+class ListenSettings(BaseModel):
+    """Where one server listens: every server (gRPC, HTTP) of every deployable takes this.
+
+    A section keeps its own variable names for these and hands the server one of these.
+    """
+
+    host: str = Field(default="127.0.0.1", description="interface to listen on")
+    port: int = Field(default=0, ge=0, le=65535, description="0: pick a free port")
+    port_file: Path | None = Field(
+        default=None, description="write the bound port here once listening (for port 0)"
+    )
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as given (port 0 until bound)."""
+        return f"{self.host}:{self.port}"
+
+
+class TlsFileSettings(BaseModel):
+    """The one TLS-files setting: a section that serves or dials mTLS extends this.
+
+    Its variables are ``SAFEHUB_<SECTION>__TLS_CERT_FILE``, ``__TLS_KEY_FILE`` and
+    ``__TLS_CA_FILE``; :func:`safehub.kernel.tls.tls_files` checks them, naming the variables.
+    """
+
+    tls_cert_file: Path | None = Field(default=None, description="own certificate (PEM)")
+    tls_key_file: Path | None = Field(default=None, description="own private key (PEM)")
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle trusted for the peers' certificates (PEM)"
     )
 
 

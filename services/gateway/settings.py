@@ -4,33 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from safehub.kernel.directory import default_directory_file
 from safehub.kernel.errors import ConfigError
-from safehub.kernel.settings import HubSettings
+from safehub.kernel.settings import HubSettings, ListenSettings, TlsFileSettings
+from safehub.kernel.tls import TlsFiles, tls_files
 
 #: The demo directory of a source checkout; installed deployments name their own file.
 DEMO_DIRECTORY = default_directory_file()
 
 
-class GatewaySection(BaseModel):
+class GatewaySection(TlsFileSettings):
     """Where the gateway listens, its TLS material, its directory and its limits."""
 
     host: str = Field(default="127.0.0.1", description="interface to listen on")
     port: int = Field(default=50051, ge=0, le=65535, description="0: pick a free port")
     port_file: Path | None = Field(
         default=None, description="write the bound port here once listening (for port 0)"
-    )
-    tls_cert_file: Path | None = Field(default=None, description="server certificate (PEM)")
-    tls_key_file: Path | None = Field(default=None, description="server private key (PEM)")
-    tls_ca_file: Path | None = Field(
-        default=None, description="CA bundle that signs client certificates (PEM)"
-    )
-    dev_pki_dir: Path | None = Field(
-        default=None,
-        description="development only: issue the server certificate from a DevPki here "
-        "when the tls_* files are not set",
     )
     directory_file: Path | None = Field(
         default=None, description="the hub directory (default: the demo directory of a checkout)"
@@ -171,6 +162,15 @@ class GatewaySection(BaseModel):
     def stream_limit(self) -> int:
         """Concurrent streams on this gateway (``max_streams``, default half the workers)."""
         return self.max_streams if self.max_streams is not None else self.max_workers // 2
+
+    @property
+    def listen(self) -> ListenSettings:
+        """Where the gRPC server listens (``host``, ``port``, ``port_file``)."""
+        return ListenSettings(host=self.host, port=self.port, port_file=self.port_file)
+
+    def tls(self) -> TlsFiles:
+        """The server's checked TLS files (or the dev PKI's); ConfigError naming the variables."""
+        return tls_files("gateway", self)
 
     def resolved_directory_file(self) -> Path:
         """The directory file to load; ConfigError naming the variable if there is none."""

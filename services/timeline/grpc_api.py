@@ -2,37 +2,32 @@
 
 The same :class:`Queries` as the HTTP API, mapped to messages: unknown reviewer →
 UNAUTHENTICATED, bad parameter → INVALID_ARGUMENT, out of scope → PERMISSION_DENIED, unknown
-(or another district's) subject → NOT_FOUND. Health and reflection are registered.
+(or another district's) subject → NOT_FOUND. Served by the kernel's
+:class:`~safehub.kernel.grpc_server.GrpcServer` (health, reflection, a span per call).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from concurrent import futures
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from safehub.embedded.pki import DevPki
 from safehub.gen.safehub.timeline.v1 import timeline_pb2, timeline_pb2_grpc
 from safehub.kernel import chain
 from safehub.kernel.directory import Reviewer
-from safehub.kernel.errors import ConfigError
-from safehub.kernel.lifecycle import write_port_file
+from safehub.kernel.grpc_server import GrpcServer
 from services.timeline.http_api import render_html
 from services.timeline.query import Queries, QueryError, RawJson
 from services.timeline.settings import TimelineSection
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAME = timeline_pb2.DESCRIPTOR.services_by_name["TimelineService"].full_name
+TIMELINE = timeline_pb2.DESCRIPTOR.services_by_name["TimelineService"]
+SERVICE_NAME = TIMELINE.full_name
 CN_PROPERTY = "x509_common_name"
 _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 403: grpc.StatusCode.PERMISSION_DENIED}
 _KINDS = {
@@ -243,78 +238,12 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
     raise AssertionError("abort returned")  # pragma: no cover
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM material of the gRPC server."""
-
-    cert: Path
-    key: Path
-    ca: Path
-
-
-def tls_files(section: TimelineSection) -> TlsFiles:
-    """The configured TLS files, or a dev PKI's; ConfigError naming what is missing."""
-    if section.tls_cert_file and section.tls_key_file and section.tls_ca_file:
-        files = TlsFiles(section.tls_cert_file, section.tls_key_file, section.tls_ca_file)
-    elif section.dev_pki_dir is not None:
-        pki = DevPki(section.dev_pki_dir)
-        server = pki.server()
-        files = TlsFiles(server.cert, server.key, pki.ca.cert)
-    else:
-        raise ConfigError(
-            "the timeline's gRPC API needs mTLS: set SAFEHUB_TIMELINE__TLS_CERT_FILE, "
-            "SAFEHUB_TIMELINE__TLS_KEY_FILE and SAFEHUB_TIMELINE__TLS_CA_FILE (or "
-            "SAFEHUB_TIMELINE__DEV_PKI_DIR for development, or "
-            "SAFEHUB_TIMELINE__GRPC_ENABLED=false)"
-        )
-    for path in (files.cert, files.key, files.ca):
-        if not path.is_file():
-            raise ConfigError(f"TLS file {path} does not exist")
-    return files
-
-
-class GrpcServer:
-    """The gRPC server: TimelineService, health, reflection."""
-
-    def __init__(self, queries: Queries, section: TimelineSection) -> None:
-        self.section = section
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="timeline-rpc")
-        )
-        timeline_pb2_grpc.add_TimelineServiceServicer_to_server(
-            TimelineServicer(queries), self.server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
-        self.port = 0
-
-    def start(self) -> int:
-        """Bind (mTLS), serve, report SERVING; returns the bound port."""
-        files = tls_files(self.section)
-        credentials = grpc.ssl_server_credentials(
-            [(files.key.read_bytes(), files.cert.read_bytes())],
-            root_certificates=files.ca.read_bytes(),
-            require_client_auth=True,
-        )
-        address = f"{self.section.grpc_host}:{self.section.grpc_port}"
-        try:
-            port = int(self.server.add_secure_port(address, credentials))
-        except RuntimeError as exc:
-            raise ConfigError(f"the timeline cannot listen on {address}: {exc}") from exc
-        if port == 0:
-            raise ConfigError(f"the timeline cannot listen on {address}")
-        self.port = port
-        self.server.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.section.grpc_port_file is not None:
-            write_port_file(self.section.grpc_port_file, port)
-        return port
-
-    def stop(self) -> None:
-        """NOT_SERVING, then let calls in flight finish within the grace."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(self.section.grace_s).wait(self.section.grace_s + 1.0)
+def grpc_server(queries: Queries, section: TimelineSection) -> GrpcServer:
+    """The kernel gRPC server with TimelineService (mTLS, health, reflection, traces)."""
+    server = GrpcServer(
+        "timeline", section.grpc_listen, section.grpc_tls(), grace_s=section.grace_s
+    )
+    server.add(
+        TIMELINE, timeline_pb2_grpc.add_TimelineServiceServicer_to_server, TimelineServicer(queries)
+    )
+    return server

@@ -21,7 +21,7 @@ from safehub.kernel.http_server import ServerThread
 from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import SPANS
-from services.timeline.grpc_api import GrpcServer
+from services.timeline.grpc_api import grpc_server
 from services.timeline.http_api import HttpApi
 from services.timeline.ingest import BatchConsumer, Ingest, event_topics, wait_closed
 from services.timeline.query import Queries
@@ -94,10 +94,9 @@ def setup(runtime: Runtime[TimelineSettings]) -> None:
         write_port_file(section.port_file, port)
     log.info("timeline HTTP listening", host=section.http_host, port=port)
     if section.grpc_enabled:
-        grpc_server = GrpcServer(queries, section)
-        grpc_port = grpc_server.start()
-        runtime.on_close(grpc_server.stop)
-        log.info("timeline gRPC listening", host=section.grpc_host, port=grpc_port)
+        api = grpc_server(queries, section)
+        api.start()  # logs "grpc listening" with the bound port
+        runtime.on_close(api.stop)
 
 
 def _closer(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from safehub.kernel.directory import default_directory_file
-from safehub.kernel.settings import HubSettings
+from safehub.kernel.settings import HubSettings, ListenSettings, TlsFileSettings
+from safehub.kernel.tls import TlsFiles, tls_files
 
 
-class TimelineSection(BaseModel):
+class TimelineSection(TlsFileSettings):
     """Store, HTTP and gRPC endpoints, TLS material, directory and ingest tuning."""
 
     database_url: str = Field(
@@ -28,14 +29,6 @@ class TimelineSection(BaseModel):
     grpc_port: int = Field(default=50053, ge=0, le=65535, description="0: pick a free port")
     grpc_port_file: Path | None = Field(
         default=None, description="write the bound gRPC port here once listening"
-    )
-    tls_cert_file: Path | None = Field(default=None, description="gRPC server certificate")
-    tls_key_file: Path | None = Field(default=None, description="gRPC server private key")
-    tls_ca_file: Path | None = Field(
-        default=None, description="CA bundle that signs reviewers' client certificates"
-    )
-    dev_pki_dir: Path | None = Field(
-        default=None, description="development only: a DevPki issues the server certificate"
     )
     events_group: str = Field(default="timeline-events", pattern=r"^[A-Za-z0-9._-]+$")
     spans_group: str = Field(default="timeline-spans", pattern=r"^[A-Za-z0-9._-]+$")
@@ -57,6 +50,17 @@ class TimelineSection(BaseModel):
         if any(given) and not all(given):
             raise ValueError("tls_cert_file, tls_key_file and tls_ca_file go together")
         return self
+
+    @property
+    def grpc_listen(self) -> ListenSettings:
+        """Where the gRPC API listens (``grpc_host``, ``grpc_port``, ``grpc_port_file``)."""
+        return ListenSettings(
+            host=self.grpc_host, port=self.grpc_port, port_file=self.grpc_port_file
+        )
+
+    def grpc_tls(self) -> TlsFiles:
+        """The gRPC server's checked TLS files (or the dev PKI's); ConfigError naming them."""
+        return tls_files("timeline", self, purpose="SAFEHUB_TIMELINE__GRPC_ENABLED=false")
 
 
 class TimelineSettings(HubSettings):

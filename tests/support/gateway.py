@@ -125,17 +125,37 @@ class GatewayHandle(GatewayClient):
         return self.gw.directory
 
 
+def issued(pki: DevPki, client_id: str | None = None) -> dict[str, Path]:
+    """TLS-file settings issued by ``pki`` (a server's, or ``client_id``'s), as ``safehub up``
+    passes them."""
+    pair = pki.server() if client_id is None else pki.client(client_id)
+    return {"tls_cert_file": pair.cert, "tls_key_file": pair.key, "tls_ca_file": pki.ca.cert}
+
+
+def issued_env(pki: DevPki, section: str, client_id: str) -> dict[str, str]:
+    """The same as ``SAFEHUB_<SECTION>__TLS_*`` variables, for a component process."""
+    return {
+        f"SAFEHUB_{section}__{name.upper()}": str(path)
+        for name, path in issued(pki, client_id).items()
+    }
+
+
 def gateway_settings(
     kafka: KafkaSettings, catalog_prefix: str, tmp_path: Path, **gateway: Any
 ) -> GatewaySettings:
-    """Settings for a test gateway: port 0, dev PKI under ``tmp_path/pki``, test topics.
+    """Settings for a test gateway: port 0, TLS files from a dev PKI under ``tmp_path/pki``
+    (as ``safehub up`` passes them), test topics.
 
     ``gateway`` overrides fields of :class:`GatewaySection` (e.g. ``dedupe_window=10``).
     """
+    pki = DevPki(tmp_path / "pki")
+    server = pki.server()
     section: dict[str, Any] = {
         "port": 0,
         "port_file": tmp_path / "gateway.port",
-        "dev_pki_dir": tmp_path / "pki",
+        "tls_cert_file": server.cert,
+        "tls_key_file": server.key,
+        "tls_ca_file": pki.ca.cert,
         "directory_file": DEMO_DIRECTORY,
         "grace_s": 1.0,
         **gateway,
@@ -157,7 +177,7 @@ def running_gateway(
 ) -> Iterator[GatewayHandle]:
     """A gateway in this process (its spans go to the test's tracer provider)."""
     settings = gateway_settings(kafka, catalog_prefix, tmp_path, **gateway)
-    pki = DevPki(settings.gateway.dev_pki_dir or tmp_path / "pki")
+    pki = DevPki(tmp_path / "pki")
     with Runtime("gateway", settings, codec=codec) as runtime:
         gw = start(runtime)
         handle = GatewayHandle(port=gw.port, pki=pki, gateway=gw, runtime=runtime)
@@ -189,6 +209,8 @@ def gateway_process(
     """
     port_file = tmp_path / "gateway-process.port"
     port_file.unlink(missing_ok=True)
+    pki = DevPki(tmp_path / "pki")
+    server = pki.server()
     component = Component(
         "services.gateway",
         kafka,
@@ -197,14 +219,16 @@ def gateway_process(
         env={
             "SAFEHUB_GATEWAY__PORT": "0",
             "SAFEHUB_GATEWAY__PORT_FILE": str(port_file),
-            "SAFEHUB_GATEWAY__DEV_PKI_DIR": str(tmp_path / "pki"),
+            "SAFEHUB_GATEWAY__TLS_CERT_FILE": str(server.cert),
+            "SAFEHUB_GATEWAY__TLS_KEY_FILE": str(server.key),
+            "SAFEHUB_GATEWAY__TLS_CA_FILE": str(pki.ca.cert),
             "SAFEHUB_GATEWAY__GRACE_S": "2",
             **(env or {}),
         },
     )
     with component:
         port = int(port_file.read_text().strip())
-        handle = GatewayProcessHandle(port=port, pki=DevPki(tmp_path / "pki"), component=component)
+        handle = GatewayProcessHandle(port=port, pki=pki, component=component)
         try:
             yield handle
         finally:

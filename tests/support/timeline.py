@@ -14,6 +14,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from safehub.embedded.pki import DevPki
 from safehub.kernel.envelope import new_event
 from safehub.kernel.settings import KafkaSettings
 from tests.support.processes import Component
@@ -253,6 +254,8 @@ class TimelineProcess:
         self.port_file = workdir / "timeline.http.port"
         self.grpc_port_file = workdir / "timeline.grpc.port"
         self.pki_dir = workdir / "pki"
+        pki = DevPki(self.pki_dir)
+        server = pki.server()
         env = {
             "SAFEHUB_TIMELINE__DATABASE_URL": database_url,
             "SAFEHUB_TIMELINE__HTTP_PORT": "0",
@@ -260,7 +263,9 @@ class TimelineProcess:
             "SAFEHUB_TIMELINE__GRPC_ENABLED": "true" if grpc else "false",
             "SAFEHUB_TIMELINE__GRPC_PORT": "0",
             "SAFEHUB_TIMELINE__GRPC_PORT_FILE": str(self.grpc_port_file),
-            "SAFEHUB_TIMELINE__DEV_PKI_DIR": str(self.pki_dir),
+            "SAFEHUB_TIMELINE__TLS_CERT_FILE": str(server.cert),
+            "SAFEHUB_TIMELINE__TLS_KEY_FILE": str(server.key),
+            "SAFEHUB_TIMELINE__TLS_CA_FILE": str(pki.ca.cert),
             "SAFEHUB_TIMELINE__FETCH_WAIT_MAX_MS": "20",
             "SAFEHUB_TIMELINE__CHAIN_CACHE_S": "0",
         }
