@@ -46,7 +46,7 @@ PRODUCTION = {
 }
 SIMULATORS = {"connectors.access_control_sim", "connectors.pa_signage_sim"}
 #: Deployables that must run as exactly one pod, never two at once (see their templates).
-SINGLE_WRITERS = {"services.notify", "services.timeline"}
+SINGLE_WRITERS = {"services.notify", "services.timeline", "services.incidents"}
 
 #: SAFEHUB_* variables that are not settings fields: read by the kernel itself.
 RUNTIME_VARIABLES = {
@@ -360,6 +360,13 @@ def test_kafka_cad_and_notify_endpoints_must_be_named(helm: Any) -> None:
     assert "services.notify" not in _deployments(_render(helm, off))
 
 
+def test_incidents_refuses_a_second_replica(helm: Any) -> None:
+    """Two active incidents workers could decide one incident version two ways."""
+    two = _with(_required_values(), "services.incidents.replicas", 2)
+    with pytest.raises(helm.HelmRenderError, match=r"services\.incidents\.replicas must be 1"):
+        _render(helm, two)
+
+
 def test_notify_refuses_values_it_cannot_run_with(helm: Any) -> None:
     required = _required_values()
     sms = _with(required, "services.notify.sms.enabled", True)
@@ -413,7 +420,7 @@ def test_what_is_deployed(rendered: tuple[dict[str, Any], list[dict[str, Any]]])
     ingress = values.get("services", {}).get("notify", {}).get("ingress", {}).get("enabled")
     assert (("Ingress", "hub-safehub-notify") in kinds) == bool(ingress)
     assert ("PodDisruptionBudget", "hub-safehub-gateway") in kinds
-    assert ("PodDisruptionBudget", "hub-safehub-incidents") in kinds
+    assert ("PodDisruptionBudget", "hub-safehub-incidents") not in kinds  # a single writer
     assert ("Job", "hub-safehub-topics") in kinds
     assert ("NetworkPolicy", "hub-safehub-default-deny") in kinds
     own_directory = not values.get("directory", {}).get("existingConfigMap")
