@@ -9,6 +9,11 @@ random bearer token for every administrator in its directory: the digests go to 
 operators file, the tokens to ``<run dir>/notify/credentials.json`` (owner-only) and to
 :attr:`Hub.notify_tokens` for the demo.
 
+The hub also supervises, as Kubernetes would (``restartPolicy: Always``): a component that
+exits without being asked to (a crash, a kill -9) is started again at once, with a backoff
+only when it keeps failing within seconds of its start. A replacement incidents worker thus
+takes over the 911 path within its short group session (``bench/recovery.py``).
+
 The kernel never imports a service; it only knows their module names and the variables
 they read. On exit, components get SIGTERM (they drain: flush producers, commit offsets,
 stop gRPC with grace) in reverse start order, then the broker stops.
@@ -25,8 +30,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +83,12 @@ NICENESS = {
     "connectors.pa_signage_sim": 10,
 }
 
+#: A component that exits within this long of its start is crash-looping: its next restart
+#: waits (doubling from RESTART_BACKOFF_S up to RESTART_BACKOFF_MAX_S) instead of spinning.
+CRASH_LOOP_S = 10.0
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 10.0
+
 
 def free_port() -> int:
     """A free loopback port (released at once; the component binds it right after)."""
@@ -114,7 +127,9 @@ class Hub(Closing):
         cad_auto: bool = True,
         env: Mapping[str, str] | None = None,
         grace_s: float = 15.0,
+        restart: Collection[str] | None = None,
     ) -> None:
+        """``restart``: components started again when they exit unasked (default: all)."""
         self.settings = settings
         self.run_dir = run_dir
         self._durable_dir = durable_dir
@@ -133,6 +148,16 @@ class Hub(Closing):
         self.notify_ack_secret = secrets.token_urlsafe(32)
         #: Staff id → bearer token of notify's API, one per administrator of the directory.
         self.notify_tokens: dict[str, str] = {}
+        self._restart = frozenset(self._components if restart is None else restart)
+        #: How often the supervisor started each component again after it exited unasked.
+        self.restarts: Counter[str] = Counter()
+        self._stopped: set[str] = set()  # stopped on purpose: never restarted
+        self._started_at: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+        self._not_before: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -208,6 +233,11 @@ class Hub(Closing):
                 self._issue_notify_credentials()
             for component in self._components:
                 self.start_component(component)
+            if self._restart:
+                self._supervisor = threading.Thread(
+                    target=self._supervise, name="hub-supervisor", daemon=True
+                )
+                self._supervisor.start()
         except BaseException:
             self.close()
             raise
@@ -389,15 +419,16 @@ class Hub(Closing):
         self._spawn(SMS_SIMULATOR, argv, env)
         self._wait_for_port(SMS_SIMULATOR, self.ports.sms_simulator)
 
+    def ready_file(self, module: str) -> Path:
+        """The file ``module`` writes (its pid) once ready; removed when it is (re)started."""
+        return self.run_dir / "ready" / module
+
     def start_component(self, module: str, *, wait: bool = True) -> subprocess.Popen[bytes]:
         """Start ``python -m module`` and (by default) wait until it reports ready."""
-        ready = self.run_dir / "ready" / module
-        ready.parent.mkdir(parents=True, exist_ok=True)
-        ready.unlink(missing_ok=True)
-        env = {**self.base_env(), **self.component_env(module), "SAFEHUB_READY_FILE": str(ready)}
-        process = self._spawn(module, [sys.executable, "-m", module], env)
+        process = self._launch(module, restarting=False)
+        assert process is not None  # only a restart can be called off
         if wait:
-            self._wait(module, ready.exists)
+            self._wait(module, self.ready_file(module).exists)
         return process
 
     def _wait(self, name: str, ready: Callable[[], bool], timeout: float = 90.0) -> None:
@@ -421,8 +452,72 @@ class Hub(Closing):
 
         self._wait(name, answers)
 
+    def _launch(self, module: str, *, restarting: bool) -> subprocess.Popen[bytes] | None:
+        """Spawn ``module``; a restart is called off if it was stopped on purpose meanwhile."""
+        ready = self.ready_file(module)
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        env = {**self.base_env(), **self.component_env(module), "SAFEHUB_READY_FILE": str(ready)}
+        with self._lock:  # one start at a time: the supervisor never races start/stop
+            if restarting and module in self._stopped:
+                return None
+            ready.unlink(missing_ok=True)
+            process = self._spawn(module, [sys.executable, "-m", module], env)
+            self._stopped.discard(module)
+            self._started_at[module] = time.monotonic()
+        return process
+
+    def _supervise(self) -> None:
+        """Start again every supervised component that exited without being stopped."""
+        while not self._closing.wait(0.05):
+            for module in sorted(self._restart):
+                with self._lock:
+                    if self._closing.is_set():
+                        return
+                    process = self.processes.get(module)
+                    if process is None or module in self._stopped or process.poll() is None:
+                        continue
+                    now = time.monotonic()
+                    if module not in self._not_before:
+                        # First look at this exit: restart at once, unless it is crash-looping.
+                        if now - self._started_at.get(module, 0.0) < CRASH_LOOP_S:
+                            delay = self._backoff.get(module, RESTART_BACKOFF_S / 2) * 2
+                            self._backoff[module] = min(delay, RESTART_BACKOFF_MAX_S)
+                        else:
+                            self._backoff.pop(module, None)
+                        self._not_before[module] = now + self._backoff.get(module, 0.0)
+                        log.warning(
+                            "component exited unasked, restarting",
+                            component=module,
+                            code=process.returncode,
+                            after_s=round(self._backoff.get(module, 0.0), 2),
+                        )
+                    if now < self._not_before[module]:
+                        continue
+                    del self._not_before[module]
+                try:
+                    if self._launch(module, restarting=True) is not None:
+                        self.restarts[module] += 1
+                except (OSError, SafeHubError):
+                    log.exception("restart failed", component=module)
+
+    def crash_component(self, module: str) -> int:
+        """kill -9 ``module`` as a crash would (not a stop: the supervisor restarts it).
+
+        Returns the pid killed; ``processes[module]`` holds another pid once restarted.
+        """
+        process = self.processes[module]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+        return process.pid
+
     def stop_component(self, module: str, *, kill: bool = False) -> int | None:
-        """SIGTERM (drain) or SIGKILL (crash) one component and wait for it."""
+        """SIGTERM (drain) or SIGKILL (crash) one component and wait for it.
+
+        Stopped on purpose: the supervisor does not start it again (``start_component`` does).
+        """
+        with self._lock:
+            self._stopped.add(module)
+            self._not_before.pop(module, None)
         process = self.processes.get(module)
         if process is None or process.poll() is not None:
             return process.returncode if process else None
@@ -436,6 +531,10 @@ class Hub(Closing):
 
     def close(self) -> None:
         """Stop components (reverse start order), then the embedded broker."""
+        self._closing.set()
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.join(timeout=10)
         for module in reversed(list(self.processes)):
             self.stop_component(module)
         broker, self._broker = self._broker, None

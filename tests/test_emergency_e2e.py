@@ -606,8 +606,9 @@ def test_a_panic_with_a_1970_clock_and_a_weapon_alert_just_after_are_one_inciden
         timeout=10,
     )
     cad = wait_until(
-        lambda: (i := e2e.cad_incident(incident_id)) and len(i["versions"]) >= 2 and i,
+        lambda: (i := e2e.cad_incident(incident_id)) and i["versions"][-1] >= 2 and i,
         what="the weapon alert folded into the panic's incident",
     )
     assert e2e.cad_incident(incident_id_for(camera.event_id)) is None
-    assert cad["versions"] == [1, 2]
+    # Version 1 may have been coalesced into 2 if both waited for the panic's facts.
+    assert cad["versions"] in ([1, 2], [2])
