@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from safehub.kernel.bus import (
     EventConsumer,
     EventProducer,
     PoisonPolicy,
+    fair_order,
     header,
 )
 from safehub.kernel.codec import Codec
@@ -325,6 +327,38 @@ def test_oversized_message_is_refused_by_the_hub(
     small = kafka.model_copy(update={"max_message_bytes": 1024})
     with EventProducer(small, codec, catalog) as producer, pytest.raises(BusError, match="1024"):
         producer.publish_raw(catalog.dead_letter, b"k", b"x" * 2048, [])
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """What fair_order reads of a fetched record (confluent_kafka.Message has no constructor)."""
+
+    _topic: str
+    _partition: int
+    offset: int
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+
+def test_a_burst_on_one_partition_does_not_hold_back_another_partitions_message() -> None:
+    """480 alerts of one school fetched ahead of another school's panic: the panic goes next,
+    and each partition keeps its own order."""
+    burst = [_Fetched("alerts", 3, n) for n in range(480)]
+    quiet = _Fetched("alerts", 7, 0)
+    later = [_Fetched("alerts", 7, 1), _Fetched("dispatch", 3, 0)]
+    ordered = fair_order([*burst, quiet, *later])  # type: ignore[list-item]
+    assert ordered.index(quiet) == 1
+    assert ordered.index(later[1]) == 2  # another topic's partition is its own lane too
+    for lane in ({("alerts", 3)}, {("alerts", 7)}):
+        offsets = [m.offset for m in ordered if (m.topic(), m.partition()) in lane]
+        assert offsets == sorted(offsets)
+    assert sorted(ordered, key=id) == sorted([*burst, quiet, *later], key=id)  # nothing lost
+    single = burst[:5]
+    assert fair_order(single) == single  # type: ignore[arg-type]
 
 
 def test_a_handler_that_says_stop_without_commit_leaves_the_message_for_the_next_run(

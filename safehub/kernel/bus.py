@@ -5,7 +5,9 @@ write (or raises :class:`DeliveryError`); flushed on close. A background thread 
 delivery reports so many threads can publish at once without waiting on each other.
 
 Consumer: at-least-once. Offsets are stored only after the handler returned, and committed
-after each batch, on partition revocation and on close. Poison-message policy:
+after each batch, on partition revocation and on close. In a fetched batch the partitions
+take turns (:func:`fair_order`), so one school's burst never goes ahead of another school's
+panic. Poison-message policy:
 
 * bytes that do not decode (corrupt, unknown schema) go to the dead-letter topic at once;
 * a handler raising :class:`HandlerError` (permanent) goes to the dead-letter topic at once;
@@ -27,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -418,6 +420,7 @@ class EventConsumer(Closing):
             messages = [first, *self._consumer.consume(self._batch_size - 1, 0)]
         except KafkaException as exc:
             raise BusError(f"consume failed for group {self._group_id}: {exc}") from exc
+        messages = fair_order(messages)
         done: dict[tuple[str, int], TopicPartition] = {}
         try:
             for message in messages:
@@ -560,6 +563,31 @@ def _undeclared(event_type: str, topic: str) -> HandlerError:
         f"{event_type} is not declared for topic {topic} (safehub.kernel.topics): "
         "nothing on this topic handles it"
     )
+
+
+def fair_order(messages: list[Message]) -> list[Message]:
+    """The batch with its partitions taken in turn, each partition's messages in order.
+
+    Partitions are schools: a burst of one school's alerts (480 camera alerts) fetched ahead
+    of another school's panic must not be handled before it. Order within a partition, the
+    only order Kafka (and the handlers) rely on, is kept.
+    """
+    lanes: dict[tuple[str | None, int | None], list[Message]] = {}
+    for message in messages:
+        lanes.setdefault((message.topic(), message.partition()), []).append(message)
+    if len(lanes) < 2:
+        return messages
+    queues = [iter(lane) for lane in lanes.values()]
+    ordered: list[Message] = []
+    while queues:
+        still: list[Iterator[Message]] = []
+        for queue in queues:
+            item = next(queue, None)
+            if item is not None:
+                ordered.append(item)
+                still.append(queue)
+        queues = still
+    return ordered
 
 
 def dead_letter_reason(exc: BaseException, attempts: int) -> str:
