@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from confluent_kafka import Consumer, TopicPartition
 from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
@@ -44,6 +43,7 @@ from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.hub import Hub
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.errors import SafeHubError
+from safehub.kernel.reader import TopicReader
 from safehub.kernel.settings import HubSettings
 from safehub.kernel.topics import ALERTS, DISPATCH, DOOR_COMMANDS, DOORS, INCIDENTS, NOTIFICATIONS
 
@@ -58,20 +58,8 @@ class Journal:
         self.events: list[tuple[datetime, str, Event]] = []
         self._codec = codec
         self._stop = threading.Event()
-        self._consumer = Consumer(
-            {
-                **hub.settings.kafka.client_config(),
-                "group.id": f"demo-journal-{uuid.uuid4().hex[:6]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 20,
-            }
-        )
-        self._consumer.assign(
-            [
-                TopicPartition(hub.catalog.name(base), p, 0)
-                for base in WATCHED
-                for p in range(hub.catalog.specs[base].partitions)
-            ]
+        self._reader = TopicReader(
+            hub.settings.kafka, hub.catalog, WATCHED, name="demo-journal", fetch_wait_ms=20
         )
         self._prefix = hub.catalog.prefix
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -79,12 +67,10 @@ class Journal:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            message = self._consumer.poll(0.1)
-            if message is None or message.error() is not None:
-                continue
-            event = self._codec.decode(message.value() or b"")
-            topic = str(message.topic()).removeprefix(self._prefix)
-            self.events.append((datetime.now(UTC), topic, event))
+            for message in self._reader.poll(0.1):
+                event = self._codec.decode(message.value() or b"")
+                topic = str(message.topic()).removeprefix(self._prefix)
+                self.events.append((datetime.now(UTC), topic, event))
 
     def wait_for(self, what: str, match: Callable[[Event], bool], timeout: float = 30) -> Event:
         """The first event matching ``match`` (waits for it)."""
@@ -100,7 +86,7 @@ class Journal:
         """Stop reading."""
         self._stop.set()
         self._thread.join()
-        self._consumer.close()
+        self._reader.close()
 
 
 def _is(event_type: str, **fields: Any) -> Callable[[Event], bool]:

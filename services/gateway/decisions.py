@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -20,13 +19,13 @@ from typing import Any, TypeAlias
 
 import grpc
 import structlog
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from safehub.gen.safehub.ingest.v1 import ingest_pb2
 from safehub.kernel.bus import H_EVENT_TYPE
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.envelope import EVENT_NAMESPACE
 from safehub.kernel.errors import BusError, CodecError
+from safehub.kernel.reader import TopicReader
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import INCIDENTS, TopicCatalog
 from services.gateway.rpc import RejectionError
@@ -62,24 +61,12 @@ class Decisions:
         self._lock = threading.Lock()
         self._waiting: dict[str, Future[Event]] = {}
         self._recent: OrderedDict[str, Event] = OrderedDict()
-        topic = catalog.name(INCIDENTS)
-        try:
-            self._consumer = Consumer(
-                {
-                    **kafka.client_config(),
-                    "group.id": f"gateway-decisions-{uuid.uuid4().hex[:8]}",  # never commits
-                    "enable.auto.commit": False,
-                    # A staff member is waiting for the answer: the 911-path fetch wait.
-                    "fetch.wait.max.ms": 10,
-                    "allow.auto.create.topics": False,
-                }
-            )
-            partitions = catalog.specs[INCIDENTS].partitions
-            # From the end: earlier decisions have no waiter. (tansu may place "end" a few
-            # records early; those are only kept as recent decisions.)
-            self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in range(partitions)])
-        except KafkaException as exc:
-            raise BusError(f"cannot follow {topic} for decisions: {exc}") from exc
+        # From the end: earlier decisions have no waiter. (tansu may place "end" a few
+        # records early; those are only kept as recent decisions.) A staff member is waiting
+        # for the answer: the 911-path fetch wait.
+        self._reader = TopicReader(
+            kafka, catalog, [INCIDENTS], name="gateway-decisions", start="end", fetch_wait_ms=10
+        )
 
     def expect(self, signal_event_id: str) -> Future[Event]:
         """A future resolved with the SignalDecided of ``signal_event_id``."""
@@ -105,20 +92,17 @@ class Decisions:
             while not stop.is_set():
                 self.poll_once(0.1)
         finally:
-            self._consumer.close()
+            self._reader.close()
 
     def poll_once(self, timeout: float) -> None:
         """Handle whatever the next poll brings."""
         try:
-            first = self._consumer.poll(timeout)
-            messages = [first, *self._consumer.consume(499, 0)] if first is not None else []
-        except KafkaException as exc:
+            messages = self._reader.poll(timeout)
+        except BusError as exc:
             log.warning("decision follower poll failed", error=str(exc))
             time.sleep(0.1)  # the broker is away; do not spin
             return
         for message in messages:
-            if message.error() is not None:
-                continue
             headers: list[tuple[str, Any]] = list(message.headers() or [])  # type: ignore[arg-type]
             if (H_EVENT_TYPE, _DECIDED_BYTES) not in headers:
                 continue

@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from datetime import timedelta
 
 import structlog
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Message
 
 from safehub.kernel.bus import ConsumedEvent
 from safehub.kernel.directory import Directory
-from safehub.kernel.errors import BusError, CodecError, HandlerError, StopWithoutCommit
+from safehub.kernel.errors import CodecError, HandlerError, StopWithoutCommit
+from safehub.kernel.reader import TopicReader
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import ALERTS, DISPATCH, DOORS, INCIDENTS
 from services.incidents.model import IncidentBook, Rejected
@@ -44,7 +44,7 @@ log = structlog.get_logger(__name__)
 
 
 class Journal:
-    """Follows the incidents topic and folds it into the book."""
+    """Follows the incidents topic (every partition, no group) and folds it into the book."""
 
     def __init__(
         self, runtime: Runtime[IncidentsSettings], book: IncidentBook, lock: threading.Lock
@@ -52,66 +52,36 @@ class Journal:
         self._runtime = runtime
         self._book = book
         self._lock = lock
-        kafka = runtime.settings.kafka
-        self._topic = runtime.catalog.name(INCIDENTS)
-        self._consumer = Consumer(
-            {
-                **kafka.client_config(),
-                "group.id": f"incidents-journal-{uuid.uuid4().hex[:8]}",  # never commits
-                "enable.auto.commit": False,
-                # Not on the latency path: own updates are applied directly; this only
-                # follows other workers. A short wait would cost the broker CPU for nothing.
-                "fetch.wait.max.ms": 100,
-                "allow.auto.create.topics": False,
-            }
+        # Not on the latency path: own updates are applied directly; this only follows
+        # other workers. A short wait would cost the broker CPU for nothing.
+        self._reader = TopicReader(
+            runtime.settings.kafka,
+            runtime.catalog,
+            [INCIDENTS],
+            name="incidents-journal",
+            fetch_wait_ms=100,
         )
-        partitions = runtime.catalog.specs[INCIDENTS].partitions
-        self._partitions = [TopicPartition(self._topic, p, 0) for p in range(partitions)]
-        self._consumer.assign(self._partitions)
-        self._positions = {p: 0 for p in range(partitions)}
-        runtime.on_close(self._consumer.close)
+        runtime.on_close(self._reader.close)
 
-    def _poll(self, timeout: float) -> int:
-        first = self._consumer.poll(timeout)
-        messages = [first, *self._consumer.consume(499, 0)] if first is not None else []
-        applied = 0
-        for message in messages:
-            if message.error() is not None:
-                continue
-            self._positions[message.partition() or 0] = (message.offset() or 0) + 1
-            try:
-                event = self._runtime.codec.decode(message.value() or b"")
-            except CodecError:
-                # Not ours to dead-letter (we are not its consumer group); skip and say so.
-                log.error("undecodable record on the incidents topic", offset=message.offset())
-                continue
-            with self._lock:
-                self._book.apply(event)
-            applied += 1
-        return applied
+    def _apply(self, message: Message) -> None:
+        try:
+            event = self._runtime.codec.decode(message.value() or b"")
+        except CodecError:
+            # Not ours to dead-letter (we are not its consumer group); skip and say so.
+            log.error("undecodable record on the incidents topic", offset=message.offset())
+            return
+        with self._lock:
+            self._book.apply(event)
 
     def catch_up(self, timeout: float = 60.0) -> int:
         """Read until every partition reached its high watermark (from fetch responses)."""
-        deadline = time.monotonic() + timeout
-        applied = 0
-        while True:
-            applied += self._poll(0.05)
-            if self._at_end():
-                return applied
-            if time.monotonic() > deadline:
-                raise BusError(f"incidents journal did not catch up within {timeout} s")
-
-    def _at_end(self) -> bool:
-        for tp in self._partitions:
-            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0 or self._positions[tp.partition] < high:
-                return False
-        return True
+        return self._reader.catch_up(self._apply, timeout)
 
     def follow(self) -> None:
         """Keep folding new incident events (from this and other workers) until stop."""
         while not self._runtime.stop.is_set():
-            self._poll(0.1)
+            for message in self._reader.poll(0.1):
+                self._apply(message)
 
 
 def setup(runtime: Runtime[IncidentsSettings]) -> None:
