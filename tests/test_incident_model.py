@@ -412,3 +412,57 @@ def test_srp_state_machine_only_takes_valid_transitions(actions: list[str]) -> N
         assert len(active) == (0 if current is None else 1)
         if active:
             assert active[0].srp_action == current
+
+
+def test_the_books_indexes_agree_with_a_scan_of_every_incident() -> None:
+    """active_for and incident_of_panic use indexes kept by apply(); they must find exactly
+    what a scan of every incident ever opened finds (drills, buildings, cleared, cancelled)."""
+    book = _book()
+    panics: list[dict[str, Any]] = []
+    for n in range(60):
+        signal = panic(
+            timedelta(minutes=11 * n),  # beyond the window: each its own incident
+            building="A" if n % 3 else "B",
+            exercise=n % 4 == 0,
+        )
+        panics.append(signal)
+        feed(book, signal)
+    for n, signal in enumerate(panics):
+        if n % 5 == 0:  # cancelled within the window
+            feed(book, _cancel_of(signal, timedelta(minutes=11 * n, seconds=30)))
+        elif n % 7 == 0:  # an ALL CLEAR ends it
+            feed(book, srp("ALL_CLEAR", timedelta(minutes=11 * n, seconds=40), building=None))
+    assert any(not i.active for i in book.incidents.values())
+    assert any(i.active for i in book.incidents.values())
+
+    def scanned(building: str | None, exercise: bool, within: datetime | None) -> Any:
+        found = [
+            i
+            for i in book.incidents.values()
+            if i.active
+            and i.school == LINCOLN["school"]
+            and i.exercise == exercise
+            and (building is None or i.building in (None, building))
+            and (within is None or within - i.last_signal_at <= book.correlation_window)
+        ]
+        return max(found, key=lambda i: i.last_signal_at, default=None)
+
+    for minutes in range(0, 11 * 60, 7):
+        within = T0 + timedelta(minutes=minutes)
+        for building in ("A", "B", None):
+            for exercise in (False, True):
+                expected = scanned(building, exercise, within)
+                got = book.active_for(LINCOLN["school"], building, exercise, within=within)
+                assert got is expected, (minutes, building, exercise)
+    for signal in panics:
+        event_id = signal["envelope"]["event_id"]
+        expected = next(
+            (
+                i
+                for i in book.incidents.values()
+                if event_id in i.panic_sources or event_id in i.correlated_event_ids
+            ),
+            None,
+        )
+        assert book.incident_of_panic(event_id) is expected is not None
+    assert book.incident_of_panic("never-seen") is None

@@ -226,6 +226,10 @@ class IncidentBook:
         self.camera_min_confidence = camera_min_confidence
         self.incidents: dict[str, Incident] = {}
         self.seen: set[str] = set()
+        # Indexes kept by apply(): a decision must not scan every incident ever opened (a
+        # year of a state's schools is hundreds of thousands, nearly all of them over).
+        self._active: dict[str, dict[str, Incident]] = {}  # school → its active incidents
+        self._by_signal: dict[str, str] = {}  # panic or correlated event id → incident id
 
     # -- folding ---------------------------------------------------------------------------
 
@@ -251,6 +255,7 @@ class IncidentBook:
             current.version = event["version"]
             current.state = "CANCELLED" if event["outcome"] == "FALSE_ALARM" else "ALL_CLEAR"
             current.srp_action = None
+            self._index(current)
             return
         incident = current or Incident(
             incident_id=incident_id,
@@ -273,6 +278,17 @@ class IncidentBook:
         incident.last_signal_at = max(incident.last_signal_at, envelope["occurred_at"])
         self.seen.update(incident.correlated_event_ids)
         self.incidents[incident_id] = incident
+        self._index(incident)
+
+    def _index(self, incident: Incident) -> None:
+        active = self._active.setdefault(incident.school, {})
+        if incident.active:
+            active[incident.incident_id] = incident
+        else:
+            active.pop(incident.incident_id, None)
+        for event_id in (*incident.panic_sources, *incident.correlated_event_ids):
+            # The first incident that named a signal keeps it (what a scan in order found).
+            self._by_signal.setdefault(event_id, incident.incident_id)
 
     def apply_all(self, events: Iterable[Event]) -> None:
         """Fold events in order."""
@@ -287,10 +303,8 @@ class IncidentBook:
         """The active incident a signal at this place joins (newest first), if any."""
         candidates = [
             i
-            for i in self.incidents.values()
-            if i.active
-            and i.school == school
-            and i.exercise == exercise
+            for i in self._active.get(school, {}).values()
+            if i.exercise == exercise
             and (building is None or i.building in (None, building))
             and (within is None or within - i.last_signal_at <= self.correlation_window)
         ]
@@ -298,14 +312,8 @@ class IncidentBook:
 
     def incident_of_panic(self, panic_event_id: str) -> Incident | None:
         """The incident a panic was folded into, if any."""
-        return next(
-            (
-                i
-                for i in self.incidents.values()
-                if panic_event_id in i.panic_sources or panic_event_id in i.correlated_event_ids
-            ),
-            None,
-        )
+        incident_id = self._by_signal.get(panic_event_id)
+        return None if incident_id is None else self.incidents.get(incident_id)
 
     # -- deciding --------------------------------------------------------------------------
 
