@@ -12,7 +12,6 @@ Throughput: messages per second produced until confirmed and consumed until hand
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import broker, pace, percentiles, raw_round_trip, raw_throughput
+from bench.common import broker, pace, percentiles, raw_round_trip, raw_throughput, report
 from safehub.contracts.registry import event_schemas
 from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import ConsumedEvent, EventConsumer, EventProducer
@@ -168,11 +167,7 @@ def main() -> None:
             "ratio_consume": round(bus_tp["consume_msg_s"] / raw_tp["consume_msg_s"], 3),
         },
     }
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        for section, values in result.items():
-            sys.stdout.write(f"{section}: {values}\n")
+    report(result, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
+import sys
 import threading
 import time
 import uuid
@@ -146,3 +148,12 @@ def raw_throughput(bootstrap: str, *, count: int, size: int = 1024) -> dict[str,
     consume_s = time.perf_counter() - start
     consumer.close()
     return {"produce_msg_s": round(count / produce_s), "consume_msg_s": round(count / consume_s)}
+
+
+def report(result: dict[str, Any], *, as_json: bool) -> None:
+    """Print a benchmark's result: JSON (``--json``) or one ``key: value`` line per figure."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        for key, value in result.items():
+            sys.stdout.write(f"{key}: {value}\n")

@@ -22,7 +22,6 @@ tansu broker unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), with the CAD simulator 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 from google.protobuf import timestamp_pb2
 
-from bench.common import broker, percentiles, raw_round_trip, raw_throughput
+from bench.common import broker, percentiles, raw_round_trip, raw_throughput, report
 from safehub.embedded.pki import DevPki
 from safehub.gen.safehub.common.v1 import door_pb2, place_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -264,11 +263,7 @@ def main() -> None:
                 ),
                 "raw_producer_msg_s": result["raw_producer"]["produce_msg_s"],
             }
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        for key, value in result.items():
-            sys.stdout.write(f"{key}: {value}\n")
+    report(result, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from bench.common import broker
+from bench.common import broker, report
 from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
@@ -395,11 +395,7 @@ def main() -> None:
     finally:
         stop_sim()
         controller.stop()
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        for key, value in result.items():
-            sys.stdout.write(f"{key}: {value}\n")
+    report(result, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ reported as ``within_5_s``.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import statistics
 import sys
@@ -47,7 +46,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import broker, percentiles, raw_round_trip
+from bench.common import broker, percentiles, raw_round_trip, report
 from bench.emergency import Bench
 from safehub.hub import Hub
 from safehub.kernel.errors import SafeHubError
@@ -310,11 +309,7 @@ def main() -> None:
             stop.set()
             for proc in burners:
                 proc.join(5)
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        for key, value in result.items():
-            sys.stdout.write(f"{key}: {value}\n")
+    report(result, as_json=args.json)
 
 
 if __name__ == "__main__":
