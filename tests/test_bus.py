@@ -362,17 +362,18 @@ def test_a_burst_on_one_partition_does_not_hold_back_another_partitions_message(
     assert fair_order(single) == single  # type: ignore[arg-type]
 
 
-def test_a_handler_that_says_stop_without_commit_leaves_the_message_for_the_next_run(
-    kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, group_id: str
-) -> None:
-    """StopWithoutCommit: not retried, not dead-lettered, not committed; run() returns."""
+def _run_once_then_again(
+    kafka: KafkaSettings,
+    codec: Codec,
+    catalog: TopicCatalog,
+    group_id: str,
+    handler: Callable[[ConsumedEvent], None],
+    stop: threading.Event | None = None,
+) -> tuple[EventConsumer, list[str]]:
+    """Publish one panic, let ``handler`` meet it in a first run (which must return by
+    itself), then check a second run of the same group gets it again; the first consumer
+    and the event id."""
     event = example_event(event_schemas()["safehub.events.PanicAlert"])
-    attempts: list[str] = []
-
-    def interrupted(consumed: ConsumedEvent) -> None:
-        attempts.append(consumed.event_id)
-        raise StopWithoutCommit("a real dispatch is undecided and we are stopping")
-
     with EventProducer(kafka, codec, catalog) as producer:
         consumer = EventConsumer(
             kafka,
@@ -380,16 +381,14 @@ def test_a_handler_that_says_stop_without_commit_leaves_the_message_for_the_next
             catalog,
             group_id=group_id,
             topics=["safehub.alerts.v1"],
-            handler=interrupted,
+            handler=handler,
             dead_letter=producer,
             policy=PoisonPolicy(max_attempts=3, backoff_s=0.01),
         )
         consumer.wait_for_assignment()
-        producer.publish(event)
-        consumer.run()  # returns without anyone setting a stop signal
+        producer.publish(event)  # after the join: run() is what fetches it
+        consumer.run(stop)
         consumer.close()
-        assert attempts == [event["envelope"]["event_id"]], "never retried"
-        assert consumer.stats.dead_lettered == 0 and consumer.stats.retried == 0
         again: list[str] = []
         with consuming(
             kafka,
@@ -401,13 +400,29 @@ def test_a_handler_that_says_stop_without_commit_leaves_the_message_for_the_next
             lambda c: again.append(c.event_id),
         ):
             wait_until(lambda: again, what="the message again in the next run")
-    assert again == [event["envelope"]["event_id"]]
+    assert again == [event["envelope"]["event_id"]], "not committed: the next run gets it"
+    return consumer, again
+
+
+def test_a_handler_that_says_stop_without_commit_leaves_the_message_for_the_next_run(
+    kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, group_id: str
+) -> None:
+    """StopWithoutCommit: not retried, not dead-lettered, not committed; run() returns."""
+    attempts: list[str] = []
+
+    def interrupted(consumed: ConsumedEvent) -> None:
+        attempts.append(consumed.event_id)
+        raise StopWithoutCommit("a real dispatch is undecided and we are stopping")
+
+    # run() returns without anyone setting a stop signal
+    consumer, again = _run_once_then_again(kafka, codec, catalog, group_id, interrupted)
+    assert attempts == again, "never retried"
+    assert consumer.stats.dead_lettered == 0 and consumer.stats.retried == 0
 
 
 def test_failure_while_stopping_is_neither_dead_lettered_nor_committed(
     kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, group_id: str
 ) -> None:
-    event = example_event(event_schemas()["safehub.events.PanicAlert"])
     attempts: list[str] = []
     stop = threading.Event()
 
@@ -416,35 +431,9 @@ def test_failure_while_stopping_is_neither_dead_lettered_nor_committed(
         stop.set()  # the service is shutting down while CAD (say) is unreachable
         raise ConnectionError("downstream unavailable")
 
-    with EventProducer(kafka, codec, catalog) as producer:
-        consumer = EventConsumer(
-            kafka,
-            codec,
-            catalog,
-            group_id=group_id,
-            topics=["safehub.alerts.v1"],
-            handler=failing,
-            dead_letter=producer,
-            policy=PoisonPolicy(max_attempts=3, backoff_s=0.01),
-        )
-        consumer.wait_for_assignment()
-        producer.publish(event)  # after the join: run() is what fetches it
-        consumer.run(stop)  # returns: stopping
-        consumer.close()
-        assert attempts == [event["envelope"]["event_id"]]
-        assert consumer.stats.dead_lettered == 0
-        again: list[str] = []
-        with consuming(
-            kafka,
-            codec,
-            catalog,
-            producer,
-            group_id,
-            ["safehub.alerts.v1"],
-            lambda c: again.append(c.event_id),
-        ):
-            wait_until(lambda: again, what="the message again after the restart")
-    assert again == [event["envelope"]["event_id"]]
+    consumer, again = _run_once_then_again(kafka, codec, catalog, group_id, failing, stop)
+    assert attempts == again
+    assert consumer.stats.dead_lettered == 0
 
 
 def test_a_topic_reader_reads_every_partition_to_its_end_or_follows_from_the_end(
