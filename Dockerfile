@@ -1,5 +1,5 @@
 # The SafeHub image: every deployable (`python -m services.<name>`,
-# `python -m connectors.<name>`) and the `safehub` CLI, for deploy/helm/safehub.
+# `python -m connectors.<name>`, `python -m vendors.<name>`) and the `safehub` CLI, for deploy/helm/safehub.
 #
 # Build from the repository root (the CAP schema and the EIDO facts ship inside the
 # package, safehub/standards):
@@ -18,8 +18,10 @@ COPY schemas/ schemas/
 COPY safehub/ safehub/
 COPY services/ services/
 COPY connectors/ connectors/
+COPY vendors/ vendors/
+COPY simulators/ simulators/
 RUN pip install --only-binary=:all: -c constraints.txt . \
-    && python -c "import safehub.cli, services.gateway, connectors.psap_cad"
+    && python -c "import safehub.cli.main, services.gateway, connectors.psap_cad"
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \

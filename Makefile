@@ -32,10 +32,11 @@ up: $(STAMP) ## Run the hub (embedded broker unless KAFKA_BOOTSTRAP_SERVERS is s
 lint: $(STAMP) ## ruff, mypy, import contracts, schema and proto checks
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy safehub services connectors tools
+	$(BIN)/mypy safehub services connectors vendors simulators tools
 	$(BIN)/lint-imports
 	$(BIN)/safehub schemas check --against $${SAFEHUB_CONTRACTS_BASE:-main}
 	PATH=$(abspath $(BIN)):$$PATH tools/check_protos.sh
+	$(BIN)/python tools/gen_names.py --check
 
 CHROMIUM ?= /usr/bin/chromium
 
@@ -60,6 +61,10 @@ test-fast: $(STAMP) ## The tests that need no broker and no PostgreSQL (about a 
 .PHONY: protos
 protos: $(STAMP) ## Regenerate gRPC code into safehub/gen
 	$(BIN)/python tools/gen_protos.py
+
+.PHONY: names
+names: $(STAMP) ## Regenerate safehub/contracts/names.py (event types, data classes) from schemas/
+	$(BIN)/python tools/gen_names.py
 
 .PHONY: bench
 bench: $(STAMP) ## Run the benchmarks (JSON on stdout)

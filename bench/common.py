@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from safehub.embedded.broker import EmbeddedBroker
+from safehub.devstack.broker import EmbeddedBroker
 
 
 @contextlib.contextmanager

@@ -38,10 +38,10 @@ import httpx
 from google.protobuf import timestamp_pb2
 
 from bench.common import broker, percentiles, raw_round_trip, raw_throughput, report
-from safehub.embedded.pki import DevPki
+from safehub.devstack.hub import Hub
+from safehub.devstack.pki import DevPki
 from safehub.gen.safehub.common.v1 import door_pb2, place_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from safehub.hub import Hub
 from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.logging import configure_logging
 from safehub.kernel.settings import HubSettings, KafkaSettings, LogSettings

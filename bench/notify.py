@@ -56,7 +56,7 @@ from safehub.kernel.envelope import new_event
 from safehub.kernel.logging import configure_logging
 from safehub.kernel.settings import KafkaSettings, LogSettings
 from safehub.kernel.topics import TopicCatalog
-from services.notify.provider_sim import (
+from simulators.sms.server import (
     DEFAULT_ACCOUNT_SID,
     Account,
     ProviderSimulator,
@@ -293,7 +293,7 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging(LogSettings(level="WARNING"))
     # Callbacks still in flight when notify stops fail; that is the end of the run, not news.
-    logging.getLogger("services.notify.provider_sim").setLevel(logging.ERROR)
+    logging.getLogger("simulators.sms.server").setLevel(logging.ERROR)
     workdir = Path(tempfile.mkdtemp(prefix="safehub-bench-notify-"))
     directory = write_directory(workdir / "directory.json", args.staff)
     mail, sms = Stamps(), Stamps()

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import broker, percentiles, raw_round_trip, report
 from bench.emergency import Bench
-from safehub.hub import Hub
+from safehub.devstack.hub import Hub
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.logging import configure_logging
 from safehub.kernel.settings import HubSettings, KafkaSettings, LogSettings

@@ -86,7 +86,7 @@ def kafka_bootstrap() -> Iterator[str]:
         with container as kafka:
             yield kafka.get_bootstrap_server()
         return
-    from safehub.embedded.broker import EmbeddedBroker
+    from safehub.devstack.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         yield broker.bootstrap_servers

@@ -24,10 +24,6 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from connectors.access_control_sim.settings import AccessControlSimSection
-from connectors.pa_signage_sim.settings import PaSignageSimSection
-from connectors.pa_signage_sim.sim import PaSignageSim, spoken_text
-from safehub.connector_client import ConnectorClientConfig, ConnectorSession
 from safehub.gen.safehub.connector.v1 import connector_pb2
 from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import EventProducer
@@ -37,6 +33,7 @@ from safehub.kernel.envelope import new_event
 from safehub.kernel.errors import ConfigError
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
+from safehub.sdk.client import ConnectorClientConfig, ConnectorSession
 from services.gateway.settings import DEMO_DIRECTORY
 from tests.support.gateway import (
     GatewayClient,
@@ -47,6 +44,9 @@ from tests.support.gateway import (
 )
 from tests.support.processes import Component
 from tests.support.waiting import wait_until
+from vendors.access_control_sim.settings import AccessControlSimSection
+from vendors.pa_signage_sim.settings import PaSignageSimSection
+from vendors.pa_signage_sim.sim import PaSignageSim, spoken_text
 
 pytestmark = pytest.mark.kafka
 
@@ -723,7 +723,7 @@ def test_the_simulator_runs_as_a_process_and_plays(
 ) -> None:
     played_file = tmp_path / "played.jsonl"
     with Component(
-        "connectors.pa_signage_sim",
+        "vendors.pa_signage_sim",
         module_kafka,
         "unused.",
         tmp_path,

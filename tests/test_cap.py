@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from lxml import etree
 from pydantic import SecretStr
 
-from safehub.embedded.pki import DevPki
+from safehub.devstack.pki import DevPki
 from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.http_server import ServerThread, server_ssl_context
 from services.notify import cap

@@ -11,7 +11,7 @@ import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
 
-from safehub.embedded.pki import DevPki
+from safehub.devstack.pki import DevPki
 from services.notify.channels.base import ChannelError, OutboundMessage
 from services.notify.channels.email import SmtpEmailAdapter
 from tests.support.notify import SmtpSink

@@ -26,8 +26,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-import safehub.embedded.broker as broker_mod
-from safehub.embedded import EmbeddedBroker
+import safehub.devstack.broker as broker_mod
+from safehub.devstack.broker import EmbeddedBroker
 from safehub.kernel.errors import BrokerError, SafeHubError
 from tests.support.waiting import wait_until
 
@@ -380,7 +380,7 @@ def test_durable_dir_is_used_by_one_broker_at_a_time(tmp_path: Path) -> None:
 _CHILD_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    from safehub.embedded import EmbeddedBroker
+    from safehub.devstack.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(run_dir=sys.argv[2]).start()
     print("PID", broker.pid, flush=True)

@@ -16,14 +16,14 @@ import httpx
 import pytest
 from google.protobuf import timestamp_pb2
 
-from connectors.psap_cad.eido_validate import EidoValidator
+from safehub.devstack.hub import Hub
 from safehub.gen.safehub.common.v1 import place_pb2, srp_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from safehub.hub import Hub
 from safehub.kernel.codec import Codec
 from safehub.kernel.directory import DIRECTORY_FILE_VARIABLE, Directory, default_directory_file
 from safehub.kernel.envelope import event_id_for
 from safehub.kernel.settings import HubSettings, KafkaSettings
+from safehub.standards.eido import EidoValidator
 from services.incidents.model import incident_id_for
 from tests.support.cad import EIDO_RULES, CadAdmin
 from tests.support.kafka import read_topic

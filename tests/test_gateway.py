@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from safehub.contracts.registry import load_schemas
-from safehub.embedded.pki import DevPki
+from safehub.devstack.pki import DevPki
 from safehub.gen.safehub.common.v1 import door_pb2, srp_pb2
 from safehub.gen.safehub.connector.v1 import connector_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -815,7 +815,7 @@ def test_the_simulator_runs_as_a_process(
     gw: GatewayHandle, kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     with Component(
-        "connectors.access_control_sim",
+        "vendors.access_control_sim",
         kafka,
         "unused.",
         tmp_path,

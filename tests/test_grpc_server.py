@@ -17,8 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from connectors.access_control_sim.settings import AccessControlSimSection
-from safehub.embedded.pki import DevPki
+from safehub.devstack.pki import DevPki
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.gen.safehub.timeline.v1 import timeline_pb2, timeline_pb2_grpc
 from safehub.kernel.errors import ConfigError
@@ -30,6 +29,7 @@ from services.timeline.grpc_api import grpc_server
 from services.timeline.query import Queries
 from services.timeline.settings import TimelineSection
 from tests.support.gateway import issued
+from vendors.access_control_sim.settings import AccessControlSimSection
 
 TIMEOUT = 10.0
 TIMELINE = timeline_pb2.DESCRIPTOR.services_by_name["TimelineService"]

@@ -35,8 +35,13 @@ def test_the_tree_keeps_every_contract() -> None:
     [
         ("services/gateway", "import services.incidents.model", "Deployables never import"),
         ("connectors/psap_cad", "import services.notify.cap", "Deployables never import"),
-        ("safehub/kernel", "import safehub.embedded.pki", "knows nothing of the dev stack"),
+        ("safehub/kernel", "import safehub.devstack.pki", "knows nothing of the dev stack"),
         ("safehub/kernel", "import services.gateway.rpc", "Kernel does not depend"),
+        ("vendors/pa_signage_sim", "import services.gateway.rpc", "Deployables never import"),
+        ("simulators/cad", "import connectors.psap_cad.eido", "Deployables never import"),
+        ("safehub/kernel", "import safehub.standards.eido", "Layers"),
+        ("safehub/sdk", "import safehub.devstack.hub", "Layers"),
+        ("safehub/gen", "import safehub.contracts.registry", "Layers"),
     ],
 )
 def test_a_deliberate_violation_is_caught(home: str, import_line: str, contract: str) -> None:

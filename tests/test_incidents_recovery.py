@@ -18,9 +18,9 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
+from safehub.devstack.hub import Hub
 from safehub.gen.safehub.common.v1 import place_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from safehub.hub import Hub
 from safehub.kernel.settings import HubSettings, KafkaSettings
 from services.incidents.model import incident_id_for
 from tests.support.cad import CadAdmin

@@ -37,12 +37,11 @@ from connectors.psap_cad.eido import (
     apco_code,
     civic_address,
 )
-from connectors.psap_cad.eido_validate import EidoInvalidError, EidoValidator
 from connectors.psap_cad.ledger import Decision, Ledger
 from connectors.psap_cad.service import PsapCadConnector
 from connectors.psap_cad.settings import PsapCadSettings
 from connectors.psap_cad.signals import SignalFacts
-from safehub.embedded.pki import DevPki
+from safehub.devstack.pki import DevPki
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
 from safehub.kernel.directory import Directory
@@ -50,6 +49,7 @@ from safehub.kernel.envelope import new_event
 from safehub.kernel.errors import ConfigError
 from safehub.kernel.settings import KafkaSettings, load_settings
 from safehub.kernel.topics import TopicCatalog
+from safehub.standards.eido import EidoInvalidError, EidoValidator
 from tests.support.cad import (
     EIDO_RULES,
     INBOUND_TOKEN,

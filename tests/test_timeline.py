@@ -18,7 +18,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import create_engine, text
 
-from safehub.embedded.pki import DevPki
+from safehub.devstack.pki import DevPki
 from safehub.gen.safehub.timeline.v1 import timeline_pb2, timeline_pb2_grpc
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec

@@ -37,7 +37,6 @@ from connectors.psap_cad.eido import (
     EidoBuilder,
     ExerciseDispatchError,
 )
-from connectors.psap_cad.eido_validate import EidoValidator
 from connectors.psap_cad.ledger import Decision, Ledger, LedgerError, PendingDispatch
 from connectors.psap_cad.settings import PsapCadConfig
 from connectors.psap_cad.signals import SignalFacts
@@ -45,6 +44,7 @@ from safehub.kernel import tracing
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.envelope import event_id_for, new_event
 from safehub.kernel.errors import BusError
+from safehub.standards.eido import EidoValidator
 
 log = structlog.get_logger(__name__)
 

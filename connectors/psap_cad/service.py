@@ -39,7 +39,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from connectors.psap_cad.cad_client import DispatchInterrupted
 from connectors.psap_cad.dispatcher import DISPATCH_CLASSIFICATION, LEASE, NAME, Dispatcher
 from connectors.psap_cad.eido import EidoBuilder, IncidentSnapshot
-from connectors.psap_cad.eido_validate import EidoValidator
 from connectors.psap_cad.ledger import Decision, DispatchedIncident, Ledger, LedgerError
 from connectors.psap_cad.settings import PsapCadSettings
 from connectors.psap_cad.signals import facts_of
@@ -52,6 +51,7 @@ from safehub.kernel.http_server import ServerThread, server_ssl_context
 from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import ALERTS, INCIDENTS
+from safehub.standards.eido import EidoValidator
 
 log = structlog.get_logger(__name__)
 

@@ -30,8 +30,7 @@ import httpx
 
 from connectors.psap_cad.service import PsapCadConnector, start_connector
 from connectors.psap_cad.settings import DEFAULT_EIDO_RULES, PsapCadConfig, PsapCadSettings
-from connectors.psap_cad.simulator import SimulatorConfig, SimulatorServer
-from safehub.embedded.pki import DevPki
+from safehub.devstack.pki import DevPki
 from safehub.kernel.bus import EventConsumer
 from safehub.kernel.codec import Codec
 from safehub.kernel.directory import Directory
@@ -39,6 +38,7 @@ from safehub.kernel.envelope import new_event
 from safehub.kernel.runtime import Runtime
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
+from simulators.cad.server import SimulatorConfig, SimulatorServer
 from tests.support.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

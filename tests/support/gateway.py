@@ -37,9 +37,7 @@ from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2_grpc
 from grpc_status import rpc_status
 
-from connectors.access_control_sim.settings import AccessControlSimSection
-from connectors.access_control_sim.sim import AccessControlSim
-from safehub.embedded.pki import DevPki
+from safehub.devstack.pki import DevPki
 from safehub.gen.safehub.common.v1 import door_pb2, place_pb2
 from safehub.gen.safehub.connector.v1 import connector_pb2_grpc
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -51,6 +49,8 @@ from services.gateway.service import Gateway, start
 from services.gateway.settings import DEMO_DIRECTORY, GatewaySection, GatewaySettings
 from tests.support.processes import Component
 from tests.support.waiting import wait_until
+from vendors.access_control_sim.settings import AccessControlSimSection
+from vendors.access_control_sim.sim import AccessControlSim
 
 HOST = "127.0.0.1"
 

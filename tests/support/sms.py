@@ -1,6 +1,6 @@
 """The SMS/voice provider simulator as a real process, and a webhook receiver for tests.
 
-``ProviderSimProcess`` runs ``python -m services.notify.provider_sim`` on a free port and
+``ProviderSimProcess`` runs ``python -m simulators.sms`` on a free port and
 drives its control API; ``WebhookReceiver`` is a real aiohttp server (own thread and loop)
 that records every form POST it gets and answers TwiML, standing in for notify's web
 endpoints where a test talks to the provider directly.
@@ -22,7 +22,7 @@ import httpx
 from aiohttp import web
 
 from services.notify.channels.sms import TwilioConfig
-from services.notify.provider_sim import DEFAULT_ACCOUNT_SID
+from simulators.sms.server import DEFAULT_ACCOUNT_SID
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ FROM_NUMBER = "+15550009999"
 
 
 class ProviderSimProcess:
-    """``python -m services.notify.provider_sim`` with one account; control API helpers."""
+    """``python -m simulators.sms`` with one account; control API helpers."""
 
     def __init__(
         self,
@@ -56,7 +56,7 @@ class ProviderSimProcess:
         args = [
             sys.executable,
             "-m",
-            "services.notify.provider_sim",
+            "simulators.sms",
             "--port",
             "0",
             "--port-file",

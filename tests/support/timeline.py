@@ -14,7 +14,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from safehub.embedded.pki import DevPki
+from safehub.devstack.pki import DevPki
 from safehub.kernel.envelope import new_event
 from safehub.kernel.settings import KafkaSettings
 from tests.support.processes import Component

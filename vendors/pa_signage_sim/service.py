@@ -1,10 +1,10 @@
-"""The PA / signage simulator deployable (``python -m connectors.pa_signage_sim``)."""
+"""The PA / signage simulator deployable (``python -m vendors.pa_signage_sim``)."""
 
 from __future__ import annotations
 
-from connectors.pa_signage_sim.settings import PaSignageSimSettings
-from connectors.pa_signage_sim.sim import PaSignageSim
 from safehub.kernel.runtime import Runtime, run
+from vendors.pa_signage_sim.settings import PaSignageSimSettings
+from vendors.pa_signage_sim.sim import PaSignageSim
 
 NAME = "pa_signage_sim"
 

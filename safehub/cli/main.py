@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from safehub.cli.timeline import app as timeline_app
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.logging import configure_logging
 from safehub.kernel.settings import HubSettings, load_settings
-from safehub.timeline_cli import app as timeline_app
 
 app = typer.Typer(
     help="SafeHub: open interoperability hub for school safety.", no_args_is_help=True
@@ -104,7 +104,7 @@ def broker(
     port: Annotated[int | None, typer.Option(help="listen port (default: a free one)")] = None,
 ) -> None:
     """Run the embedded Kafka-protocol broker until interrupted."""
-    from safehub.embedded.broker import EmbeddedBroker
+    from safehub.devstack.broker import EmbeddedBroker
 
     _settings()
     with EmbeddedBroker(durable_dir=durable, port=port) as running:
@@ -120,7 +120,7 @@ def up(
     ),
 ) -> None:
     """Run the hub: embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set, then every service."""
-    from safehub.hub import Hub
+    from safehub.devstack.hub import Hub
 
     settings = _settings()
     with Hub(settings, run_dir=run_dir.resolve(), durable_dir=durable) as hub:
@@ -150,7 +150,7 @@ def demo(
     ),
 ) -> None:
     """Play the demo scenario on embedded defaults and print what happened."""
-    from safehub.demo import run_demo
+    from safehub.devstack.demo import run_demo
 
     settings = _settings()
     run_demo(settings, console, keep=keep)

@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from safehub.hub import Hub
+from safehub.devstack.hub import Hub
 from safehub.kernel.directory import Directory, StaffMember, default_directory_file
 from safehub.kernel.errors import SafeHubError
 

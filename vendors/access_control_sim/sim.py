@@ -1,6 +1,6 @@
 """The simulated access-control system: doors with lock states, driven by the hub's commands.
 
-A :class:`~safehub.connector_client.ConnectorSession` for doors: it declares door lock control
+A :class:`~safehub.sdk.client.ConnectorSession` for doors: it declares door lock control
 and door state, and executes each LockCommand once: after ``report_delay_ms`` every door it
 controls reports a DoorStateReport in the new state, then a CommandResult SUCCEEDED. Jammed
 doors never move; they report TIMED_OUT at the command's deadline.
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import grpc
 
-from connectors.access_control_sim.settings import AccessControlSimSection
-from safehub.connector_client import ConnectorSession, timestamp_now
 from safehub.gen.safehub.common.v1 import door_pb2, place_pb2
 from safehub.gen.safehub.connector.v1 import connector_pb2
 from safehub.kernel.directory import Directory, Door
+from safehub.sdk.client import ConnectorSession, timestamp_now
+from vendors.access_control_sim.settings import AccessControlSimSection
 
 _TARGET_STATE = {
     connector_pb2.LOCK_TARGET_STATE_LOCK: door_pb2.DOOR_STATE_LOCKED,

@@ -42,7 +42,7 @@ Admin endpoints (tests and demo only): ``GET /sim/incidents``, ``GET /sim/delive
 "disposition": "..."}``: CAD posts a status update to the callback). With ``--auto`` CAD
 reports units en route about 1 s after an incident is created and on scene about 1 s later.
 
-Run: ``python -m connectors.psap_cad.simulator --port 8443 --cert C --key K --ca CA
+Run: ``python -m simulators.cad --port 8443 --cert C --key K --ca CA
 --callback https://127.0.0.1:8444/eido/v1/status`` (callback token in
 ``SAFEHUB_SIM_CALLBACK_TOKEN``).
 """
@@ -67,11 +67,11 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from connectors.psap_cad.eido_validate import EidoValidator
-from connectors.psap_cad.settings import DEFAULT_EIDO_RULES
 from safehub.kernel.http_server import ServerThread, server_ssl_context
 from safehub.kernel.lifecycle import Closing, write_port_file
 from safehub.kernel.logging import configure_logging
+from safehub.standards import EIDO_RULES
+from safehub.standards.eido import EidoValidator
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +88,7 @@ UNIT_STATUS_BY_INCIDENT_STATUS = {
 class SimulatorConfig:
     """How the simulated CAD behaves."""
 
-    rules_file: Path = DEFAULT_EIDO_RULES
+    rules_file: Path = EIDO_RULES
     callback_url: str | None = None
     callback_token: str | None = None
     callback_ca: Path | None = None
@@ -592,7 +592,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client-ca", type=Path, help="require client certs from this CA")
     parser.add_argument("--ca", type=Path, help="CA bundle to verify the hub's callback")
     parser.add_argument("--callback", help="hub URL for status updates")
-    parser.add_argument("--rules", type=Path, default=DEFAULT_EIDO_RULES)
+    parser.add_argument("--rules", type=Path, default=EIDO_RULES)
     parser.add_argument("--element-id", default="cad.sim.local")
     parser.add_argument("--auto", action="store_true", help="en route after ~1 s, on scene ~2 s")
     return parser.parse_args(argv)

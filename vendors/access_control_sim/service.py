@@ -1,10 +1,10 @@
-"""The access-control simulator deployable (``python -m connectors.access_control_sim``)."""
+"""The access-control simulator deployable (``python -m vendors.access_control_sim``)."""
 
 from __future__ import annotations
 
-from connectors.access_control_sim.settings import AccessControlSimSettings
-from connectors.access_control_sim.sim import AccessControlSim
 from safehub.kernel.runtime import Runtime, run
+from vendors.access_control_sim.settings import AccessControlSimSettings
+from vendors.access_control_sim.sim import AccessControlSim
 
 NAME = "access_control_sim"
 

@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from safehub.connector_client import ConnectorClientConfig
 from safehub.kernel.settings import HubSettings
+from safehub.sdk.client import ConnectorClientConfig
 
 Output = Literal["PA_ANNOUNCEMENT", "INTERCOM", "SIGNAGE"]
 

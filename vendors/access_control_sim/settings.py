@@ -6,8 +6,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from safehub.connector_client import ConnectorClientConfig
 from safehub.kernel.settings import HubSettings
+from safehub.sdk.client import ConnectorClientConfig
 
 
 class AccessControlSimSection(ConnectorClientConfig):

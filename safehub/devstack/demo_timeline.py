@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
-from safehub.hub import Hub
+from safehub.devstack.hub import Hub
 from safehub.kernel.errors import SafeHubError
 
 #: Demo reviewer tokens (deploy/directory/demo.json stores only their SHA-256).

@@ -36,11 +36,11 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
-from safehub import demo_timeline
-from safehub.demo_people import PeopleDemo
+from safehub.devstack import demo_timeline
+from safehub.devstack.demo_people import PeopleDemo
+from safehub.devstack.hub import Hub
 from safehub.gen.safehub.common.v1 import place_pb2, srp_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from safehub.hub import Hub
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.reader import TopicReader

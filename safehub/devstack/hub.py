@@ -1,10 +1,12 @@
 """The hub supervisor behind ``safehub up`` and ``safehub demo``.
 
 Starts the embedded broker unless ``KAFKA_BOOTSTRAP_SERVERS`` names a real cluster, creates
-the declared topics, issues development certificates, then runs each service and connector
-as its own process (``python -m services.<name>``), exactly as they run on Kubernetes,
-waiting for each to report ready. Without a configured CAD it also runs the CAD simulator
-(a stand-in for the 911 centre) so the hub works on a laptop. Notify's API gets a fresh
+the declared topics, issues development certificates, then runs each deployable as its own
+process (``python -m <module>``), exactly as they run on Kubernetes, waiting for each to
+report ready. What to run, in which order, with which variables and priority comes from each
+deployable's ``manifest.toml`` (:mod:`safehub.devstack.manifest`). Without a configured CAD it
+also runs the simulators standing in for third parties (the 911 centre's CAD, the SMS
+provider, a mail server) so the hub works on a laptop. Notify's API gets a fresh
 random bearer token for every administrator in its directory: the digests go to notify's
 operators file, the tokens to ``<run dir>/notify/credentials.json`` (owner-only) and to
 :attr:`Hub.notify_tokens` for the demo.
@@ -34,13 +36,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from safehub.embedded.broker import EmbeddedBroker
-from safehub.embedded.pki import DevPki
+from safehub.devstack.broker import EmbeddedBroker
+from safehub.devstack.manifest import ROOT, Kind, Manifest, discover
+from safehub.devstack.pki import DevPki
 from safehub.kernel.admin import ensure_topics
 from safehub.kernel.directory import (
     DIRECTORY_FILE_VARIABLE,
@@ -55,33 +58,14 @@ from safehub.kernel.topics import TopicCatalog
 
 log = structlog.get_logger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+
+#: Every deployable's manifest (services/, connectors/, vendors/, simulators/), by module.
+MANIFESTS = discover()
 
 #: Deployables ``safehub up`` runs, in start order (consumers before the gateway that feeds them).
-DEFAULT_COMPONENTS: tuple[str, ...] = (
-    "services.timeline",
-    "services.incidents",
-    "services.doorstate",
-    "connectors.psap_cad",
-    "services.notify",
-    "services.gateway",
-    "connectors.access_control_sim",
-    "connectors.pa_signage_sim",
+DEFAULT_COMPONENTS: tuple[str, ...] = tuple(
+    module for module, m in MANIFESTS.items() if m.kind is not Kind.SIMULATOR
 )
-
-CAD_SIMULATOR = "connectors.psap_cad.simulator"
-#: Stand-in for the SMS/voice provider (Twilio's REST API and callbacks), for notify.
-SMS_SIMULATOR = "services.notify.provider_sim"
-#: The demo's mail server: aiosmtpd's own command line, storing every message in a Maildir.
-MAIL_SINK = "aiosmtpd"
-
-#: Bulk, non-life-safety components yield the CPU to the emergency path when a machine is
-#: saturated (on Kubernetes the same intent is expressed with priority classes and requests).
-NICENESS = {
-    "services.doorstate": 10,
-    "connectors.access_control_sim": 10,
-    "connectors.pa_signage_sim": 10,
-}
 
 #: A component that exits within this long of its start is crash-looping: its next restart
 #: waits (doubling from RESTART_BACKOFF_S up to RESTART_BACKOFF_MAX_S) instead of spinning.
@@ -98,19 +82,41 @@ def free_port() -> int:
         return port
 
 
-@dataclass
 class Ports:
-    """Loopback ports of the hub's endpoints."""
+    """Loopback ports of the hub's endpoints, one per name a manifest uses (``port.<name>``)."""
 
-    gateway: int = field(default_factory=free_port)
-    cad_callback: int = field(default_factory=free_port)
-    cad_simulator: int = field(default_factory=free_port)
-    doorstate_web: int = field(default_factory=free_port)
-    notify_web: int = field(default_factory=free_port)
-    sms_simulator: int = field(default_factory=free_port)
-    smtp: int = field(default_factory=free_port)
-    timeline_http: int = field(default_factory=free_port)
-    timeline_grpc: int = field(default_factory=free_port)
+    def __init__(self) -> None:
+        self._ports: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> int:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._ports:
+            self._ports[name] = free_port()
+        return self._ports[name]
+
+
+class Secrets:
+    """Random shared secrets of this hub, one per name a manifest uses (``secret.<name>``)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._values:
+            self._values[name] = secrets.token_urlsafe(32)
+        return self._values[name]
+
+
+@dataclass(frozen=True)
+class _Tls:
+    server_cert: str
+    server_key: str
+    ca: str
+    client_cert: str = ""
+    client_key: str = ""
 
 
 class Hub(Closing):
@@ -143,9 +149,7 @@ class Hub(Closing):
         self.catalog = TopicCatalog(settings.kafka.topic_prefix)
         self.ports = Ports()
         self.pki = DevPki(run_dir / "pki")
-        self.cad_token = secrets.token_urlsafe(24)
-        self.sms_auth_token = secrets.token_urlsafe(24)
-        self.notify_ack_secret = secrets.token_urlsafe(32)
+        self.secrets = Secrets()
         #: Staff id → bearer token of notify's API, one per administrator of the directory.
         self.notify_tokens: dict[str, str] = {}
         self._restart = frozenset(self._components if restart is None else restart)
@@ -158,6 +162,16 @@ class Hub(Closing):
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._supervisor: threading.Thread | None = None
+
+    @property
+    def cad_token(self) -> str:
+        """The bearer token the CAD (simulator) presents on status callbacks."""
+        return self.secrets.cad_token
+
+    @property
+    def sms_auth_token(self) -> str:
+        """The SMS provider (simulator) account's auth token, which signs its callbacks."""
+        return self.secrets.sms_auth_token
 
     @property
     def bootstrap_servers(self) -> str:
@@ -225,10 +239,8 @@ class Hub(Closing):
                 self._broker = broker
                 self.settings.kafka.bootstrap_servers = broker.bootstrap_servers
             ensure_topics(self.settings.kafka, self.catalog)
-            if self._cad_simulator and "connectors.psap_cad" in self._components:
-                self._start_cad_simulator()
-            if self._cad_simulator and "services.notify" in self._components:
-                self._start_notify_stand_ins()
+            if self._cad_simulator:
+                self._start_stand_ins()
             if "services.notify" in self._components:
                 self._issue_notify_credentials()
             for component in self._components:
@@ -259,71 +271,29 @@ class Hub(Closing):
         }
 
     def component_env(self, module: str) -> dict[str, str]:
-        """The variables ``module`` reads, pointing at this hub's ports and certificates."""
+        """The variables ``module`` reads (its manifest's ``[env]``), filled in for this hub."""
+        manifest = MANIFESTS.get(module)
+        if manifest is None:
+            return {}
+        return {name: self._fill(manifest, value) for name, value in manifest.env.items()}
+
+    def _fill(self, manifest: Manifest, template: str) -> str:
+        """One manifest template with this hub's ports, secrets, certificates and run dir."""
         server = self.pki.server()
-        ca = str(self.pki.ca.cert)
-        match module:
-            case "services.gateway":
-                return {
-                    "SAFEHUB_GATEWAY__PORT": str(self.ports.gateway),
-                    "SAFEHUB_GATEWAY__TLS_CERT_FILE": str(server.cert),
-                    "SAFEHUB_GATEWAY__TLS_KEY_FILE": str(server.key),
-                    "SAFEHUB_GATEWAY__TLS_CA_FILE": ca,
-                }
-            case "services.doorstate":
-                return {"SAFEHUB_DOORSTATE__WEB_PORT": str(self.ports.doorstate_web)}
-            case "connectors.psap_cad":
-                return {
-                    "SAFEHUB_PSAP_CAD__CAD_URL": f"{self.cad_simulator_url}/eido/v1/incidents",
-                    "SAFEHUB_PSAP_CAD__CA_BUNDLE": ca,
-                    "SAFEHUB_PSAP_CAD__LISTEN_PORT": str(self.ports.cad_callback),
-                    "SAFEHUB_PSAP_CAD__LISTEN_CERT": str(server.cert),
-                    "SAFEHUB_PSAP_CAD__LISTEN_KEY": str(server.key),
-                    "SAFEHUB_PSAP_CAD__INBOUND_TOKEN": self.cad_token,
-                    "SAFEHUB_PSAP_CAD__LEDGER_URL": f"sqlite:///{self.run_dir}/psap_cad.db",
-                }
-            case "services.notify":
-                return {
-                    "SAFEHUB_NOTIFY__HTTP_PORT": str(self.ports.notify_web),
-                    "SAFEHUB_NOTIFY__PUBLIC_URL": self.notify_url,
-                    "SAFEHUB_NOTIFY__ACK_SECRET": self.notify_ack_secret,
-                    "SAFEHUB_NOTIFY__DATABASE_URL": f"sqlite:///{self.run_dir}/notify.db",
-                    "SAFEHUB_NOTIFY__SMTP_HOST": "127.0.0.1",
-                    "SAFEHUB_NOTIFY__SMTP_PORT": str(self.ports.smtp),
-                    "SAFEHUB_NOTIFY__SMS_ENABLED": "true",
-                    "SAFEHUB_NOTIFY__TWILIO__API_BASE_URL": self.sms_simulator_url,
-                    "SAFEHUB_NOTIFY__TWILIO__AUTH_TOKEN": self.sms_auth_token,
-                    "SAFEHUB_NOTIFY__OPERATORS_FILE": str(self.notify_operators_file),
-                }
-            case "services.timeline":
-                return {
-                    "SAFEHUB_TIMELINE__DATABASE_URL": f"sqlite:///{self.run_dir}/timeline.db",
-                    "SAFEHUB_TIMELINE__HTTP_PORT": str(self.ports.timeline_http),
-                    "SAFEHUB_TIMELINE__GRPC_PORT": str(self.ports.timeline_grpc),
-                    "SAFEHUB_TIMELINE__TLS_CERT_FILE": str(server.cert),
-                    "SAFEHUB_TIMELINE__TLS_KEY_FILE": str(server.key),
-                    "SAFEHUB_TIMELINE__TLS_CA_FILE": ca,
-                }
-            case "connectors.access_control_sim":
-                client = self.pki.client("acme-access-north")
-                return {
-                    "SAFEHUB_ACCESS_CONTROL_SIM__CLIENT_ID": "acme-access-north",
-                    "SAFEHUB_ACCESS_CONTROL_SIM__GATEWAY_ADDRESS": self.gateway_address,
-                    "SAFEHUB_ACCESS_CONTROL_SIM__TLS_CERT_FILE": str(client.cert),
-                    "SAFEHUB_ACCESS_CONTROL_SIM__TLS_KEY_FILE": str(client.key),
-                    "SAFEHUB_ACCESS_CONTROL_SIM__TLS_CA_FILE": ca,
-                }
-            case "connectors.pa_signage_sim":
-                client = self.pki.client("pa-signage-north")
-                return {
-                    "SAFEHUB_PA_SIGNAGE_SIM__CLIENT_ID": "pa-signage-north",
-                    "SAFEHUB_PA_SIGNAGE_SIM__GATEWAY_ADDRESS": self.gateway_address,
-                    "SAFEHUB_PA_SIGNAGE_SIM__TLS_CERT_FILE": str(client.cert),
-                    "SAFEHUB_PA_SIGNAGE_SIM__TLS_KEY_FILE": str(client.key),
-                    "SAFEHUB_PA_SIGNAGE_SIM__TLS_CA_FILE": ca,
-                    "SAFEHUB_PA_SIGNAGE_SIM__PLAYED_FILE": str(self.pa_played_file),
-                }
-        return {}
+        tls = _Tls(str(server.cert), str(server.key), str(self.pki.ca.cert))
+        if manifest.client_id:
+            client = self.pki.client(manifest.client_id)
+            tls = _Tls(tls.server_cert, tls.server_key, tls.ca, str(client.cert), str(client.key))
+        try:
+            return template.format(
+                port=self.ports,
+                secret=self.secrets,
+                tls=tls,
+                client_id=manifest.client_id or "",
+                run_dir=self.run_dir,
+            )
+        except (AttributeError, KeyError, IndexError, ValueError) as exc:
+            raise SafeHubError(f"{manifest.path}: cannot fill {template!r} ({exc})") from exc
 
     # -- processes -------------------------------------------------------------------------
 
@@ -342,25 +312,29 @@ class Hub(Closing):
                 start_new_session=True,
             )
         self.processes[name] = process
-        if NICENESS.get(name):
-            os.setpriority(os.PRIO_PROCESS, process.pid, NICENESS[name])
+        manifest = MANIFESTS.get(name)
+        if manifest is not None and manifest.niceness:
+            os.setpriority(os.PRIO_PROCESS, process.pid, manifest.niceness)
         log.info("component started", component=name, pid=process.pid, log=str(log_path))
         return process
 
-    def _start_cad_simulator(self) -> None:
-        server = self.pki.server()
-        argv = [
-            sys.executable, "-m", CAD_SIMULATOR,
-            "--port", str(self.ports.cad_simulator),
-            "--cert", str(server.cert), "--key", str(server.key),
-            "--ca", str(self.pki.ca.cert),
-            "--callback", f"https://127.0.0.1:{self.ports.cad_callback}/eido/v1/status",
-        ]  # fmt: skip
-        if self._cad_auto:
-            argv.append("--auto")
-        env = {**self.base_env(), "SAFEHUB_SIM_CALLBACK_TOKEN": self.cad_token}
-        self._spawn(CAD_SIMULATOR, argv, env)
-        self._wait_for_port(CAD_SIMULATOR, self.ports.cad_simulator)
+    def _start_stand_ins(self) -> None:
+        """The simulators standing in for third parties the chosen components talk to."""
+        mailbox.Maildir(self.maildir, create=True)  # the mail sink's folder, with tmp/new/cur
+        for manifest in MANIFESTS.values():
+            if manifest.kind is not Kind.SIMULATOR:
+                continue
+            if not set(manifest.stand_in_for) & set(self._components):
+                continue
+            argv = [sys.executable, "-m", manifest.module]
+            argv += [self._fill(manifest, arg) for arg in manifest.args]
+            if manifest.module == "simulators.cad" and self._cad_auto:
+                argv.append("--auto")  # the CAD answers each incident (acknowledged, en route)
+            env = {**self.base_env(), **self.component_env(manifest.module)}
+            self._spawn(manifest.module, argv, env)
+            port = manifest.ready_port
+            if port is not None:
+                self._wait_for_port(manifest.module, getattr(self.ports, port))
 
     def _issue_notify_credentials(self) -> None:
         """A new random token per administrator of notify's directory (dev hub only)."""
@@ -398,26 +372,6 @@ class Hub(Closing):
             administrators=len(tokens),
             file=str(self.notify_credentials_file),
         )
-
-    def _start_notify_stand_ins(self) -> None:
-        """The mail server and the SMS provider that notify delivers to on a laptop."""
-        mailbox.Maildir(self.maildir, create=True)  # with its tmp/new/cur folders
-        argv = [
-            sys.executable, "-m", MAIL_SINK, "--nosetuid",
-            "--listen", f"127.0.0.1:{self.ports.smtp}",
-            "--class", "aiosmtpd.handlers.Mailbox", str(self.maildir),
-        ]  # fmt: skip
-        self._spawn(MAIL_SINK, argv, self.base_env())
-        self._wait_for_port(MAIL_SINK, self.ports.smtp)
-        argv = [
-            sys.executable, "-m", SMS_SIMULATOR,
-            "--port", str(self.ports.sms_simulator),
-            "--inbound-url", f"{self.notify_url}/providers/twilio/inbound",
-        ]  # fmt: skip
-        # The token goes by environment, not argv, so it does not show in ps.
-        env = {**self.base_env(), "SAFEHUB_SIM_TWILIO_AUTH_TOKEN": self.sms_auth_token}
-        self._spawn(SMS_SIMULATOR, argv, env)
-        self._wait_for_port(SMS_SIMULATOR, self.ports.sms_simulator)
 
     def ready_file(self, module: str) -> Path:
         """The file ``module`` writes (its pid) once ready; removed when it is (re)started."""

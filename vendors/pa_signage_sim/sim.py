@@ -1,6 +1,6 @@
 """The simulated PA, intercom and signage system: plays the hub's Announcements, reports back.
 
-A :class:`~safehub.connector_client.ConnectorSession` that declares its outputs as capabilities
+A :class:`~safehub.sdk.client.ConnectorSession` that declares its outputs as capabilities
 and plays each Announcement once: a CommandResult ACCEPTED for the command, then, after
 ``play_delay_ms``, one per endpoint (``<school>/pa``, ``<school>/intercom``,
 ``<school>/signage``): SUCCEEDED once played or shown, FAILED for a configured failing
@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 import grpc
 import structlog
 
-from connectors.pa_signage_sim.settings import PaSignageSimSection
-from safehub.connector_client import ConnectorSession, timestamp_now
 from safehub.gen.safehub.common.v1 import srp_pb2
 from safehub.gen.safehub.connector.v1 import connector_pb2
 from safehub.kernel.directory import Directory
+from safehub.sdk.client import ConnectorSession, timestamp_now
+from vendors.pa_signage_sim.settings import PaSignageSimSection
 
 log = structlog.get_logger(__name__)
 

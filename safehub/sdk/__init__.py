@@ -1,0 +1,1 @@
+"""The vendor SDK: a connector session over the gateway's gRPC API with mTLS."""

@@ -1,0 +1,3 @@
+from simulators.cad.server import main
+
+main()

@@ -1,0 +1,1 @@
+"""An SMS/voice provider speaking Twilio's REST API and signed status callbacks."""

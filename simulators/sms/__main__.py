@@ -1,0 +1,3 @@
+from simulators.sms.server import main
+
+main()
