@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safehub.devstack.manifest import Kind, discover
 from safehub.kernel.topics import TOPICS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,10 +18,6 @@ def test_every_topic_is_on_the_map() -> None:
 
 def test_every_deployable_is_on_the_map() -> None:
     text = (ROOT / "ARCHITECTURE.md").read_text()
-    deployables = [
-        f"{kind}.{path.parent.name}"
-        for kind in ("services", "connectors")
-        for path in (ROOT / kind).glob("*/__main__.py")
-    ]
+    deployables = [m for m, manifest in discover().items() if manifest.kind is not Kind.SIMULATOR]
     missing = [name for name in deployables if f"`{name}`" not in text]
     assert not missing, f"ARCHITECTURE.md does not name deployables {missing}"
