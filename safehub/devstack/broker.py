@@ -449,11 +449,6 @@ class EmbeddedBroker:
         return self.run_dir / "tansu.log"
 
     @property
-    def storage_log_path(self) -> Path | None:
-        """rclone's log in durable mode, else None."""
-        return self.run_dir / "rclone.log" if self.durable else None
-
-    @property
     def pid(self) -> int | None:
         """Process id (and process group id) of the running tansu, if any."""
         child = self._broker

@@ -223,11 +223,6 @@ class Hub(Closing):
         """The tokens themselves (owner-only), for whoever calls notify's API by hand."""
         return self.run_dir / "notify" / "credentials.json"
 
-    @property
-    def pa_played_file(self) -> Path:
-        """JSON lines of every announcement the simulated PA/signage connector played."""
-        return self.run_dir / "pa-played.jsonl"
-
     def __enter__(self) -> Hub:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)

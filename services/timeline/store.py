@@ -39,7 +39,6 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    tuple_,
     type_coerce,
 )
 from sqlalchemy.engine import Connection, Row, RowMapping
@@ -699,16 +698,6 @@ class Store(Closing):
         )
         with self.engine.connect() as conn:
             return list(conn.execute(query).mappings().all())
-
-    def has_spans(self, keys: Sequence[tuple[str, str]]) -> int:
-        """How many of (trace id, span id) are stored."""
-        if not keys:
-            return 0
-        query = select(spans.c.span_id).where(
-            tuple_(spans.c.trace_id, spans.c.span_id).in_(list(keys))
-        )
-        with self.engine.connect() as conn:
-            return len(conn.execute(query).all())
 
 
 def _iso_text(dialect: str, column: Any) -> ColumnElement[str]:
