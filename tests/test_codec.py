@@ -133,3 +133,12 @@ def test_stable_ids_keep_the_values_already_on_the_topics() -> None:
     assert incident_id_for("sig-1") == "ab3f800f-7f2c-5fe2-be66-622c67df1cfa"
     assert command_id_for("sig-1") == "24a26d3a-13c1-5641-a5a2-217fd1d633de"
     assert notify_id("incident", "inc-1", "3") == "3910b5c0-e3df-5f5e-b1f0-f7d4494a87a8"
+
+
+def test_the_codec_takes_fingerprints_and_sensitive_classes_from_the_contracts() -> None:
+    from safehub.contracts import registry
+    from safehub.kernel import codec
+
+    # One definition each, in the contracts (below the kernel): the contracts never import it.
+    assert codec.fingerprint_of is registry.fingerprint_of
+    assert codec.SENSITIVE_CLASSES == registry.FIELD_CLASSES

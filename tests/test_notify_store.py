@@ -16,11 +16,12 @@ import pytest
 from pydantic import SecretStr
 
 from safehub.kernel.errors import ConfigError
-from services.notify import templates
+from services.notify import dispatcher, templates
 from services.notify.audiences import AudienceError, Audiences
 from services.notify.dispatcher import TokenBucket
 from services.notify.settings import RateLimit
 from services.notify.store import (
+    RANK,
     DeliveryRow,
     HeldRow,
     NotificationRow,
@@ -164,6 +165,20 @@ def test_delivered_is_never_overwritten_by_a_later_failure_and_overwrites_an_ear
     rows = {r.delivery_id: r for r in store.deliveries_of(n.notification_id)}
     assert (rows[d].status, rows[d].error) == ("DELIVERED", None)
     assert (rows[e].status, rows[e].provider_message_id) == ("DELIVERED", "M1")
+
+
+def test_the_one_status_order_never_lets_a_receipt_go_back() -> None:
+    # The intended order, lowest first: a status only ever moves to a later level. DELIVERED
+    # is final success: a later FAILED (a bounce, a provider retry) never overwrites it, while
+    # a DELIVERED after a FAILED (a late carrier receipt) does. The failures rank alike.
+    intended = [{"QUEUED"}, {"SENT"}, {"FAILED", "REJECTED", "EXPIRED"}, {"DELIVERED"}]
+    assert vars(dispatcher)["RANK"] is RANK  # defined once: the dispatcher checks the store's order
+    assert set(RANK) == set().union(*intended)
+    for level, statuses in enumerate(intended):
+        assert len({RANK[s] for s in statuses}) == 1, statuses
+        for later in intended[level + 1 :]:
+            assert all(RANK[s] < RANK[t] for s in statuses for t in later), (statuses, later)
+    assert RANK["DELIVERED"] > RANK["FAILED"]
 
 
 def test_incident_marks_only_move_forward(store: Store) -> None:

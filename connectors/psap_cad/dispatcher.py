@@ -40,6 +40,7 @@ from connectors.psap_cad.eido import (
 from connectors.psap_cad.ledger import Decision, Ledger, LedgerError, PendingDispatch
 from connectors.psap_cad.settings import PsapCadConfig
 from connectors.psap_cad.signals import SignalFacts
+from safehub.contracts.names import DataClass, EventType
 from safehub.kernel import tracing
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.envelope import event_id_for, new_event
@@ -50,7 +51,9 @@ log = structlog.get_logger(__name__)
 
 NAME = "psap_cad"
 #: Both dispatch-topic events may carry the EIDO (student and health data in notes).
-DISPATCH_CLASSIFICATION = ("INTERNAL", "STUDENT_RECORD", "HEALTH")
+DISPATCH_CLASSIFICATION = tuple(
+    c.value for c in (DataClass.INTERNAL, DataClass.STUDENT_RECORD, DataClass.HEALTH)
+)
 #: How long an outbox row stays this process's without renewal; a dead process's rows are
 #: taken over after at most this long.
 LEASE = timedelta(seconds=10)
@@ -350,7 +353,7 @@ class _Lane:
     def _publish(self, pending: PendingDispatch, built: BuiltEido) -> None:
         snapshot = pending.snapshot
         event = new_event(
-            "CadDispatch",
+            EventType.CAD_DISPATCH,
             source=NAME,
             tenant=snapshot.tenant,
             building=snapshot.building,

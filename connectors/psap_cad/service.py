@@ -42,10 +42,11 @@ from connectors.psap_cad.eido import EidoBuilder, IncidentSnapshot
 from connectors.psap_cad.ledger import Decision, DispatchedIncident, Ledger, LedgerError
 from connectors.psap_cad.settings import PsapCadSettings
 from connectors.psap_cad.signals import facts_of
+from safehub.contracts.names import EventType
 from safehub.kernel import tracing
 from safehub.kernel.bus import ConsumedEvent, EventConsumer
 from safehub.kernel.directory import Directory
-from safehub.kernel.envelope import EVENT_NAMESPACE, event_id_for, new_event
+from safehub.kernel.envelope import event_id_for, new_event
 from safehub.kernel.errors import BusError, ConfigError, HandlerError, SafeHubError
 from safehub.kernel.http_server import ServerThread, server_ssl_context
 from safehub.kernel.lifecycle import write_port_file
@@ -55,9 +56,9 @@ from safehub.standards.eido import EidoValidator
 
 log = structlog.get_logger(__name__)
 
-OPENED = EVENT_NAMESPACE + "IncidentOpened"
-CHANGED = EVENT_NAMESPACE + "IncidentChanged"
-CLEARED = EVENT_NAMESPACE + "IncidentCleared"
+OPENED = EventType.INCIDENT_OPENED
+CHANGED = EventType.INCIDENT_CHANGED
+CLEARED = EventType.INCIDENT_CLEARED
 STATUS_PATH = "/eido/v1/status"
 
 #: EidoIncidentStatus symbols (anything else maps to Unknown).
@@ -390,7 +391,7 @@ class PsapCadConnector:
         event_id = event_id_for(NAME, f"status:{document['$id']}")
         snapshot = record.snapshot
         event = new_event(
-            "CadStatusUpdate",
+            EventType.CAD_STATUS_UPDATE,
             source=NAME,
             tenant=snapshot.tenant,
             building=snapshot.building,

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from safehub.kernel.envelope import EVENT_NAMESPACE
+from safehub.contracts.names import EventType
 
-PANIC = EVENT_NAMESPACE + "PanicAlert"
-CAMERA = EVENT_NAMESPACE + "CameraAlert"
-SRP = EVENT_NAMESPACE + "SrpActionRequested"
+PANIC = EventType.PANIC_ALERT
+CAMERA = EventType.CAMERA_ALERT
+SRP = EventType.SRP_ACTION_REQUESTED
 
 #: Longest text kept of any reported field (the gateway's URL limit; ids are far shorter).
 MAX_TEXT = 2048

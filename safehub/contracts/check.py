@@ -32,6 +32,8 @@ from avro.compatibility import (
     lookup_writer_field,
 )
 
+from safehub.contracts.errors import SchemaError
+from safehub.contracts.names import DataClass
 from safehub.contracts.registry import (
     COMMON_NAMESPACE,
     EVENTS_NAMESPACE,
@@ -41,20 +43,20 @@ from safehub.contracts.registry import (
     LoadedSchema,
     Schema,
     expected_fullname,
+    fingerprint_of,
     iter_fields,
     load_history,
     load_schemas,
     parse_schema_texts,
     read_schema_texts,
 )
-from safehub.kernel.errors import SchemaError
 
 _log = logging.getLogger(__name__)
 _Report = Callable[[str | None, str], None]
 
 ENVELOPE = f"{COMMON_NAMESPACE}.Envelope"
 DATA_CLASS = f"{COMMON_NAMESPACE}.DataClass"
-_DATA_CLASSES = ("PUBLIC", "INTERNAL", "STUDENT_RECORD", "HEALTH", "TIPSTER_IDENTITY")
+_DATA_CLASSES = tuple(c.value for c in DataClass)
 _TIMESTAMP = {"type": "long", "logicalType": "timestamp-micros"}
 _GIT_TIMEOUT_S = 60
 
@@ -284,8 +286,6 @@ def _check_against_ref(
 
 def _kept_in_history(schema_dir: Path, old: Schema, new: Schema) -> bool:
     """True if ``old`` equals ``new`` on the wire or is kept in ``history/``."""
-    from safehub.kernel.codec import fingerprint_of
-
     wanted = fingerprint_of(old)
     if wanted == fingerprint_of(new):
         return True
@@ -294,8 +294,6 @@ def _kept_in_history(schema_dir: Path, old: Schema, new: Schema) -> bool:
 
 def keep_history(schema_dir: Path, ref: str) -> list[Path]:
     """Write the ``ref`` version of every changed event schema into ``history/``."""
-    from safehub.kernel.codec import fingerprint_of
-
     old_texts = _read_ref_texts(schema_dir, ref)
     if old_texts is None:
         return []

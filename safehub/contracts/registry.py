@@ -17,18 +17,23 @@ from typing import Any, cast
 
 import avro.errors
 import avro.schema
-from fastavro.schema import UnknownType, parse_schema
+from fastavro.schema import UnknownType, parse_schema, to_parsing_canonical_form
+from fastavro.schema import fingerprint as avro_fingerprint
 
-from safehub.kernel.errors import SchemaError
+from safehub.contracts.errors import SchemaError
+from safehub.contracts.names import EVENT_NAMESPACE, DataClass
 
 Schema = dict[str, Any]
 
 COMMON_NAMESPACE = "safehub.common"
-EVENTS_NAMESPACE = "safehub.events"
+EVENTS_NAMESPACE = EVENT_NAMESPACE.removesuffix(".")
 #: Sub-directory of the schema directory → namespace of the schemas it holds.
 NAMESPACES: dict[str, str] = {"common": COMMON_NAMESPACE, "events": EVENTS_NAMESPACE}
 #: Field-level classes (custom ``classification`` attribute on a field).
-FIELD_CLASSES = frozenset({"STUDENT_RECORD", "HEALTH", "TIPSTER_IDENTITY"})
+#: They are the sensitive ones: the codec refuses an event whose envelope does not declare them.
+FIELD_CLASSES: frozenset[str] = frozenset(
+    c.value for c in (DataClass.STUDENT_RECORD, DataClass.HEALTH, DataClass.TIPSTER_IDENTITY)
+)
 
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED = frozenset({"record", "error", "enum", "fixed"})
@@ -43,6 +48,19 @@ def _default_schema_dir() -> Path:
 
 #: Where the schemas live: ``<repo>/schemas`` in a checkout, bundled data in a wheel.
 SCHEMA_DIR: Path = _default_schema_dir()
+
+
+def fingerprint_of(schema: Mapping[str, Any]) -> bytes:
+    """The 8-byte little-endian CRC-64-AVRO fingerprint of an (expanded) schema.
+
+    It names the writer schema in the codec's single-object encoding and the files kept in
+    ``history/``.
+    """
+    try:
+        canonical = to_parsing_canonical_form(parse_schema(dict(schema), _write_hint=False))
+    except Exception as exc:
+        raise SchemaError(f"schema {schema.get('name')!r} does not parse: {exc}") from exc
+    return int(avro_fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
 
 
 @dataclass(frozen=True)
@@ -251,9 +269,9 @@ def load_schemas(schema_dir: Path | None = None) -> dict[str, Schema]:
 
 
 def event_schemas(schema_dir: Path | None = None) -> dict[str, Schema]:
-    """Like :func:`load_schemas`, only the event records (``safehub.events.*``)."""
-    prefix = EVENTS_NAMESPACE + "."
-    return {name: s for name, s in load_schemas(schema_dir).items() if name.startswith(prefix)}
+    """Like :func:`load_schemas`, only the event records (``EVENT_NAMESPACE`` + name)."""
+    schemas = load_schemas(schema_dir)
+    return {name: s for name, s in schemas.items() if name.startswith(EVENT_NAMESPACE)}
 
 
 HISTORY_DIR = "history"

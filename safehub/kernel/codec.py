@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import fastavro
-from fastavro.schema import fingerprint as avro_fingerprint
-from fastavro.schema import parse_schema, to_parsing_canonical_form
+from fastavro.schema import parse_schema
 
+from safehub.contracts.names import EVENT_NAMESPACE
+from safehub.contracts.registry import FIELD_CLASSES, fingerprint_of, load_history, load_schemas
 from safehub.kernel.errors import (
     ClassificationError,
     CodecError,
     CorruptMessageError,
-    SchemaError,
     UnknownSchemaError,
 )
 
@@ -35,16 +35,16 @@ HEADER_SIZE = len(MAGIC) + 8
 Event = dict[str, Any]
 
 #: Data classes that need a declared, enforced classification on the envelope.
-SENSITIVE_CLASSES = frozenset({"STUDENT_RECORD", "HEALTH", "TIPSTER_IDENTITY"})
+SENSITIVE_CLASSES = FIELD_CLASSES
 
-
-def fingerprint_of(schema: Mapping[str, Any]) -> bytes:
-    """The 8-byte little-endian CRC-64-AVRO fingerprint of an (expanded) schema."""
-    try:
-        canonical = to_parsing_canonical_form(parse_schema(dict(schema), _write_hint=False))
-    except Exception as exc:
-        raise SchemaError(f"schema {schema.get('name')!r} does not parse: {exc}") from exc
-    return int(avro_fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
+__all__ = [
+    "HEADER_SIZE",
+    "MAGIC",
+    "SENSITIVE_CLASSES",
+    "Codec",
+    "Event",
+    "fingerprint_of",
+]
 
 
 @dataclass(frozen=True)
@@ -95,14 +95,12 @@ class Codec:
     @classmethod
     def from_contracts(cls) -> Codec:
         """A codec over every schema in ``schemas/`` (current versions and history)."""
-        from safehub.contracts.registry import load_history, load_schemas
-
         return cls(load_schemas(), load_history())
 
     @property
     def event_types(self) -> list[str]:
         """Fullnames of every event record this codec can encode."""
-        return sorted(name for name in self._current if name.startswith("safehub.events."))
+        return sorted(name for name in self._current if name.startswith(EVENT_NAMESPACE))
 
     def fingerprint(self, event_type: str) -> bytes:
         """The fingerprint of the current schema of ``event_type``."""

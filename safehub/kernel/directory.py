@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from safehub.contracts.names import DataClass
 from safehub.kernel.errors import ConfigError, SafeHubError
 
 #: One variable that names the directory file for every deployable at once.
@@ -154,9 +155,9 @@ class Client(BaseModel):
 class Clearance(StrEnum):
     """Sensitive data classes a reviewer may be cleared to read (values = DataClass symbols)."""
 
-    STUDENT_RECORD = "STUDENT_RECORD"
-    HEALTH = "HEALTH"
-    TIPSTER_IDENTITY = "TIPSTER_IDENTITY"
+    STUDENT_RECORD = DataClass.STUDENT_RECORD.value
+    HEALTH = DataClass.HEALTH.value
+    TIPSTER_IDENTITY = DataClass.TIPSTER_IDENTITY.value
 
 
 class Reviewer(BaseModel):

@@ -7,17 +7,27 @@ never carry event payloads: they end up in logs and dead-letter headers.
 
 from __future__ import annotations
 
+# Defined below the kernel, so the contracts raise them without importing the kernel.
+from safehub.contracts.errors import SafeHubError, SchemaError
 
-class SafeHubError(Exception):
-    """Root of every error SafeHub raises."""
+__all__ = [
+    "BrokerError",
+    "BusError",
+    "ClassificationError",
+    "CodecError",
+    "ConfigError",
+    "CorruptMessageError",
+    "DeliveryError",
+    "HandlerError",
+    "SafeHubError",
+    "SchemaError",
+    "StopWithoutCommit",
+    "UnknownSchemaError",
+]
 
 
 class ConfigError(SafeHubError):
     """A setting is missing or has a wrong value (the message names the variable)."""
-
-
-class SchemaError(SafeHubError):
-    """A schema is invalid, unknown or incompatible."""
 
 
 class CodecError(SafeHubError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from safehub.kernel.envelope import EVENT_NAMESPACE
+from safehub.contracts.names import EventType
 from safehub.kernel.errors import BusError, SafeHubError
 
 
@@ -40,7 +40,7 @@ class TopicSpec:
     config: Mapping[str, str] = field(default_factory=dict)
 
 
-_E = EVENT_NAMESPACE
+_E = EventType
 #: Base names of the topics (what services pass to ``TopicCatalog.name`` and consumers).
 ALERTS = "safehub.alerts.v1"
 DOORS = "safehub.doors.v1"
@@ -63,21 +63,21 @@ TOPICS: tuple[TopicSpec, ...] = (
         ALERTS,
         12,
         KeyBy.SCHOOL,
-        (_E + "PanicAlert", _E + "PanicCancelled", _E + "CameraAlert", _E + "SrpActionRequested"),
+        (_E.PANIC_ALERT, _E.PANIC_CANCELLED, _E.CAMERA_ALERT, _E.SRP_ACTION_REQUESTED),
         "Life-safety signals from schools: panic buttons, camera analytics, staff SRP actions.",
     ),
     TopicSpec(
         DOORS,
         12,
         KeyBy.SCHOOL,
-        (_E + "DoorLockState",),
+        (_E.DOOR_LOCK_STATE,),
         "Door lock states reported by access-control systems (high volume).",
     ),
     TopicSpec(
         DOOR_COMMANDS,
         12,
         KeyBy.SCHOOL,
-        (_E + "LockCommand",),
+        (_E.LOCK_COMMAND,),
         "Lock/unlock commands to access-control connectors.",
     ),
     TopicSpec(
@@ -85,11 +85,11 @@ TOPICS: tuple[TopicSpec, ...] = (
         12,
         KeyBy.INCIDENT_OR_SCHOOL,
         (
-            _E + "IncidentOpened",
-            _E + "IncidentChanged",
-            _E + "IncidentCleared",
-            _E + "LockdownProgress",
-            _E + "SignalDecided",
+            _E.INCIDENT_OPENED,
+            _E.INCIDENT_CHANGED,
+            _E.INCIDENT_CLEARED,
+            _E.LOCKDOWN_PROGRESS,
+            _E.SIGNAL_DECIDED,
         ),
         "Incident lifecycle, SRP state, decisions on SRP requests and cancellations, and "
         "lockdown progress; one key per incident (a refusal with no incident: its school).",
@@ -98,7 +98,7 @@ TOPICS: tuple[TopicSpec, ...] = (
         DISPATCH,
         12,
         KeyBy.INCIDENT,
-        (_E + "CadDispatch", _E + "CadStatusUpdate"),
+        (_E.CAD_DISPATCH, _E.CAD_STATUS_UPDATE),
         "EIDO dispatches to 911 CAD and status updates coming back.",
     ),
     TopicSpec(
@@ -106,10 +106,10 @@ TOPICS: tuple[TopicSpec, ...] = (
         12,
         KeyBy.INCIDENT_OR_SCHOOL,
         (
-            _E + "NotificationRequested",
-            _E + "NotificationDecided",
-            _E + "DeliveryReceipt",
-            _E + "NotificationAcknowledged",
+            _E.NOTIFICATION_REQUESTED,
+            _E.NOTIFICATION_DECIDED,
+            _E.DELIVERY_RECEIPT,
+            _E.NOTIFICATION_ACKNOWLEDGED,
         ),
         "Notification requests, approvals of held family/public messages, and per-recipient "
         "delivery and acknowledgement receipts.",
@@ -118,49 +118,49 @@ TOPICS: tuple[TopicSpec, ...] = (
         ANNOUNCEMENTS,
         12,
         KeyBy.SCHOOL,
-        (_E + "AnnouncementCommand",),
+        (_E.ANNOUNCEMENT_COMMAND,),
         "PA, intercom and digital-signage announcements for connectors (notify's channel).",
     ),
     TopicSpec(
         REUNIFICATION,
         6,
         KeyBy.INCIDENT,
-        (_E + "ReunificationStatus",),
+        (_E.REUNIFICATION_STATUS,),
         "Family reunification hand-offs and accounting.",
     ),
     TopicSpec(
         TIPS,
         6,
         KeyBy.CASE,
-        (_E + "TipSubmitted", _E + "TipUpdated"),
+        (_E.TIP_SUBMITTED, _E.TIP_UPDATED),
         "Anonymous tips (tipster identity never leaves the tip service in clear).",
     ),
     TopicSpec(
         CASES,
         6,
         KeyBy.CASE,
-        (_E + "ThreatCaseOpened", _E + "ThreatCaseUpdated"),
+        (_E.THREAT_CASE_OPENED, _E.THREAT_CASE_UPDATED),
         "Behavioural threat assessment (BTAM) cases.",
     ),
     TopicSpec(
         REFERRALS,
         6,
         KeyBy.CASE,
-        (_E + "Referral",),
+        (_E.REFERRAL,),
         "Mental-health referrals to community partners.",
     ),
     TopicSpec(
         DISCLOSURES,
         6,
         KeyBy.CASE,
-        (_E + "RecordDisclosure",),
+        (_E.RECORD_DISCLOSURE,),
         "FERPA record disclosures (34 CFR 99.32 record of each).",
     ),
     TopicSpec(
         ROSTER,
         6,
         KeyBy.SCHOOL,
-        (_E + "RosterChange",),
+        (_E.ROSTER_CHANGE,),
         "Roster changes from student information systems.",
     ),
     TopicSpec(

@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from safehub.contracts.names import EventType
 from safehub.kernel.codec import Event
 from safehub.kernel.directory import Directory
-from safehub.kernel.envelope import event_id_for, new_event
+from safehub.kernel.envelope import caused_by, event_id_for, new_event
 from safehub.kernel.errors import HandlerError
 
 SOURCE = "doorstate"
@@ -105,16 +106,13 @@ def new_command(
     envelope = event["envelope"]
     return {
         "command_id": event["command_id"],
-        "incident_id": envelope["incident_id"],
-        "tenant": dict(envelope["tenant"]),
-        "building": envelope.get("building"),
+        # tenant, building, incident_id, exercise and causation_id: what LockdownProgress takes
+        **caused_by(envelope),
         "target": event["target"],
         "expected": expected,
         "confirmed": [],
         "issued_at": iso(envelope["occurred_at"]),
         "deadline": iso(envelope["recorded_at"] + timedelta(seconds=deadline_s)),
-        "exercise": bool(envelope.get("exercise")),
-        "causation_id": envelope["event_id"],
         "traceparent": traceparent,
         "partition": partition,
         "reported": [],
@@ -219,7 +217,7 @@ def progress_event(entry: Mapping[str, Any], outcome: str, now: datetime) -> Eve
     confirmed = [door for door in expected if door in entry["confirmed"]]
     unconfirmed = [door for door in expected if door not in entry["confirmed"]]
     return new_event(
-        "LockdownProgress",
+        EventType.LOCKDOWN_PROGRESS,
         source=SOURCE,
         tenant=entry["tenant"],
         building=entry["building"],

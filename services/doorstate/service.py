@@ -33,6 +33,7 @@ import faust
 import structlog
 from opentelemetry.context import Context
 
+from safehub.contracts.names import EventType
 from safehub.kernel import tracing
 from safehub.kernel.bus import ConsumedEvent
 from safehub.kernel.codec import Codec
@@ -54,8 +55,8 @@ log = structlog.get_logger(__name__)
 
 TOPICS = (DOORS, DOOR_COMMANDS, INCIDENTS, DEAD_LETTER)
 
-DOOR_STATE = "safehub.events.DoorLockState"
-LOCK_COMMAND = "safehub.events.LockCommand"
+DOOR_STATE = EventType.DOOR_LOCK_STATE
+LOCK_COMMAND = EventType.LOCK_COMMAND
 
 
 class Doorstate:

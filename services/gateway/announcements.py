@@ -30,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind
 
+from safehub.contracts.names import EventType
 from safehub.gen.safehub.common.v1 import place_pb2, srp_pb2
 from safehub.gen.safehub.connector.v1 import connector_pb2
 from safehub.kernel import tracing
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-ANNOUNCEMENT_COMMAND = "safehub.events.AnnouncementCommand"
+ANNOUNCEMENT_COMMAND = EventType.ANNOUNCEMENT_COMMAND
 #: The hub's own receipts (expired, unplayable) name the gateway as their source.
 SOURCE = "gateway"
 
@@ -379,7 +380,7 @@ class Announcements:
         provider_message_id: str | None,
     ) -> Event:
         return new_event(
-            "DeliveryReceipt",
+            EventType.DELIVERY_RECEIPT,
             source=source,
             tenant=pending.tenant,
             building=pending.building,

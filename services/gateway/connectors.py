@@ -30,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind
 
+from safehub.contracts.names import EventType
 from safehub.gen.safehub.common.v1 import place_pb2
 from safehub.gen.safehub.connector.v1 import connector_pb2, connector_pb2_grpc
 from safehub.kernel import tracing
@@ -47,7 +48,7 @@ from services.gateway.validation import Check
 
 log = structlog.get_logger(__name__)
 
-LOCK_COMMAND = "safehub.events.LockCommand"
+LOCK_COMMAND = EventType.LOCK_COMMAND
 
 
 @dataclass
@@ -455,7 +456,7 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
             else datetime.now(UTC)
         )
         event = new_event(
-            "DoorLockState",
+            EventType.DOOR_LOCK_STATE,
             source=session.client.id,
             tenant=self._directory.tenant(confirmed.school),
             building=building,

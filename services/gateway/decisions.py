@@ -20,10 +20,10 @@ from typing import Any, TypeAlias
 import grpc
 import structlog
 
+from safehub.contracts.names import EventType
 from safehub.gen.safehub.ingest.v1 import ingest_pb2
 from safehub.kernel.bus import H_EVENT_TYPE
 from safehub.kernel.codec import Codec, Event
-from safehub.kernel.envelope import EVENT_NAMESPACE
 from safehub.kernel.errors import BusError, CodecError
 from safehub.kernel.reader import TopicReader
 from safehub.kernel.settings import KafkaSettings
@@ -32,7 +32,7 @@ from services.gateway.rpc import RejectionError
 
 log = structlog.get_logger(__name__)
 
-DECIDED = EVENT_NAMESPACE + "SignalDecided"
+DECIDED = EventType.SIGNAL_DECIDED
 _DECIDED_BYTES = DECIDED.encode()
 _KEEP = 10_000  # recent decisions kept for waiters that register late
 

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import structlog
 
+from safehub.contracts.names import EventType
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.kernel.codec import Event
 from safehub.kernel.directory import Client, Directory, Scope
@@ -131,7 +132,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         authorize(self._directory, client, Scope.PANIC, school_id)
         known_place(self._directory, school_id, building, room)
         event = new_event(
-            "PanicAlert",
+            EventType.PANIC_ALERT,
             source=client.id,
             tenant=self._directory.tenant(school_id),
             building=building,
@@ -186,7 +187,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         authorize(self._directory, client, Scope.CAMERA, school_id)
         known_place(self._directory, school_id, building, room)
         event = new_event(
-            "CameraAlert",
+            EventType.CAMERA_ALERT,
             source=client.id,
             tenant=self._directory.tenant(school_id),
             building=building,
@@ -367,7 +368,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         authorize(self._directory, client, Scope.SRP, school_id)
         known_place(self._directory, school_id, building, None)
         event = new_event(
-            "SrpActionRequested",
+            EventType.SRP_ACTION_REQUESTED,
             source=client.id,
             tenant=self._directory.tenant(school_id),
             building=building,
@@ -437,7 +438,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         authorize(self._directory, client, Scope.PANIC, school_id)
         known_place(self._directory, school_id, building, room)
         event = new_event(
-            "PanicCancelled",
+            EventType.PANIC_CANCELLED,
             source=client.id,
             tenant=self._directory.tenant(school_id),
             building=building,
@@ -487,7 +488,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         assert building is not None
         door = known_door(school, building, door_id)
         return new_event(
-            "DoorLockState",
+            EventType.DOOR_LOCK_STATE,
             source=client.id,
             tenant=self._directory.tenant(school_id),
             building=building_id,

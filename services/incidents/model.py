@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from safehub.contracts.names import EventType
 from safehub.kernel.codec import Event
 from safehub.kernel.directory import Directory, Scope
-from safehub.kernel.envelope import EVENT_NAMESPACE, new_event, stable_id
+from safehub.kernel.envelope import EVENT_NAMESPACE, caused_by, new_event, stable_id
 
 SOURCE = "incidents"
 _E = EVENT_NAMESPACE
@@ -240,16 +241,16 @@ class IncidentBook:
         if envelope.get("causation_id"):
             self.seen.add(envelope["causation_id"])
         if event_type not in (
-            _E + "IncidentOpened",
-            _E + "IncidentChanged",
-            _E + "IncidentCleared",
+            EventType.INCIDENT_OPENED,
+            EventType.INCIDENT_CHANGED,
+            EventType.INCIDENT_CLEARED,
         ):
             return
         incident_id = event["incident_id"]
         current = self.incidents.get(incident_id)
         if current is not None and current.version >= event["version"]:
             return
-        if event_type == _E + "IncidentCleared":
+        if event_type == EventType.INCIDENT_CLEARED:
             if current is None:
                 return
             current.version = event["version"]
@@ -330,21 +331,21 @@ class IncidentBook:
         if not school or not self.directory.has_school(str(school)):
             raise Rejected(f"school {school!r} is not in the directory")
         kind = envelope["event_type"].removeprefix(_E)
-        match kind:
-            case "PanicAlert":
+        match envelope["event_type"]:
+            case EventType.PANIC_ALERT:
                 panic_type = PANIC_TYPES.get(signal["panic_type"], "THREAT")
                 return self._signal(signal, panic_type, True)
-            case "CameraAlert":
+            case EventType.CAMERA_ALERT:
                 return self._camera(signal)
-            case "DoorLockState":
+            case EventType.DOOR_LOCK_STATE:
                 return self._door(signal)
-            case "SrpActionRequested":
+            case EventType.SRP_ACTION_REQUESTED:
                 return self._srp(signal)
-            case "PanicCancelled":
+            case EventType.PANIC_CANCELLED:
                 return self._cancel(signal)
-            case "CadStatusUpdate":
+            case EventType.CAD_STATUS_UPDATE:
                 return self._cad_status(signal)
-            case "CadDispatch":
+            case EventType.CAD_DISPATCH:
                 return []  # our own dispatch record: nothing to decide
         raise Rejected(f"{kind} is not a signal the incident service takes")
 
@@ -388,7 +389,7 @@ class IncidentBook:
         if SEVERITY[incident_type] > SEVERITY[changed.incident_type]:
             changed.incident_type = incident_type
         changed.dispatchable = changed.dispatchable or (dispatch and not exercise)
-        if envelope["event_type"].endswith("PanicAlert"):
+        if envelope["event_type"] == EventType.PANIC_ALERT:
             changed.panic_sources[envelope["event_id"]] = str(envelope["source"])
         return [self._changed(changed, signal, f"{_describe(signal)} correlated")]
 
@@ -566,7 +567,7 @@ class IncidentBook:
     def _base(
         self,
         signal: Event,
-        event_type: str,
+        event_type: EventType,
         incident_id: str | None,
         *,
         exercise: bool,
@@ -574,26 +575,23 @@ class IncidentBook:
         room: str | None = None,
         **kw: Any,
     ) -> Event:
-        envelope = signal["envelope"]
         return new_event(
             event_type,
             source=SOURCE,
-            tenant=envelope["tenant"],
-            incident_id=incident_id,
-            causation_id=envelope["event_id"],
-            # The incident's, never the signal's: a mismatched flag must not turn a real
+            # The incident's flag, never the signal's: a mismatched flag must not turn a real
             # incident's event into an exercise that the CAD connector skips.
-            exercise=exercise,
+            **caused_by(
+                signal["envelope"], incident_id=incident_id, exercise=exercise, building=building
+            ),
             # The hub's clock: what happened to the incident happened when the hub took it in.
             occurred_at=hub_time(signal),
-            building=building,
             room=room,
             **kw,
         )
 
     def _opened(self, signal: Event, incident_type: str, *, dispatchable: bool) -> Event:
         envelope = signal["envelope"]
-        is_panic = envelope["event_type"].endswith("PanicAlert")
+        is_panic = envelope["event_type"] == EventType.PANIC_ALERT
         incident = Incident(
             incident_id=incident_id_for(envelope["event_id"]),
             tenant=dict(envelope["tenant"]),
@@ -610,7 +608,7 @@ class IncidentBook:
         )
         event = self._base(
             signal,
-            "IncidentOpened",
+            EventType.INCIDENT_OPENED,
             incident.incident_id,
             exercise=incident.exercise,
             building=incident.building,
@@ -625,13 +623,14 @@ class IncidentBook:
     ) -> Event:
         envelope = signal["envelope"]
         incident.version += 1
-        if envelope["event_id"] not in incident.correlated_event_ids and not envelope[
-            "event_type"
-        ].endswith("CadStatusUpdate"):
+        if (
+            envelope["event_id"] not in incident.correlated_event_ids
+            and envelope["event_type"] != EventType.CAD_STATUS_UPDATE
+        ):
             incident.correlated_event_ids.append(envelope["event_id"])
         event = self._base(
             signal,
-            "IncidentChanged",
+            EventType.INCIDENT_CHANGED,
             incident.incident_id,
             exercise=incident.exercise,
             building=incident.building,
@@ -649,7 +648,7 @@ class IncidentBook:
         outcome = "DRILL_COMPLETE" if incident.exercise else "RESOLVED"
         return self._base(
             signal,
-            "IncidentCleared",
+            EventType.INCIDENT_CLEARED,
             incident.incident_id,
             exercise=incident.exercise,
             building=incident.building,
@@ -668,7 +667,7 @@ class IncidentBook:
         # whatever building the incident it joined began in.
         return self._base(
             signal,
-            "LockCommand",
+            EventType.LOCK_COMMAND,
             target["incident_id"],
             exercise=bool(target["envelope"]["exercise"]),
             building=signal["envelope"].get("building"),
@@ -704,7 +703,7 @@ class IncidentBook:
             allowed.add("ALL_CLEAR")
         return self._base(
             signal,
-            "SignalDecided",
+            EventType.SIGNAL_DECIDED,
             incident_id or (incident.incident_id if incident else None),
             exercise=bool(envelope["exercise"]),
             building=envelope.get("building"),
@@ -745,17 +744,17 @@ class IncidentBook:
 
 def _describe(signal: Event) -> str:
     kind = str(signal["envelope"]["event_type"]).removeprefix(_E)
-    match kind:
-        case "PanicAlert":
+    match signal["envelope"]["event_type"]:
+        case EventType.PANIC_ALERT:
             silent = "silent " if signal.get("silent") else ""
             return f"{silent}panic ({signal['panic_type'].lower().replace('_', ' ')})"
-        case "CameraAlert":
+        case EventType.CAMERA_ALERT:
             return (
                 f"camera {signal['camera_id']}: {signal['analytic'].lower()} "
                 f"({round(signal['confidence'] * 100)}%)"
             )
-        case "DoorLockState":
+        case EventType.DOOR_LOCK_STATE:
             return f"door {signal['door_id']} {signal['state'].lower().replace('_', ' ')}"
-        case "SrpActionRequested":
+        case EventType.SRP_ACTION_REQUESTED:
             return f"SRP {signal['action']}"
     return kind

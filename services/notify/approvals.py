@@ -26,10 +26,11 @@ from typing import Any
 
 import structlog
 
+from safehub.contracts.names import EventType
 from safehub.kernel.bus import ConsumedEvent
 from safehub.kernel.codec import Event
 from safehub.kernel.directory import StaffRole
-from safehub.kernel.envelope import EVENT_NAMESPACE, new_event
+from safehub.kernel.envelope import new_event
 from safehub.kernel.errors import HandlerError, SafeHubError
 from services.notify import templates
 from services.notify.audiences import AudienceError, Audiences
@@ -38,7 +39,7 @@ from services.notify.store import HeldRow, Store
 
 log = structlog.get_logger(__name__)
 
-DECIDED = EVENT_NAMESPACE + "NotificationDecided"
+DECIDED = EventType.NOTIFICATION_DECIDED
 APPROVED, REJECTED = "APPROVED", "REJECTED"
 #: Decision symbol → the held message's status afterwards.
 OUTCOME = {APPROVED: "approved", REJECTED: "rejected"}
@@ -235,7 +236,7 @@ class Approvals:
         """Check a decision and publish it as a NotificationDecided; returns its event id."""
         held = self.check(decision)
         event = new_event(
-            "NotificationDecided",
+            EventType.NOTIFICATION_DECIDED,
             source=SOURCE,
             tenant=held.tenant,
             incident_id=held.incident_id,
@@ -313,7 +314,7 @@ class Approvals:
     @staticmethod
     def _release(held: HeldRow, decision: Decision, decision_event_id: str) -> Event:
         return new_event(
-            "NotificationRequested",
+            EventType.NOTIFICATION_REQUESTED,
             source=SOURCE,
             tenant=held.tenant,
             incident_id=held.incident_id,

@@ -34,9 +34,10 @@ from typing import Any
 
 import structlog
 
+from safehub.contracts.names import EventType
 from safehub.kernel.bus import ConsumedEvent, Delivered, EventProducer
 from safehub.kernel.codec import Codec, Event
-from safehub.kernel.envelope import EVENT_NAMESPACE, new_event, stable_id
+from safehub.kernel.envelope import new_event, stable_id
 from safehub.kernel.errors import HandlerError, SafeHubError
 from services.notify import templates
 from services.notify.audiences import ENDPOINT_CHANNELS, AudienceError, Audiences, Target
@@ -61,8 +62,8 @@ from services.notify.store import (
 log = structlog.get_logger(__name__)
 
 SOURCE = "notify"
-REQUESTED = EVENT_NAMESPACE + "NotificationRequested"
-RECEIPT = EVENT_NAMESPACE + "DeliveryReceipt"
+REQUESTED = EventType.NOTIFICATION_REQUESTED
+RECEIPT = EventType.DELIVERY_RECEIPT
 #: Person channels in order of preference (VOICE last: the most intrusive, for escalation).
 PREFERENCE = ("SMS", "EMAIL", "PUSH", "VOICE")
 PRIORITY_ORDER = {"LIFE_SAFETY": 0, "URGENT": 1, "ROUTINE": 2}
@@ -973,7 +974,7 @@ class Dispatcher:
         if n is None:
             return False
         event = new_event(
-            "NotificationAcknowledged",
+            EventType.NOTIFICATION_ACKNOWLEDGED,
             source=SOURCE,
             tenant=n.tenant,
             building=n.building,
@@ -1041,7 +1042,7 @@ class Dispatcher:
         self, n: NotificationRow, row: DeliveryRow, status: str, error: str | None = None
     ) -> Event:
         return new_event(
-            "DeliveryReceipt",
+            EventType.DELIVERY_RECEIPT,
             source=SOURCE,
             tenant=n.tenant,
             building=n.building,

@@ -30,9 +30,10 @@ from datetime import UTC, datetime
 
 import structlog
 
+from safehub.contracts.names import EventType
 from safehub.kernel.bus import H_EVENT_TYPE, H_SOURCE, ConsumedEvent, Headers, header
 from safehub.kernel.directory import Directory
-from safehub.kernel.envelope import EVENT_NAMESPACE, new_event
+from safehub.kernel.envelope import caused_by, new_event
 from safehub.kernel.errors import BusError, HandlerError
 from safehub.kernel.http_server import ServerThread
 from safehub.kernel.lifecycle import write_port_file
@@ -73,9 +74,9 @@ from services.notify.web import AckLinks, NotifyWeb
 log = structlog.get_logger(__name__)
 
 NAME = "notify"
-OPENED = EVENT_NAMESPACE + "IncidentOpened"
-CHANGED = EVENT_NAMESPACE + "IncidentChanged"
-CLEARED = EVENT_NAMESPACE + "IncidentCleared"
+OPENED = EventType.INCIDENT_OPENED
+CHANGED = EventType.INCIDENT_CHANGED
+CLEARED = EventType.INCIDENT_CLEARED
 HOOK_REQUESTER = "notify:incident-hook"
 #: CAP ``audience`` of public (family) alerts.
 PUBLIC_AUDIENCE = "Parents, guardians and the public"
@@ -139,13 +140,9 @@ class IncidentHook:
         body = str(event.get("summary") or event.get("message") or headline)
         notification_id = notify_id("incident", incident_id, str(version))
         request = new_event(
-            "NotificationRequested",
+            EventType.NOTIFICATION_REQUESTED,
             source=SOURCE,
-            tenant=envelope["tenant"],
-            building=envelope.get("building"),
-            incident_id=incident_id,
-            causation_id=consumed.event_id,
-            exercise=exercise,
+            **caused_by(envelope, incident_id=incident_id),
             event_id=notify_id("request", notification_id),
             payload={
                 "notification_id": notification_id,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from safehub.contracts.names import EventType
 from safehub.contracts.registry import event_schemas, field_classifications
 from safehub.kernel import chain
 from safehub.kernel.directory import Directory, Reviewer
@@ -33,7 +34,11 @@ Row = Mapping[Any, Any]
 MAX_PAGE = 5000
 KINDS = frozenset({"incident", "case"})
 STATUSES = frozenset({"open", "cleared", "closed", "cancelled"})
-NOTIFICATION_TYPES = ("NotificationRequested", "DeliveryReceipt", "NotificationAcknowledged")
+NOTIFICATION_TYPES = (
+    EventType.NOTIFICATION_REQUESTED.short,
+    EventType.DELIVERY_RECEIPT.short,
+    EventType.NOTIFICATION_ACKNOWLEDGED.short,
+)
 #: DeliveryReceipt status → the channel field it stamps.
 RECEIPT_FIELDS = {
     "QUEUED": "queued_at",
@@ -543,12 +548,12 @@ class Queries:
                 continue
             at = chain.iso(row["occurred_at"])
             match row["event_type"]:
-                case "NotificationRequested":
+                case EventType.NOTIFICATION_REQUESTED.short:
                     for recipient in payload.get("recipients") or []:
                         entry = person(str(recipient["recipient_id"]))
                         for channel in recipient.get("channels") or []:
                             _channel(entry, str(channel))
-                case "DeliveryReceipt":
+                case EventType.DELIVERY_RECEIPT.short:
                     entry = person(str(payload["recipient_id"]))
                     slot = _channel(entry, str(payload["channel"]))
                     stamp = RECEIPT_FIELDS.get(str(payload["status"]))
@@ -556,7 +561,7 @@ class Queries:
                         slot[stamp] = at
                     if payload.get("error"):
                         slot["error"] = payload["error"]
-                case "NotificationAcknowledged":
+                case EventType.NOTIFICATION_ACKNOWLEDGED.short:
                     entry = person(str(payload["recipient_id"]))
                     if entry["acknowledged_at"] is None or at < entry["acknowledged_at"]:
                         entry["acknowledged_at"] = at

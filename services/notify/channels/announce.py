@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from safehub.contracts.names import EventType
 from safehub.kernel.envelope import new_event, now
 from safehub.kernel.errors import BusError
 from services.notify.channels.base import ChannelError, OutboundMessage, SendResult
@@ -51,7 +52,7 @@ class AnnouncementAdapter:
         """Publish the command (confirmed by the broker)."""
         context = self._context(message.notification_id)
         event = new_event(
-            "AnnouncementCommand",
+            EventType.ANNOUNCEMENT_COMMAND,
             source="notify",
             tenant=context.tenant,
             building=context.building,
