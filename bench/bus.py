@@ -21,6 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import broker, pace, percentiles, raw_round_trip, raw_throughput, report
+from safehub.contracts.names import EventType
 from safehub.contracts.registry import event_schemas
 from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import ConsumedEvent, EventConsumer, EventProducer
@@ -31,7 +32,7 @@ from safehub.kernel.topics import KeyBy, TopicCatalog, TopicSpec
 from safehub.kernel.tracing import setup_tracing
 from tests.support.examples import example_event
 
-PANIC = "safehub.events.PanicAlert"
+PANIC = EventType.PANIC_ALERT
 
 
 def _catalog() -> TopicCatalog:

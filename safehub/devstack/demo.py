@@ -36,6 +36,7 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
+from safehub.contracts.names import EventType
 from safehub.devstack import demo_timeline
 from safehub.devstack.demo_people import PeopleDemo
 from safehub.devstack.hub import Hub
@@ -89,9 +90,9 @@ class Journal:
         self._reader.close()
 
 
-def _is(event_type: str, **fields: Any) -> Callable[[Event], bool]:
+def _is(event_type: EventType, **fields: Any) -> Callable[[Event], bool]:
     def match(event: Event) -> bool:
-        if event["envelope"]["event_type"] != "safehub.events." + event_type:
+        if event["envelope"]["event_type"] != event_type:
             return False
         return all(event.get(k, event["envelope"].get(k)) == v for k, v in fields.items())
 
@@ -201,14 +202,16 @@ def _scenario(
 
     console.rule("1. Drill: LOCKDOWN exercise in building B")
     _srp(staff, srp_pb2.SRP_ACTION_LOCKDOWN, exercise=True)
-    drill = journal.wait_for("drill incident", _is("IncidentOpened", exercise=True))
+    drill = journal.wait_for("drill incident", _is(EventType.INCIDENT_OPENED, exercise=True))
     progress = journal.wait_for(
         "drill doors locked",
-        _is("LockdownProgress", incident_id=drill["incident_id"], complete=True),
+        _is(EventType.LOCKDOWN_PROGRESS, incident_id=drill["incident_id"], complete=True),
     )
     console.print(f"drill: {len(progress['doors_confirmed'])} doors locked and confirmed")
     _srp(staff, srp_pb2.SRP_ACTION_ALL_CLEAR, exercise=True)
-    journal.wait_for("drill all clear", _is("IncidentCleared", incident_id=drill["incident_id"]))
+    journal.wait_for(
+        "drill all clear", _is(EventType.INCIDENT_CLEARED, incident_id=drill["incident_id"])
+    )
     console.print("drill: ALL CLEAR; nothing was sent to 911")
 
     console.rule("2. Real: silent panic in B-214, weapon on camera, LOCKDOWN")
@@ -229,11 +232,12 @@ def _scenario(
     opened = journal.wait_for(
         "incident opened",
         lambda e: (
-            _is("IncidentOpened", exercise=False)(e) and panic.event_id in e["correlated_event_ids"]
+            _is(EventType.INCIDENT_OPENED, exercise=False)(e)
+            and panic.event_id in e["correlated_event_ids"]
         ),
     )
     incident_id = str(opened["incident_id"])
-    dispatch = journal.wait_for("EIDO at CAD", _is("CadDispatch", incident_id=incident_id))
+    dispatch = journal.wait_for("EIDO at CAD", _is(EventType.CAD_DISPATCH, incident_id=incident_id))
     console.print(
         f"panic → EIDO at the CAD simulator ({dispatch['apco_incident_type']}) seen by the "
         f"demo after {(time.monotonic() - pressed) * 1000:.0f} ms"
@@ -250,10 +254,10 @@ def _scenario(
         ),
         timeout=5,
     )
-    journal.wait_for("weapon correlated", _is("IncidentChanged", incident_id=incident_id))
+    journal.wait_for("weapon correlated", _is(EventType.INCIDENT_CHANGED, incident_id=incident_id))
     _srp(staff, srp_pb2.SRP_ACTION_LOCKDOWN, exercise=False)
     progress = journal.wait_for(
-        "doors locked", _is("LockdownProgress", incident_id=incident_id, complete=True)
+        "doors locked", _is(EventType.LOCKDOWN_PROGRESS, incident_id=incident_id, complete=True)
     )
     console.print(f"lockdown: {len(progress['doors_confirmed'])} doors locked and confirmed")
     status = people.notification(incident_id, "LOCKDOWN")
@@ -262,14 +266,17 @@ def _scenario(
     checks = people.report(status, console)
     checks |= people.release_family_message("LOCKDOWN", console)
     journal.wait_for(
-        "units on scene", _is("CadStatusUpdate", incident_id=incident_id, status="ResourcesOnscene")
+        "units on scene",
+        _is(EventType.CAD_STATUS_UPDATE, incident_id=incident_id, status="ResourcesOnscene"),
     )
     console.print("CAD: units en route, then on scene")
     _srp(staff, srp_pb2.SRP_ACTION_ALL_CLEAR, exercise=False)
-    journal.wait_for("all clear", _is("IncidentCleared", incident_id=incident_id))
+    journal.wait_for("all clear", _is(EventType.INCIDENT_CLEARED, incident_id=incident_id))
     journal.wait_for(
         "CAD told of the all clear",
-        lambda e: _is("CadDispatch", incident_id=incident_id)(e) and e["status"] == "Closed",
+        lambda e: (
+            _is(EventType.CAD_DISPATCH, incident_id=incident_id)(e) and e["status"] == "Closed"
+        ),
     )
     console.print("ALL CLEAR: incident closed at CAD")
     people.notification(incident_id, "ALL_CLEAR")
@@ -279,11 +286,13 @@ def _scenario(
 
 def _belongs(event: Event, incident_id: str, signal_ids: set[str], commands: set[str]) -> bool:
     envelope = event["envelope"]
-    if envelope["event_type"].endswith(("DeliveryReceipt", "NotificationAcknowledged")):
+    if envelope["event_type"] in (EventType.DELIVERY_RECEIPT, EventType.NOTIFICATION_ACKNOWLEDGED):
         return False  # one per recipient and step: summarised in the people table instead
     if envelope.get("incident_id") == incident_id or envelope["event_id"] in signal_ids:
         return True
-    return event.get("command_id") in commands and envelope["event_type"].endswith("LockState")
+    return (
+        event.get("command_id") in commands and envelope["event_type"] == EventType.DOOR_LOCK_STATE
+    )
 
 
 def _report(
@@ -307,7 +316,7 @@ def _report(
     commands = {
         str(e["command_id"])
         for _, _, e in events
-        if e["envelope"]["event_type"].endswith("LockCommand")
+        if e["envelope"]["event_type"] == EventType.LOCK_COMMAND
         and e["envelope"].get("incident_id") == incident_id
     }
     mine = sorted(
@@ -334,11 +343,11 @@ def _report(
         "exactly one CAD incident for the real emergency": len(cad) == 1,
         "no drill ever reached CAD": not drills_at_cad,
         "panic and weapon folded into one incident": sum(
-            1 for _, _, e in mine if e["envelope"]["event_type"].endswith("IncidentOpened")
+            1 for _, _, e in mine if e["envelope"]["event_type"] == EventType.INCIDENT_OPENED
         )
         == 1,
         "every door of building B confirmed locked": any(
-            e["envelope"]["event_type"].endswith("LockdownProgress") and e["complete"]
+            e["envelope"]["event_type"] == EventType.LOCKDOWN_PROGRESS and e["complete"]
             for _, _, e in mine
         ),
         **more_checks,
@@ -350,35 +359,34 @@ def _report(
 
 
 def _detail(event: Event) -> str:
-    kind = event["envelope"]["event_type"].rsplit(".", 1)[-1]
-    match kind:
-        case "PanicAlert":
+    match event["envelope"]["event_type"]:
+        case EventType.PANIC_ALERT:
             return f"{event['panic_type']} silent={event['silent']} device {event['device_id']}"
-        case "CameraAlert":
+        case EventType.CAMERA_ALERT:
             return f"{event['analytic']} {event['confidence']:.0%} {event['camera_id']}"
-        case "SrpActionRequested":
+        case EventType.SRP_ACTION_REQUESTED:
             return f"{event['action']} by {event['requested_by']}"
-        case "IncidentOpened" | "IncidentChanged":
+        case EventType.INCIDENT_OPENED | EventType.INCIDENT_CHANGED:
             reason = event.get("change_reason") or event["summary"]
             return f"v{event['version']} {event['state']} {event['incident_type']}: {reason}"[:110]
-        case "IncidentCleared":
+        case EventType.INCIDENT_CLEARED:
             return f"v{event['version']} {event['outcome']}"
-        case "CadDispatch":
+        case EventType.CAD_DISPATCH:
             return (
                 f"EIDO v{event['incident_version']} {event['apco_incident_type']} {event['status']}"
             )
-        case "CadStatusUpdate":
+        case EventType.CAD_STATUS_UPDATE:
             units = ", ".join(u["unit_id"] for u in event["units"])
             return f"{event['status']} {units}".strip()
-        case "LockCommand":
+        case EventType.LOCK_COMMAND:
             return f"{event['scope']} → {event['target']}"
-        case "DoorLockState":
+        case EventType.DOOR_LOCK_STATE:
             return f"{event['door_id']} {event['state']}"
-        case "NotificationRequested":
+        case EventType.NOTIFICATION_REQUESTED:
             return f"{event['srp_action']} to {', '.join(event['audiences'])}"[:110]
-        case "NotificationDecided":
+        case EventType.NOTIFICATION_DECIDED:
             return f"family/public message {event['decision']} by {event['decided_by']}"
-        case "LockdownProgress":
+        case EventType.LOCKDOWN_PROGRESS:
             return f"{len(event['doors_confirmed'])}/{len(event['doors_expected'])} confirmed" + (
                 ", deadline passed" if event["deadline_passed"] else ""
             )

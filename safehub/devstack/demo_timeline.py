@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from safehub.contracts.names import EventType
 from safehub.devstack.hub import Hub
 from safehub.kernel.errors import SafeHubError
 
@@ -65,8 +66,8 @@ def review(hub: Hub, incident_id: str, console: Console, timeout: float = 30) ->
     settled_count = -1
     while time.monotonic() < deadline:
         page, entries = _entries(hub, incident_id)
-        types = [e["event_type"].rsplit(".", 1)[-1] for e in entries]
-        panic = next((e for e in entries if e["event_type"].endswith("PanicAlert")), None)
+        types = {e["event_type"] for e in entries}
+        panic = next((e for e in entries if e["event_type"] == EventType.PANIC_ALERT), None)
         if panic and panic.get("trace_id"):
             status, trace = _get(hub, f"/api/v1/traces/{panic['trace_id']}", STATE_AUDITOR)
             if status == 200:
@@ -74,8 +75,8 @@ def review(hub: Hub, incident_id: str, console: Console, timeout: float = 30) ->
         settled = len(entries) == settled_count  # receipts still arriving would change it
         settled_count = len(entries)
         if (
-            "IncidentCleared" in types
-            and "NotificationAcknowledged" in types
+            EventType.INCIDENT_CLEARED in types
+            and EventType.NOTIFICATION_ACKNOWLEDGED in types
             and set(TRACE_PATH) <= trace_services
             and settled
         ):
@@ -102,8 +103,13 @@ def review(hub: Hub, incident_id: str, console: Console, timeout: float = 30) ->
     )
     first: dict[str, str] = {}
     for entry in entries:
-        first.setdefault(entry["event_type"].rsplit(".", 1)[-1], entry["occurred_at"])
-    steps = ("PanicAlert", "IncidentOpened", "CadDispatch", "IncidentCleared")
+        first.setdefault(entry["event_type"], entry["occurred_at"])
+    steps = (
+        EventType.PANIC_ALERT,
+        EventType.INCIDENT_OPENED,
+        EventType.CAD_DISPATCH,
+        EventType.INCIDENT_CLEARED,
+    )
     happened = [datetime.fromisoformat(first[s]) for s in steps if s in first]
     return {
         "timeline holds every step in the order it happened, chain verified": bool(chain.get("ok"))
