@@ -240,7 +240,3 @@ class TopicCatalog:
                 f"on {spec.name}"
             )
         return str(key).encode()
-
-    def all_names(self) -> list[str]:
-        """Full names of every declared topic."""
-        return [self.prefix + name for name in self.specs]
