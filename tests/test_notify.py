@@ -23,13 +23,11 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
 from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import new_event
-from safehub.kernel.http_server import ServerThread
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from services.notify.cap import Scope, Status, parse
@@ -39,6 +37,7 @@ from tests.support.kafka import read_all
 from tests.support.notify import (
     CapSink,
     NotifyProcess,
+    PushGateway,
     SmtpSink,
     directory,
     incident,
@@ -1094,26 +1093,6 @@ def test_a_rejected_family_message_sends_nothing_and_bad_decisions_are_dead_lett
     record = store.held_message(nid)
     store.close()
     assert record is not None and record.status == "rejected" and record.released_body is None
-
-
-class PushGateway:
-    """A real HTTP push gateway (the app vendor's webhook): records each JSON POST."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
-        self._server = ServerThread(host="127.0.0.1", port=0, name="push-gateway")
-
-    async def _post(self, request: web.Request) -> web.Response:
-        self.received.append((dict(request.headers), await request.json()))
-        return web.json_response({"id": f"push-{len(self.received)}"}, status=201)
-
-    def __enter__(self) -> str:
-        app = web.Application()
-        app.router.add_post("/push", self._post)
-        return f"http://127.0.0.1:{self._server.start(app)}/push"
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.close()
 
 
 def test_app_push_goes_through_the_webhook_and_its_button_acknowledges(

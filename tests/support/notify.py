@@ -72,9 +72,21 @@ class Mail:
     received_at: float  # time.monotonic()
 
 
+#: Recipients in this domain are refused at RCPT, echoing the address as real servers do.
+REFUSED_DOMAIN = "refused.invalid"
+
+
 class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
+
+    async def handle_RCPT(
+        self, _server: SMTP, _session: Session, envelope: Envelope, address: str, _options: Any
+    ) -> str:
+        if address.endswith("@" + REFUSED_DOMAIN):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, _server: SMTP, _session: Session, envelope: Envelope) -> str:
         received = time.monotonic()
@@ -473,3 +485,29 @@ def wait_for_mail(sink: SmtpSink, count: int, timeout: float = 60.0) -> list[Mai
     """Wait until ``count`` messages arrived; return them."""
     wait_until(lambda: len(sink.messages) >= count, timeout=timeout, what=f"{count} emails")
     return list(sink.messages)
+
+
+class PushGateway:
+    """A real HTTP push gateway (the app vendor's webhook): records each JSON POST."""
+
+    #: Device tokens with this prefix are unregistered: the gateway answers 410 Gone.
+    GONE_PREFIX = "gone-"
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self._server = ServerThread(host="127.0.0.1", port=0, name="push-gateway")
+
+    async def _post(self, request: web.Request) -> web.Response:
+        payload = await request.json()
+        if str(payload.get("token", "")).startswith(self.GONE_PREFIX):
+            return web.json_response({"error": "unregistered"}, status=410)
+        self.received.append((dict(request.headers), payload))
+        return web.json_response({"id": f"push-{len(self.received)}"}, status=201)
+
+    def __enter__(self) -> str:
+        app = web.Application()
+        app.router.add_post("/push", self._post)
+        return f"http://127.0.0.1:{self._server.start(app)}/push"
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.close()
