@@ -1,7 +1,7 @@
 """The kernel's persistence (safehub.kernel.store) and the three stores built on it: the SQLite
 engine's pragmas, the dialect upsert on SQLite and PostgreSQL, errors wrapped naming the store,
-migrations that are idempotent, adopt files made by ``create_all`` and give exactly the tables
-each store declares, and the one delivery status order of notify.
+migrations that adopt files made by ``create_all``, and the one delivery status order of notify.
+What every store must do on both back ends is the store contract (tests/test_store_contract.py).
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from connectors.psap_cad.ledger import Ledger, LedgerError
-from safehub.kernel.errors import ConfigError, SafeHubError
+from connectors.psap_cad.ledger import Ledger
+from safehub.kernel.errors import ConfigError
 from safehub.kernel.store import (
     StoreError,
     insert_for,
@@ -29,8 +27,7 @@ from safehub.kernel.store import (
 )
 from services.notify import dispatcher
 from services.notify import store as notify_store
-from services.timeline import store as timeline_store
-from tests.support.timeline import fresh_database
+from tests.support.store_contract import versions as version_rows
 
 
 def _prefix() -> str:
@@ -188,9 +185,8 @@ def test_errors_are_wrapped_naming_the_store_and_the_operation(tmp_path: Path) -
         engine.dispose()
 
 
-def test_every_store_error_is_a_kernel_store_error_naming_its_store(tmp_path: Path) -> None:
-    for error in (notify_store.StoreError, LedgerError, timeline_store.StoreError):
-        assert issubclass(error, StoreError) and issubclass(error, SafeHubError)
+def test_a_store_error_names_its_store_and_the_operation_never_the_sql(tmp_path: Path) -> None:
+    # Every store's error class is a kernel StoreError: tests/test_store_contract.py.
     store = notify_store.Store(f"sqlite:///{tmp_path / 'notify.sqlite3'}")
     try:
         with store._engine.begin() as conn:
@@ -206,61 +202,6 @@ def test_every_store_error_is_a_kernel_store_error_naming_its_store(tmp_path: Pa
 
 
 # -- migrations --------------------------------------------------------------------------------
-
-
-def _versions(url: str, table: str) -> list[str]:
-    engine = make_engine(url, name="test store")
-    try:
-        with engine.connect() as conn:
-            return [str(r[0]) for r in conn.execute(text(f'SELECT version_num FROM "{table}"'))]
-    finally:
-        engine.dispose()
-
-
-def test_migrations_are_idempotent_for_every_store(database_url: str) -> None:
-    notify_prefix, ledger_prefix = _prefix(), _prefix()
-    for _ in range(2):
-        notify_store.Store(database_url, table_prefix=notify_prefix).close()
-        Ledger(database_url, table_prefix=ledger_prefix).close()
-    # Each store keeps its own version table (stores may share one PostgreSQL database).
-    assert _versions(database_url, f"{notify_prefix}alembic_version") == ["0002"]
-    assert _versions(database_url, f"{ledger_prefix}alembic_version") == ["0001"]
-    with fresh_database(database_url) as url:
-        store = timeline_store.Store(url)
-        try:
-            store.migrate()
-            store.migrate()
-        finally:
-            store.close()
-        assert _versions(url, "alembic_version") == ["0001"]
-
-
-@pytest.mark.parametrize("kind", ["notify", "ledger"])
-def test_migrated_tables_are_exactly_the_tables_the_store_declares(
-    database_url: str, kind: str
-) -> None:
-    prefix = _prefix()
-    opened: notify_store.Store | Ledger
-    if kind == "notify":
-        opened = notify_store.Store(database_url, table_prefix=prefix)
-        metadata = opened.notifications.metadata
-    else:
-        opened = Ledger(database_url, table_prefix=prefix)
-        metadata = opened.incidents.metadata
-    try:
-        with opened._engine.connect() as conn:
-            context = MigrationContext.configure(
-                conn,
-                opts={
-                    "compare_type": True,
-                    "include_name": lambda name, type_, _parent: (
-                        type_ != "table" or name in metadata.tables
-                    ),
-                },
-            )
-            assert compare_metadata(context, metadata) == []
-    finally:
-        opened.close()
 
 
 def test_a_notify_file_made_by_create_all_is_adopted_and_re_ranked(tmp_path: Path) -> None:
@@ -289,7 +230,7 @@ def test_a_notify_file_made_by_create_all_is_adopted_and_re_ranked(tmp_path: Pat
     store = notify_store.Store(url)
     try:
         assert store.incident_mark("inc-1") == ("LOCKDOWN", 2, "n-1", ["staff:s"])  # data kept
-        assert _versions(url, "notify_alembic_version") == ["0002"]
+        assert version_rows(url, "notify_alembic_version") == ["0002"]
         with store._engine.connect() as conn:
             query = select(store.deliveries.c.delivery_id, store.deliveries.c.rank)
             ranks = {str(d): int(r) for d, r in conn.execute(query)}
@@ -318,19 +259,8 @@ def test_a_ledger_file_made_by_create_all_is_adopted(tmp_path: Path) -> None:
     ledger.close()
     with Ledger(url) as reopened:
         assert reopened.decision("inc-1", 1) == "exercise"
-    assert _versions(url, "psap_cad_alembic_version") == ["0001"]
+    assert version_rows(url, "psap_cad_alembic_version") == ["0001"]
     assert "psap_cad_alembic_version" in inspect(make_engine(url, name="x")).get_table_names()
-
-
-def test_a_database_newer_than_the_code_is_a_store_error(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-    Ledger(url).close()
-    engine = make_engine(url, name="x")
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE psap_cad_alembic_version SET version_num = '9999'"))
-    engine.dispose()
-    with pytest.raises(LedgerError, match=r"^psap_cad ledger: cannot migrate: CommandError$"):
-        Ledger(url)
 
 
 # -- notify's delivery status order ------------------------------------------------------------

@@ -30,11 +30,13 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Engine,
+    Index,
     MetaData,
     String,
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     and_,
     func,
     or_,
@@ -108,6 +110,9 @@ entries = Table(
     Column("payload_sha256", String(64), nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    UniqueConstraint("subject_id", "event_id", name="uq_entries_subject_event"),
+    Index("ix_entries_trace", "trace_id"),
+    Index("ix_entries_subject_type", "subject_id", "event_type"),
 )
 
 subjects = Table(
@@ -132,6 +137,8 @@ subjects = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     Column("entry_count", BigInteger, nullable=False),
     Column("head_hash", String(64), nullable=False),
+    Index("ix_subjects_opened", "opened_at", "id"),
+    Index("ix_subjects_district_opened", "district", "opened_at", "id"),
 )
 
 pending = Table(
@@ -140,6 +147,7 @@ pending = Table(
     Column("event_id", String(100), primary_key=True),
     Column("draft", Text, nullable=False),
     Column("received_at", UtcDateTime, nullable=False),
+    Index("ix_pending_received", "received_at"),
 )
 
 claims = Table(
@@ -149,6 +157,7 @@ claims = Table(
     Column("subject_id", String(200), primary_key=True),
     Column("subject_kind", String(16), nullable=False),
     Column("claimed_at", UtcDateTime, nullable=False),
+    Index("ix_claims_claimed", "claimed_at"),
 )
 
 spans = Table(
