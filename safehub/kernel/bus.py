@@ -22,6 +22,9 @@ Dead-letter records keep the original key, bytes and headers and add ``safehub-d
 headers (reason, error type, topic, partition, offset, group, time). Reasons come from
 SafeHub errors (whose messages carry no payload data) or name only the exception type.
 Handlers must be idempotent: after a crash, a message can arrive twice.
+
+Spans and metrics (send/process spans, handler latency, consumed, produced, dead letters,
+consumer lag) come from :mod:`safehub.kernel.observe`, shared with the faust side.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ from typing import Any
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.metrics import MeterProvider
 
-from safehub.kernel import tracing
+from safehub.kernel import observe, tracing
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.errors import (
     BusError,
@@ -74,16 +77,8 @@ class Delivered:
     offset: int
 
 
-def _span_attributes(topic: str, operation: str, event_id: str | None) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "messaging.system": "kafka",
-        "messaging.operation.name": operation,
-        "messaging.operation.type": operation,
-        "messaging.destination.name": topic,
-    }
-    if event_id:
-        attributes["messaging.message.id"] = event_id
-    return attributes
+#: How often a consumer refreshes its lag snapshot (position vs cached high watermark).
+LAG_REFRESH_S = 1.0
 
 
 class EventProducer(Closing):
@@ -97,10 +92,12 @@ class EventProducer(Closing):
         *,
         client_id: str = "safehub",
         extra_config: dict[str, Any] | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self._kafka = kafka
         self._codec = codec
         self._catalog = catalog
+        self._meters = observe.instruments(meter_provider)
         config = {
             **kafka.client_config(),
             "client.id": client_id,
@@ -136,16 +133,14 @@ class EventProducer(Closing):
         topic = self._catalog.topic_for(event_type)
         value = self._codec.encode(event)
         headers = event_headers(event)
-        with tracing.tracer().start_as_current_span(
-            f"send {topic}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                **_span_attributes(topic, "send", envelope.get("event_id")),
-                "safehub.event_type": event_type,
-                "messaging.message.body.size": len(value),
-            },
+        with observe.sending(
+            self._meters,
+            topic,
+            event_type=event_type,
+            event_id=envelope.get("event_id"),
+            size=len(value),
+            headers=headers,
         ):
-            tracing.inject(headers)
             return self._send(topic, self._catalog.key_for(event), value, headers)
 
     def publish_raw(
@@ -317,6 +312,7 @@ class EventConsumer(Closing):
         batch_size: int = 500,
         extra_config: dict[str, Any] | None = None,
         accept: Callable[[Headers], bool] | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self._codec = codec
         # Decides from the headers alone whether a record is for this consumer: a topic may
@@ -335,6 +331,10 @@ class EventConsumer(Closing):
             catalog.name(base): frozenset(catalog.specs[base].events) for base in topics
         }
         self.stats = ConsumerStats()
+        self._meters = observe.instruments(meter_provider)
+        # Lag per partition, refreshed on the polling thread and only read by the gauge.
+        self._lag: dict[tuple[str, int], int] = {}
+        self._lag_due = 0.0
         self._stop = threading.Event()
         self._external_stop: threading.Event | None = None
         config = {
@@ -358,6 +358,31 @@ class EventConsumer(Closing):
         except KafkaException as exc:
             raise BusError(f"cannot create consumer for group {group_id}: {exc}") from exc
         self._closed = False
+        self._meters.watch_lag(self)
+
+    @property
+    def group(self) -> str:
+        """The consumer group id."""
+        return self._group_id
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Messages behind the high watermark per assigned partition (latest snapshot)."""
+        return self._lag
+
+    def _refresh_lag(self) -> None:
+        assigned = [TopicPartition(topic, partition) for topic, partition in self.stats.assigned]
+        lag: dict[tuple[str, int], int] = {}
+        try:
+            for tp in self._consumer.position(assigned) if assigned else ():
+                if tp.offset < 0:  # nothing consumed there yet: no position to measure from
+                    continue
+                # The watermark of the last fetch response: tansu's ListOffsets is wrong.
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    lag[tp.topic, tp.partition] = max(0, high - tp.offset)
+        except (KafkaException, RuntimeError):
+            return  # keep the last snapshot; the next refresh tries again
+        self._lag = lag
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.assigned.update((tp.topic, tp.partition) for tp in partitions)
@@ -366,6 +391,8 @@ class EventConsumer(Closing):
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit(consumer, asynchronous=False)
         self.stats.assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._lag = {tp: n for tp, n in self._lag.items() if tp not in gone}
 
     def _commit(self, consumer: Consumer, *, asynchronous: bool) -> None:
         try:
@@ -413,6 +440,10 @@ class EventConsumer(Closing):
         Returns the number of messages processed. (``consume(n, timeout)`` would wait for
         ``n`` messages or the whole timeout: fatal for latency, so it is only used with 0.)
         """
+        now = time.monotonic()
+        if now >= self._lag_due:
+            self._lag_due = now + LAG_REFRESH_S
+            self._refresh_lag()
         try:
             first = self._consumer.poll(timeout)
             if first is None:
@@ -448,32 +479,30 @@ class EventConsumer(Closing):
         claimed = header(record.headers, H_EVENT_TYPE)
         if declared and claimed is not None and claimed not in declared:
             self._send_to_dead_letter(record, _undeclared(claimed, record.topic), attempts=0)
+            observe.passed_over(self._meters, record.topic, self._group_id, observe.DEAD_LETTERED)
             return
         if self._accept is not None and not self._accept(record.headers):
             self.stats.skipped += 1  # the offset still moves on with the batch
+            observe.passed_over(self._meters, record.topic, self._group_id, observe.SKIPPED)
             return
-        event_id = next((v.decode() for k, v in record.headers if k == H_EVENT_ID), None)
-        with tracing.tracer().start_as_current_span(
-            f"process {record.topic}",
-            context=tracing.extract(record.headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                **_span_attributes(record.topic, "process", event_id),
-                "messaging.consumer.group.name": self._group_id,
-                "messaging.destination.partition.id": str(record.partition),
-                "messaging.kafka.offset": record.offset,
-            },
-        ) as span:
+        with observe.processing(
+            self._meters,
+            record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            headers=record.headers,
+            group=self._group_id,
+        ) as processing:
             try:
                 event = self._codec.decode(record.value or b"")
             except CodecError as exc:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                processing.failed(exc)
                 self._send_to_dead_letter(record, exc, attempts=0)
                 return
             consumed = ConsumedEvent(
                 event, record.topic, record.partition, record.offset, record.key, record.headers
             )
-            span.set_attribute("safehub.event_type", consumed.event_type)
+            processing.decoded(consumed.event_type)
             misfit: HandlerError | None = None
             if declared and consumed.event_type not in declared:
                 misfit = _undeclared(consumed.event_type, record.topic)
@@ -482,12 +511,14 @@ class EventConsumer(Closing):
                     f"header {H_EVENT_TYPE} says {claimed} but the record is {consumed.event_type}"
                 )
             if misfit is not None:
-                span.set_status(Status(StatusCode.ERROR, type(misfit).__name__))
+                processing.failed(misfit)
                 self._send_to_dead_letter(record, misfit, attempts=0)
                 return
-            self._handle(consumed, record, span)
+            self._handle(consumed, record, processing)
 
-    def _handle(self, consumed: ConsumedEvent, record: _Record, span: Span) -> None:
+    def _handle(
+        self, consumed: ConsumedEvent, record: _Record, processing: observe.Processing
+    ) -> None:
         attempt = 0
         while True:
             attempt += 1
@@ -498,7 +529,7 @@ class EventConsumer(Closing):
             except StopWithoutCommit:
                 raise
             except HandlerError as exc:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                processing.failed(exc)
                 self._send_to_dead_letter(record, exc, attempts=attempt)
                 return
             except Exception as exc:
@@ -508,10 +539,11 @@ class EventConsumer(Closing):
                         f"stopping while {type(exc).__name__} was being retried"
                     ) from exc
                 if attempt >= self._policy.max_attempts:
-                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    processing.failed(exc)
                     self._send_to_dead_letter(record, exc, attempts=attempt)
                     return
                 self.stats.retried += 1
+                processing.retrying()
                 log.warning(
                     "handler failed, retrying",
                     group=self._group_id,
@@ -538,6 +570,7 @@ class EventConsumer(Closing):
         # Confirmed before the offset moves; a failure here propagates and nothing is committed.
         self._dead_letter.publish_raw(self._catalog.dead_letter, record.key, record.value, headers)
         self.stats.dead_lettered += 1
+        self._meters.dead_lettered(record.topic, self._group_id, exc)
         log.error(
             "message dead-lettered",
             group=self._group_id,
@@ -552,6 +585,8 @@ class EventConsumer(Closing):
         if self._closed:
             return
         self._closed = True
+        self._meters.unwatch_lag(self)
+        self._lag = {}
         with contextlib.suppress(KafkaException, RuntimeError):
             self._commit(self._consumer, asynchronous=False)
         with contextlib.suppress(KafkaException, RuntimeError):

@@ -7,8 +7,8 @@ A deployable is a package ``services/<name>`` or ``connectors/<name>`` with:
   runtime, and ``main()`` that calls :func:`run`;
 * ``__main__.py``: ``main()`` (so ``python -m services.<name>`` runs it).
 
-The runtime owns logging, tracing, the codec, the topic catalog, one producer and the stop
-signal. On SIGTERM/SIGINT it drains in order: stop accepting work (servers, with grace),
+The runtime owns logging, tracing and metrics, the codec, the topic catalog, one producer and
+the stop signal. On SIGTERM/SIGINT it drains in order: stop accepting work (servers, with grace),
 let consumer loops finish their batch and commit, run registered closers (LIFO), flush the
 producer.
 """
@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-from safehub.kernel import tracing
+from safehub.kernel import topics, tracing
 from safehub.kernel.bus import EventConsumer, EventProducer, Handler, Headers, PoisonPolicy
 from safehub.kernel.codec import Codec
 from safehub.kernel.errors import SafeHubError
@@ -162,13 +162,14 @@ def run(
     settings_cls: type[SettingsT],
     setup: Callable[[Runtime[SettingsT]], None],
 ) -> None:
-    """Entry point of a deployable: settings, logging, tracing, setup, wait, drain."""
+    """Entry point of a deployable: settings, logging, telemetry, setup, wait, drain."""
     ready_file = os.environ.get("SAFEHUB_READY_FILE")
     if ready_file:  # a file left by a previous run must not make this one look ready
         Path(ready_file).unlink(missing_ok=True)
     settings = load_settings(settings_cls)
     configure_logging(settings.log)
     tracing.setup_process_tracing(f"safehub-{name}", settings)
+    tracing.setup_process_metrics(f"safehub-{name}", settings, topics.METRICS)
     # Latency over throughput: a busy thread (a device feed) must not hold the GIL for the
     # default 5 ms while a thread carrying a panic waits to run.
     sys.setswitchinterval(0.0005)

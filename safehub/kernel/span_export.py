@@ -27,23 +27,28 @@ from safehub.kernel.settings import KafkaSettings
 log = structlog.get_logger(__name__)
 
 
+def telemetry_producer(kafka: KafkaSettings, client_id: str) -> Producer:
+    """A plain producer for telemetry (spans, metrics): cheap, not idempotent, never traced."""
+    return Producer(
+        {
+            **kafka.client_config(),
+            "client.id": client_id,
+            "acks": 1,
+            "enable.idempotence": False,
+            "linger.ms": 50,
+            "compression.type": "lz4",
+            "message.timeout.ms": 30_000,
+        }
+    )
+
+
 class KafkaSpanExporter(SpanExporter):
     """An OpenTelemetry exporter writing OTLP protobuf batches to a Kafka topic."""
 
     def __init__(self, kafka: KafkaSettings, topic: str, *, client_id: str) -> None:
         self._topic = topic
         self._max_bytes = kafka.max_message_bytes
-        self._producer = Producer(
-            {
-                **kafka.client_config(),
-                "client.id": f"{client_id}-spans",
-                "acks": 1,
-                "enable.idempotence": False,
-                "linger.ms": 50,
-                "compression.type": "lz4",
-                "message.timeout.ms": 30_000,
-            }
-        )
+        self._producer = telemetry_producer(kafka, f"{client_id}-spans")
         self._dropped = 0
         self._failed_deliveries = 0
 

@@ -8,7 +8,8 @@ speak the same wire format, so a faust service is just another member of the hub
   :class:`~safehub.kernel.codec.Codec` by :class:`StreamIO`, which sends undecodable or
   rejected messages to the dead-letter topic with the bus's ``safehub-dlq-*`` headers and keeps
   going; each event is handled inside a ``process <topic>`` consumer span whose parent is
-  the ``traceparent`` the producer injected;
+  the ``traceparent`` the producer injected, with the bus's metrics
+  (:mod:`safehub.kernel.observe`);
 * **output** is Avro-encoded, keyed by the topic's rule and carries ``safehub-*`` headers and
   ``traceparent`` (:meth:`StreamIO.publish`);
 * the **partitioner** is librdkafka's (CRC-32 of the key): keys land on the partitions
@@ -44,7 +45,7 @@ import socket
 import tempfile
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,11 @@ import structlog
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.metrics import MeterProvider
 
-from safehub.kernel import tracing
+from safehub.kernel import observe, tracing
 from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import (
-    H_EVENT_ID,
     ConsumedEvent,
     dead_letter_headers,
     dead_letter_reason,
@@ -69,7 +69,7 @@ from safehub.kernel.codec import Codec, Event
 from safehub.kernel.errors import BusError, CodecError
 from safehub.kernel.logging import configure_logging
 from safehub.kernel.settings import HubSettings
-from safehub.kernel.topics import TopicCatalog
+from safehub.kernel.topics import METRICS, TopicCatalog
 
 log = structlog.get_logger(__name__)
 
@@ -353,15 +353,21 @@ StreamHandler = Callable[[ConsumedEvent], Awaitable[None]]
 class StreamIO:
     """Decoding, dead-lettering, tracing and publishing for the agents of one faust app."""
 
-    def __init__(self, app: Any, codec: Codec, catalog: TopicCatalog, *, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        codec: Codec,
+        catalog: TopicCatalog,
+        *,
+        max_bytes: int,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
         self.app = app
         self.codec = codec
         self.catalog = catalog
         self.stats = StreamStats()
         self._max_bytes = max_bytes
-        # One tracer per app: trace.get_tracer() builds a new one each call, ~50 us per event.
-        # (A proxy if no provider is installed yet; it resolves to the real one later.)
-        self._tracer = tracing.tracer()
+        self._meters = observe.instruments(meter_provider)
 
     @property
     def group(self) -> str:
@@ -380,21 +386,21 @@ class StreamIO:
 
     async def handle(self, record: StreamRecord, handler: StreamHandler) -> None:
         """One record: span, decode, handler, dead letter on failure."""
-        with self.process_span(record) as span:
+        with self.processing(record) as processing:
             try:
                 event = self.codec.decode(record.value or b"")
             except CodecError as exc:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                processing.failed(exc)
                 await self.dead_letter(record, exc, attempts=0)
                 return
             consumed = ConsumedEvent(
                 event, record.topic, record.partition, record.offset, record.key, record.headers
             )
-            span.set_attribute("safehub.event_type", consumed.event_type)
+            processing.decoded(consumed.event_type)
             try:
                 await handler(consumed)
             except Exception as exc:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                processing.failed(exc)
                 await self.dead_letter(record, exc, attempts=1)
                 return
         stats = self.stats
@@ -404,28 +410,18 @@ class StreamIO:
         if stats.first_event_at is None:
             stats.first_event_at = stats.last_event_at
 
-    @contextlib.contextmanager
-    def process_span(self, record: StreamRecord) -> Iterator[Span]:
-        """The consumer span of one record, child of the producer's trace context."""
-        event_id = next((v.decode() for k, v in record.headers if k == H_EVENT_ID), None)
-        attributes: dict[str, Any] = {
-            "messaging.system": "kafka",
-            "messaging.operation.name": "process",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": record.topic,
-            "messaging.consumer.group.name": self.group,
-            "messaging.destination.partition.id": str(record.partition),
-            "messaging.kafka.offset": record.offset,
-        }
-        if event_id:
-            attributes["messaging.message.id"] = event_id
-        with self._tracer.start_as_current_span(
-            f"process {record.topic}",
-            context=tracing.extract(record.headers),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        ) as span:
-            yield span
+    def processing(
+        self, record: StreamRecord
+    ) -> contextlib.AbstractContextManager[observe.Processing]:
+        """The consumer span and metrics of one record (:func:`observe.processing`)."""
+        return observe.processing(
+            self._meters,
+            record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            headers=record.headers,
+            group=self.group,
+        )
 
     async def dead_letter(self, record: StreamRecord, exc: BaseException, *, attempts: int) -> None:
         """Send the original record to the dead-letter topic and wait for the broker."""
@@ -446,6 +442,7 @@ class StreamIO:
             self.catalog.dead_letter, record.key, record.value, None, None, headers
         )
         self.stats.dead_lettered += 1
+        self._meters.dead_lettered(record.topic, self.group, exc)
         log.error(
             "message dead-lettered",
             group=self.group,
@@ -472,20 +469,14 @@ class StreamIO:
                 f"message for {topic} is {len(value)} bytes, over the {self._max_bytes}-byte limit"
             )
         headers = event_headers(event)
-        with self._tracer.start_as_current_span(
-            f"send {topic}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.name": "send",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": topic,
-                "messaging.message.id": str(envelope["event_id"]),
-                "safehub.event_type": event_type,
-                "messaging.message.body.size": len(value),
-            },
+        with observe.sending(
+            self._meters,
+            topic,
+            event_type=event_type,
+            event_id=str(envelope["event_id"]),
+            size=len(value),
+            headers=headers,
         ):
-            tracing.inject(headers)
             if wait:
                 await self.app.producer.send_and_wait(topic, key, value, None, None, headers)
             else:
@@ -539,6 +530,7 @@ def run_worker(app: Any, settings: HubSettings, *, topics: Iterable[str]) -> Non
         for noisy in ("faust", "mode"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     tracing.setup_process_tracing(f"safehub-{settings.service_name}", settings)
+    tracing.setup_process_metrics(f"safehub-{settings.service_name}", settings, METRICS)
     ensure_topics(settings.kafka, TopicCatalog(settings.kafka.topic_prefix), only=list(topics))
     # The worker must own the running loop (faust creates services bound to it).
     asyncio.set_event_loop(asyncio.new_event_loop())

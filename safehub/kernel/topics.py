@@ -26,6 +26,7 @@ class KeyBy(StrEnum):
     CASE = "case"
     INCIDENT_OR_SCHOOL = "incident_or_school"
     TRACE = "trace"  # not an envelope field: the spans topic carries OTLP, keyed by trace id
+    DEPLOYABLE = "deployable"  # not an envelope field: the metrics topic, keyed by deployable
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ DISCLOSURES = "safehub.disclosures.v1"
 ROSTER = "safehub.roster.v1"
 DEAD_LETTER = "safehub.deadletter.v1"
 SPANS = "safehub.spans.v1"
+METRICS = "safehub.metrics.v1"
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
@@ -172,6 +174,15 @@ TOPICS: tuple[TopicSpec, ...] = (
         "(ExportTraceServiceRequest), keyed by trace id; the timeline stores them.",
     ),
     TopicSpec(
+        METRICS,
+        3,
+        KeyBy.DEPLOYABLE,
+        (),
+        "OpenTelemetry metrics of every deployable (handler latency, consumed, produced, dead "
+        "letters, consumer lag) as OTLP protobuf (ExportMetricsServiceRequest), keyed by "
+        "deployable; read by whatever scrapes them where no OTLP collector runs.",
+    ),
+    TopicSpec(
         DEAD_LETTER,
         3,
         KeyBy.SCHOOL,
@@ -232,7 +243,7 @@ class TopicCatalog:
                 key = envelope.get("case_id")
             case KeyBy.INCIDENT_OR_SCHOOL:
                 key = envelope.get("incident_id") or school
-            case KeyBy.TRACE:
+            case KeyBy.TRACE | KeyBy.DEPLOYABLE:
                 key = None
         if not key:
             raise BusError(
