@@ -20,6 +20,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
 from bench.common import broker, pace, percentiles, raw_round_trip, raw_throughput, report
 from safehub.contracts.names import EventType
 from safehub.contracts.registry import event_schemas
@@ -29,7 +31,7 @@ from safehub.kernel.codec import Codec
 from safehub.kernel.logging import configure_logging
 from safehub.kernel.settings import KafkaSettings, LogSettings
 from safehub.kernel.topics import KeyBy, TopicCatalog, TopicSpec
-from safehub.kernel.tracing import setup_tracing
+from safehub.kernel.tracing import setup_metrics, setup_tracing
 from tests.support.examples import example_event
 
 PANIC = EventType.PANIC_ALERT
@@ -140,6 +142,8 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging(LogSettings(level="WARNING"))  # logs to stderr: stdout is the JSON
     setup_tracing("bench")
+    # Metrics recorded as a deployable records them (an in-memory reader: nothing exported).
+    setup_metrics("bench", [InMemoryMetricReader()])
     codec = Codec.from_contracts()
     with broker() as bootstrap:
         kafka = KafkaSettings(
