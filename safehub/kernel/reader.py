@@ -5,17 +5,20 @@ service rebuilding its book from the incidents topic, the gateway following deci
 demo's report, tests. :class:`TopicReader` assigns all partitions of its topics (offset 0 or
 the end), never commits, and knows when it has read everything there was: the end is the
 high watermark the fetch responses carry (``get_watermark_offsets(cached=True)``), never
-ListOffsets, which tansu answers inexactly (BROKER.md).
+ListOffsets, which tansu answers inexactly (BROKER.md). Topics are declared ones (base
+names, partitions from the catalog) or, with :meth:`TopicReader.of_names`, any topic by its
+full name (partitions from the broker's metadata).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from safehub.kernel.errors import BusError
 from safehub.kernel.lifecycle import Closing
@@ -39,12 +42,53 @@ class TopicReader(Closing):
         start: Literal["beginning", "end"] = "beginning",
         fetch_wait_ms: int = 100,
     ) -> None:
+        self._open(
+            kafka,
+            {catalog.name(base): range(catalog.specs[base].partitions) for base in topics},
+            name=name,
+            start=start,
+            fetch_wait_ms=fetch_wait_ms,
+        )
+
+    @classmethod
+    def of_names(
+        cls,
+        kafka: KafkaSettings,
+        topics: Sequence[str],
+        *,
+        name: str,
+        start: Literal["beginning", "end"] = "beginning",
+        fetch_wait_ms: int = 100,
+        timeout: float = 10.0,
+    ) -> TopicReader:
+        """A reader of topics named in full (undeclared ones too), partitions from metadata."""
+        admin = AdminClient(kafka.client_config())
+        partitions: dict[str, Sequence[int]] = {}
+        for topic in topics:
+            try:
+                found = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+            except KafkaException as exc:
+                raise BusError(f"{name} cannot look {topic} up: {exc}") from exc
+            if found is None or found.error is not None:
+                raise BusError(f"{name} cannot read {topic}: {found and found.error}")
+            partitions[topic] = sorted(found.partitions)
+        reader = cls.__new__(cls)
+        reader._open(kafka, partitions, name=name, start=start, fetch_wait_ms=fetch_wait_ms)
+        return reader
+
+    def _open(
+        self,
+        kafka: KafkaSettings,
+        partitions: Mapping[str, Sequence[int]],
+        *,
+        name: str,
+        start: Literal["beginning", "end"],
+        fetch_wait_ms: int,
+    ) -> None:
         self.name = name
         offset = 0 if start == "beginning" else OFFSET_END
         self._partitions = [
-            TopicPartition(catalog.name(base), p, offset)
-            for base in topics
-            for p in range(catalog.specs[base].partitions)
+            TopicPartition(topic, p, offset) for topic, ids in partitions.items() for p in ids
         ]
         try:
             self._consumer = Consumer(
@@ -59,7 +103,7 @@ class TopicReader(Closing):
             )
             self._consumer.assign(self._partitions)
         except KafkaException as exc:
-            raise BusError(f"{name} cannot read {', '.join(topics)}: {exc}") from exc
+            raise BusError(f"{name} cannot read {', '.join(partitions)}: {exc}") from exc
         #: Next offset to read per (topic, partition), from what was read (start: 0).
         self._positions = {(tp.topic, tp.partition): 0 for tp in self._partitions}
         self._closed = False
@@ -101,6 +145,12 @@ class TopicReader(Closing):
                 return handled
             if time.monotonic() > deadline:
                 raise BusError(f"{self.name} did not reach the end within {timeout} s")
+
+    def read_to_end(self, timeout: float = 60.0) -> list[Message]:
+        """The records from here to every partition's end (:meth:`catch_up`, collected)."""
+        messages: list[Message] = []
+        self.catch_up(messages.append, timeout)
+        return messages
 
     def close(self) -> None:
         """Leave (idempotent)."""

@@ -1,9 +1,10 @@
 """Ingest: events and spans from the bus into the store, a batch per transaction.
 
 Two consumer groups: ``timeline-events`` reads every event topic, ``timeline-spans`` the
-spans topic (OTLP protobuf, not Avro). Each poll batch is decoded message by message (what
-does not decode goes to the dead-letter topic at once, confirmed), then written in one
-transaction, and only then are its offsets stored and committed. A crash between the write
+spans topic (OTLP protobuf, not Avro); both are kernel batch consumers
+(:mod:`safehub.kernel.batch`). Each poll batch is decoded message by message (what does not
+decode goes to the dead-letter topic at once, confirmed), then written in one transaction,
+and only then are its offsets stored and committed. A crash between the write
 and the commit redelivers the batch; the store's unique (subject, event) makes that a no-op.
 A failing database is retried (never dead-lettered: the events are fine) until it answers
 or the service stops, in which case nothing of the batch is committed.
@@ -14,15 +15,13 @@ ingesting: a span per recorded span would feed itself through the spans topic.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -31,25 +30,23 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from sqlalchemy.exc import SQLAlchemyError
 
 from safehub.kernel import tracing
-from safehub.kernel.bus import (
-    H_EVENT_TYPE,
-    EventProducer,
-    dead_letter_headers,
-    dead_letter_reason,
-    header,
-)
+from safehub.kernel.batch import BatchConsumer
+from safehub.kernel.bus import EventProducer, PoisonPolicy
 from safehub.kernel.chain import jsonable
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.envelope import EVENT_NAMESPACE
-from safehub.kernel.errors import BusError, HandlerError, StopWithoutCommit
-from safehub.kernel.lifecycle import Closing
+from safehub.kernel.errors import HandlerError
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import DEAD_LETTER, SPANS, TopicCatalog
 from services.timeline.store import Draft, SpanRow, Store, StoreError
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
+#: Errors of the store, not of the events: retried until it answers, never dead-lettered.
+TRANSIENT: tuple[type[BaseException], ...] = (StoreError, SQLAlchemyError)
+#: A batch that fails otherwise is written event by event; the failing one is dead-lettered
+#: at once (a bad event does not get better), store retries back off from 0.1 s to 5 s.
+POLICY = PoisonPolicy(max_attempts=1, backoff_s=0.1, backoff_max_s=5.0)
 
 #: Event topics the timeline reads: every declared topic but the spans and dead-letter ones.
 EXCLUDED_TOPICS = frozenset({SPANS, DEAD_LETTER})
@@ -361,203 +358,55 @@ def spans_of(data: bytes) -> list[SpanRow]:
     return rows
 
 
-class BatchConsumer(Closing, Generic[T]):
-    """Decode a poll batch message by message, write it in one go, then commit its offsets."""
-
-    def __init__(
-        self,
-        kafka: KafkaSettings,
-        catalog: TopicCatalog,
-        *,
-        group_id: str,
-        topics: Sequence[str],
-        decode: Callable[[bytes, Sequence[tuple[str, bytes]]], list[T]],
-        write: Callable[[list[T]], Any],
-        dead_letter: EventProducer,
-        stop: threading.Event,
-        batch_size: int = 500,
-        fetch_wait_max_ms: int = 100,
-    ) -> None:
-        self._catalog = catalog
-        self._decode = decode
-        self._write = write
-        self._dead_letter = dead_letter
-        self._stop = stop
-        self._group_id = group_id
-        self._batch_size = batch_size
-        # What each topic may carry (empty: the spans topic, OTLP rather than events).
-        self._declared = {catalog.name(t): frozenset(catalog.specs[t].events) for t in topics}
-        self.assigned: set[tuple[str, int]] = set()
-        self.written = 0
-        self.dead_lettered = 0
-        config = {
-            **kafka.client_config(),
-            "client.id": "timeline",
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": kafka.session_timeout_ms,
-            "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
-            "fetch.wait.max.ms": fetch_wait_max_ms,
-            "allow.auto.create.topics": False,
-        }
-        try:
-            self._consumer = Consumer(config)
-            self._consumer.subscribe(
-                [catalog.name(t) for t in topics],
-                on_assign=lambda _c, ps: self.assigned.update((p.topic, p.partition) for p in ps),
-                on_revoke=self._on_revoke,
-            )
-        except KafkaException as exc:
-            raise BusError(f"cannot create consumer for group {group_id}: {exc}") from exc
-        self._closed = False
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        with contextlib.suppress(KafkaException):
-            consumer.commit(asynchronous=False)
-        self.assigned.difference_update((p.topic, p.partition) for p in partitions)
-
-    def run(self) -> None:
-        """Consume until the stop signal."""
-        try:
-            while not self._stop.is_set():
-                self.poll_once(0.2)
-        except StopWithoutCommit:
-            log.info("stopped with a batch left for the next run", group=self._group_id)
-
-    def poll_once(self, timeout: float) -> int:
-        """One batch: decode, dead-letter the undecodable, write, commit. Returns its size."""
-        try:
-            first = self._consumer.poll(timeout)
-            if first is None:
-                return 0
-            messages = [first, *self._consumer.consume(self._batch_size - 1, 0)]
-        except KafkaException as exc:
-            raise BusError(f"consume failed for group {self._group_id}: {exc}") from exc
-        items: list[T] = []
-        sources: list[Message] = []
-        done: dict[tuple[str, int], TopicPartition] = {}
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error", group=self._group_id, error=error.str())
-                continue
-            decoded = self._decoded(message)
-            items.extend(decoded)
-            sources.extend([message] * len(decoded))
-            topic, partition = str(message.topic()), message.partition() or 0
-            done[topic, partition] = TopicPartition(topic, partition, (message.offset() or 0) + 1)
-        if items:
-            self._write_until_done(items, sources)
-        if done:
-            self._consumer.store_offsets(offsets=list(done.values()))
-            with contextlib.suppress(KafkaException):
-                self._consumer.commit(asynchronous=True)
-        return len(done)
-
-    def _decoded(self, message: Message) -> list[T]:
-        headers = _headers(message)
-        value = message.value()
-        data = value.encode() if isinstance(value, str) else (value or b"")
-        declared = self._declared.get(str(message.topic())) or frozenset()
-        claimed = header(headers, H_EVENT_TYPE)
-        try:
-            if declared and claimed is not None and claimed not in declared:
-                raise HandlerError(f"{claimed} is not declared for topic {message.topic()}")
-            decoded = self._decode(data, headers)
-            for item in decoded:
-                kind = getattr(item, "event_type", None)
-                if declared and kind is not None and EVENT_NAMESPACE + kind not in declared:
-                    raise HandlerError(f"{kind} is not declared for topic {message.topic()}")
-            return decoded
-        except Exception as exc:
-            # SafeHub errors name the problem without payload; others only by type.
-            self._to_dead_letter(message, headers, exc)
-            return []
-
-    def _to_dead_letter(
-        self, message: Message, headers: list[tuple[str, bytes]], exc: BaseException
-    ) -> None:
-        reason = dead_letter_reason(exc, 1)
-        key = message.key()
-        value = message.value()
-        self._dead_letter.publish_raw(
-            self._catalog.dead_letter,
-            key.encode() if isinstance(key, str) else key,
-            value.encode() if isinstance(value, str) else value,
-            dead_letter_headers(
-                headers,
-                exc,
-                reason=reason,
-                topic=str(message.topic()),
-                partition=message.partition() or 0,
-                offset=message.offset() or 0,
-                group=self._group_id,
-                attempts=1,
-            ),
-        )
-        self.dead_lettered += 1
-        log.error(
-            "message dead-lettered",
-            group=self._group_id,
-            topic=message.topic(),
-            offset=message.offset(),
-            reason=reason,
-        )
-
-    def _write_until_done(self, items: list[T], sources: list[Message]) -> None:
-        delay = 0.1
-        while True:
-            try:
-                self._write(items)
-                self.written += len(items)
-                return
-            except (StoreError, SQLAlchemyError) as exc:
-                # The events are fine; the store is not (yet): never dead-letter them.
-                log.warning("store write failed, retrying", error_type=type(exc).__name__)
-            except Exception:
-                self._write_one_by_one(items, sources)
-                return
-            if self._stop.wait(delay):
-                raise StopWithoutCommit("stopping with a batch not written")
-            delay = min(delay * 2, 5.0)
-
-    def _write_one_by_one(self, items: list[T], sources: list[Message]) -> None:
-        """A batch failed for a reason that is not the store's: find and dead-letter the item."""
-        for item, message in zip(items, sources, strict=True):
-            try:
-                self._write([item])
-                self.written += 1
-            except (StoreError, SQLAlchemyError):
-                self._write_until_done([item], [message])  # the store's trouble, not the item's
-            except Exception as exc:
-                self._to_dead_letter(message, _headers(message), exc)
-
-    def close(self) -> None:
-        """Commit what was written and leave the group (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._consumer.commit(asynchronous=False)
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._consumer.close()
-
-
-def _headers(message: Message) -> list[tuple[str, bytes]]:
-    raw = message.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs if v is not None]
-
-
 class Ingest:
     """The two consumers of the timeline, wired to a store."""
 
     def __init__(self, store: Store, codec: Codec) -> None:
         self.store = store
         self.codec = codec
+
+    def consumers(
+        self,
+        kafka: KafkaSettings,
+        catalog: TopicCatalog,
+        *,
+        events_group: str,
+        spans_group: str,
+        dead_letter: EventProducer,
+        stop: threading.Event,
+        batch_size: int,
+        fetch_wait_max_ms: int,
+    ) -> dict[str, BatchConsumer[Any]]:
+        """The events and the spans consumer (kernel batch consumers), by name."""
+        common: dict[str, Any] = {
+            "dead_letter": dead_letter,
+            "transient": TRANSIENT,
+            "policy": POLICY,
+            "stop": stop,
+            "client_id": "timeline",
+            "batch_size": batch_size,
+            "fetch_wait_max_ms": fetch_wait_max_ms,
+        }
+        events: BatchConsumer[Draft] = BatchConsumer(
+            kafka,
+            catalog,
+            group_id=events_group,
+            topics=event_topics(catalog),
+            decode=self.decode_event,
+            write=self.write_events,
+            event_type=lambda draft: EVENT_NAMESPACE + draft.event_type,
+            **common,
+        )
+        spans: BatchConsumer[SpanRow] = BatchConsumer(
+            kafka,
+            catalog,
+            group_id=spans_group,
+            topics=[SPANS],
+            decode=self.decode_spans,
+            write=self.write_spans,
+            **common,
+        )
+        return {"events": events, "spans": spans}
 
     def decode_event(self, data: bytes, headers: Sequence[tuple[str, bytes]]) -> list[Draft]:
         """One message → its draft (CodecError/HandlerError: dead letter)."""

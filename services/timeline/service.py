@@ -16,14 +16,14 @@ from typing import Any
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
+from safehub.kernel.batch import BatchConsumer
 from safehub.kernel.directory import Directory
 from safehub.kernel.http_server import ServerThread
 from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
-from safehub.kernel.topics import SPANS
 from services.timeline.grpc_api import grpc_server
 from services.timeline.http_api import HttpApi
-from services.timeline.ingest import BatchConsumer, Ingest, event_topics, wait_closed
+from services.timeline.ingest import Ingest, wait_closed
 from services.timeline.query import Queries
 from services.timeline.settings import TimelineSettings
 from services.timeline.store import Store, StoreError
@@ -42,39 +42,17 @@ def setup(runtime: Runtime[TimelineSettings]) -> None:
     runtime.on_close(store.close)
     retention = timedelta(seconds=section.pending_retention_s)
     ingest = Ingest(store, runtime.codec)
-    consumers: list[tuple[str, BatchConsumer[Any]]] = [
-        (
-            "events",
-            BatchConsumer(
-                runtime.settings.kafka,
-                runtime.catalog,
-                group_id=runtime.catalog.prefix + section.events_group,
-                topics=event_topics(runtime.catalog),
-                decode=ingest.decode_event,
-                write=ingest.write_events,
-                dead_letter=runtime.producer,
-                stop=runtime.stop,
-                batch_size=section.batch_size,
-                fetch_wait_max_ms=section.fetch_wait_max_ms,
-            ),
-        ),
-        (
-            "spans",
-            BatchConsumer(
-                runtime.settings.kafka,
-                runtime.catalog,
-                group_id=runtime.catalog.prefix + section.spans_group,
-                topics=[SPANS],
-                decode=ingest.decode_spans,
-                write=ingest.write_spans,
-                dead_letter=runtime.producer,
-                stop=runtime.stop,
-                batch_size=section.batch_size,
-                fetch_wait_max_ms=section.fetch_wait_max_ms,
-            ),
-        ),
-    ]
-    for name, consumer in consumers:
+    consumers = ingest.consumers(
+        runtime.settings.kafka,
+        runtime.catalog,
+        events_group=runtime.catalog.prefix + section.events_group,
+        spans_group=runtime.catalog.prefix + section.spans_group,
+        dead_letter=runtime.producer,
+        stop=runtime.stop,
+        batch_size=section.batch_size,
+        fetch_wait_max_ms=section.fetch_wait_max_ms,
+    )
+    for name, consumer in consumers.items():
         thread = runtime.spawn(consumer.run, name=f"timeline-{name}")
         runtime.on_close(_closer(thread, consumer, section.grace_s + 10))
     runtime.spawn(

@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2_grpc
@@ -43,6 +41,7 @@ from safehub.gen.safehub.connector.v1 import connector_pb2_grpc
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.directory import Directory
+from safehub.kernel.reader import TopicReader
 from safehub.kernel.runtime import Runtime
 from safehub.kernel.settings import KafkaSettings
 from services.gateway.service import Gateway, start
@@ -359,29 +358,14 @@ def read_events(
     timeout: float = 20.0,
 ) -> list[Event]:
     """Decode every event of ``topic`` from the start until ``until(events)`` holds."""
-    admin = AdminClient(kafka.client_config())
-    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer = Consumer(
-        {
-            **kafka.client_config(),
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 20,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     events: list[Event] = []
-    try:
+    with TopicReader.of_names(kafka, [topic], name="reader", fetch_wait_ms=20) as reader:
 
         def done() -> bool:
-            for message in consumer.consume(100, 0.05):
-                if message.error() is None:
-                    events.append(codec.decode(message.value() or b""))
+            events.extend(codec.decode(m.value() or b"") for m in reader.poll(0.05))
             return until(events)
 
         wait_until(done, timeout=timeout, interval=0, what=f"events on {topic}")
-    finally:
-        consumer.close()
     return events
 
 

@@ -1,41 +1,27 @@
-"""Reading topics directly in tests (assign, no group) to see exactly what landed."""
+"""Reading topics directly in tests (the kernel's TopicReader: no group) to see what landed."""
 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
-
+from safehub.kernel.errors import BusError
+from safehub.kernel.reader import TopicReader
 from safehub.kernel.settings import KafkaSettings
 
 
 def read_topic(
     kafka: KafkaSettings, topic: str, *, expect: int, timeout: float = 20.0
 ) -> list[Any]:
-    """Read every partition of ``topic`` from the start until ``expect`` records arrived."""
-    admin = AdminClient(kafka.client_config())
-    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer = Consumer(
-        {
-            **kafka.client_config(),
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 50,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    """Read every partition of ``topic`` from the start until ``expect`` records arrived.
+
+    At the deadline, what was read so far (a test may expect nothing to arrive).
+    """
     records: list[Any] = []
     deadline = time.monotonic() + timeout
-    try:
+    with TopicReader.of_names(kafka, [topic], name="reader", fetch_wait_ms=50) as reader:
         while len(records) < expect and time.monotonic() < deadline:
-            for message in consumer.consume(100, 0.1):
-                if message.error() is None:
-                    records.append(message)
-    finally:
-        consumer.close()
+            records.extend(reader.poll(0.1))
     return records
 
 
@@ -44,33 +30,8 @@ def read_all(kafka: KafkaSettings, topic: str, *, timeout: float = 20.0) -> list
 
     The watermark comes from fetch responses (``cached=True``): tansu's ListOffsets is wrong.
     """
-    admin = AdminClient(kafka.client_config())
-    partitions = list(admin.list_topics(topic, timeout=10).topics[topic].partitions)
-    consumer = Consumer(
-        {
-            **kafka.client_config(),
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-        }
-    )
-    assigned = [TopicPartition(topic, p, 0) for p in partitions]
-    consumer.assign(assigned)
-    positions = dict.fromkeys(partitions, 0)
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            for message in consumer.consume(500, 0.05):
-                if message.error() is None:
-                    records.append(message)
-                    positions[message.partition()] = message.offset() + 1
-            highs = [consumer.get_watermark_offsets(tp, cached=True)[1] for tp in assigned]
-            if all(
-                h >= 0 and positions[tp.partition] >= h
-                for tp, h in zip(assigned, highs, strict=True)
-            ):
-                return records
-    finally:
-        consumer.close()
-    raise AssertionError(f"could not read {topic} to its end within {timeout} s")
+    with TopicReader.of_names(kafka, [topic], name="reader", fetch_wait_ms=10) as reader:
+        try:
+            return list(reader.read_to_end(timeout))
+        except BusError as exc:
+            raise AssertionError(f"could not read {topic} to its end within {timeout} s") from exc
