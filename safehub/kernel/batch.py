@@ -42,7 +42,7 @@ from safehub.kernel.bus import (
     EventProducer,
     Headers,
     PoisonPolicy,
-    _Record,
+    Record,
     dead_letter_headers,
     dead_letter_reason,
     header,
@@ -185,7 +185,7 @@ class BatchConsumer(Closing, Generic[T]):
             messages = [first, *self._consumer.consume(self._batch_size - 1, 0)]
         except KafkaException as exc:
             raise BusError(f"consume failed for group {self._group_id}: {exc}") from exc
-        decoded: list[tuple[_Record, list[T]]] = []
+        decoded: list[tuple[Record, list[T]]] = []
         done: dict[tuple[str, int], TopicPartition] = {}
         for message in messages:
             error = message.error()
@@ -193,7 +193,7 @@ class BatchConsumer(Closing, Generic[T]):
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error", group=self._group_id, error=error.str())
                 continue
-            record = _Record.of(message)
+            record = Record.of(message)
             items = self._decoded(record)
             if items:
                 decoded.append((record, items))
@@ -207,7 +207,7 @@ class BatchConsumer(Closing, Generic[T]):
             self._commit(asynchronous=True)
         return len(messages) if done else 0
 
-    def _decoded(self, record: _Record) -> list[T]:
+    def _decoded(self, record: Record) -> list[T]:
         """The record's items, or [] once it is dead-lettered."""
         declared = self._declared.get(record.topic) or frozenset()
         claimed = header(record.headers, H_EVENT_TYPE)
@@ -228,7 +228,7 @@ class BatchConsumer(Closing, Generic[T]):
             return []
         return items
 
-    def _write_batch(self, decoded: list[tuple[_Record, list[T]]]) -> None:
+    def _write_batch(self, decoded: list[tuple[Record, list[T]]]) -> None:
         try:
             self._write_until_done([item for _record, items in decoded for item in items])
         except StopWithoutCommit:
@@ -264,7 +264,7 @@ class BatchConsumer(Closing, Generic[T]):
                     raise StopWithoutCommit("stopping with a batch not written") from exc
             delay = min(delay * 2, self._policy.backoff_max_s)
 
-    def _write_record(self, record: _Record, items: list[T]) -> None:
+    def _write_record(self, record: Record, items: list[T]) -> None:
         attempt = 0
         while True:
             attempt += 1
@@ -297,7 +297,7 @@ class BatchConsumer(Closing, Generic[T]):
                         f"stopping while {type(exc).__name__} was being retried"
                     ) from exc
 
-    def _to_dead_letter(self, record: _Record, exc: BaseException, *, attempts: int) -> None:
+    def _to_dead_letter(self, record: Record, exc: BaseException, *, attempts: int) -> None:
         reason = dead_letter_reason(exc, attempts)
         headers = dead_letter_headers(
             record.headers,

@@ -213,7 +213,7 @@ class EventProducer(Closing):
 
 
 @dataclass(frozen=True)
-class _Record:
+class Record:
     """A fetched Kafka record with the optional parts of librdkafka's Message resolved."""
 
     topic: str
@@ -224,7 +224,7 @@ class _Record:
     headers: list[tuple[str, bytes]]
 
     @classmethod
-    def of(cls, message: Message) -> _Record:
+    def of(cls, message: Message) -> Record:
         raw_headers = message.headers() or []
         pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
         key, value = message.key(), message.value()
@@ -474,7 +474,7 @@ class EventConsumer(Closing):
         return len(done) and len(messages)
 
     def _process(self, message: Message) -> None:
-        record = _Record.of(message)
+        record = Record.of(message)
         declared = self._declared.get(record.topic) or frozenset()
         claimed = header(record.headers, H_EVENT_TYPE)
         if declared and claimed is not None and claimed not in declared:
@@ -517,7 +517,7 @@ class EventConsumer(Closing):
             self._handle(consumed, record, processing)
 
     def _handle(
-        self, consumed: ConsumedEvent, record: _Record, processing: observe.Processing
+        self, consumed: ConsumedEvent, record: Record, processing: observe.Processing
     ) -> None:
         attempt = 0
         while True:
@@ -555,7 +555,7 @@ class EventConsumer(Closing):
                 delay = self._policy.backoff_s * 2 ** (attempt - 1)
                 time.sleep(min(delay, self._policy.backoff_max_s))
 
-    def _send_to_dead_letter(self, record: _Record, exc: BaseException, *, attempts: int) -> None:
+    def _send_to_dead_letter(self, record: Record, exc: BaseException, *, attempts: int) -> None:
         reason = dead_letter_reason(exc, attempts)
         headers = dead_letter_headers(
             record.headers,
