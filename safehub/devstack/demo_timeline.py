@@ -67,7 +67,7 @@ def review(hub: Hub, incident_id: str, console: Console, timeout: float = 30) ->
     while time.monotonic() < deadline:
         page, entries = _entries(hub, incident_id)
         types = {e["event_type"] for e in entries}
-        panic = next((e for e in entries if e["event_type"] == EventType.PANIC_ALERT), None)
+        panic = next((e for e in entries if e["event_type"] == EventType.PANIC_ALERT.short), None)
         if panic and panic.get("trace_id"):
             status, trace = _get(hub, f"/api/v1/traces/{panic['trace_id']}", STATE_AUDITOR)
             if status == 200:
@@ -75,8 +75,8 @@ def review(hub: Hub, incident_id: str, console: Console, timeout: float = 30) ->
         settled = len(entries) == settled_count  # receipts still arriving would change it
         settled_count = len(entries)
         if (
-            EventType.INCIDENT_CLEARED in types
-            and EventType.NOTIFICATION_ACKNOWLEDGED in types
+            EventType.INCIDENT_CLEARED.short in types
+            and EventType.NOTIFICATION_ACKNOWLEDGED.short in types
             and set(TRACE_PATH) <= trace_services
             and settled
         ):
@@ -104,11 +104,15 @@ def review(hub: Hub, incident_id: str, console: Console, timeout: float = 30) ->
     first: dict[str, str] = {}
     for entry in entries:
         first.setdefault(entry["event_type"], entry["occurred_at"])
-    steps = (
-        EventType.PANIC_ALERT,
-        EventType.INCIDENT_OPENED,
-        EventType.CAD_DISPATCH,
-        EventType.INCIDENT_CLEARED,
+    # The timeline names event types without their namespace.
+    steps = tuple(
+        e.short
+        for e in (
+            EventType.PANIC_ALERT,
+            EventType.INCIDENT_OPENED,
+            EventType.CAD_DISPATCH,
+            EventType.INCIDENT_CLEARED,
+        )
     )
     happened = [datetime.fromisoformat(first[s]) for s in steps if s in first]
     return {

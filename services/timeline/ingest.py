@@ -29,6 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from sqlalchemy.exc import SQLAlchemyError
 
+from safehub.contracts.names import EventType
 from safehub.kernel import tracing
 from safehub.kernel.batch import BatchConsumer
 from safehub.kernel.bus import EventProducer, PoisonPolicy
@@ -52,32 +53,32 @@ POLICY = PoisonPolicy(max_attempts=1, backoff_s=0.1, backoff_max_s=5.0)
 EXCLUDED_TOPICS = frozenset({SPANS, DEAD_LETTER})
 
 LANES: dict[str, str] = {
-    "PanicAlert": "gateway",
-    "PanicCancelled": "gateway",
-    "CameraAlert": "gateway",
-    "SrpActionRequested": "people",  # a person's action (SRP request, ALL CLEAR)
-    "IncidentOpened": "incidents",
-    "IncidentChanged": "incidents",
-    "IncidentCleared": "incidents",
-    "SignalDecided": "incidents",
-    "CadDispatch": "cad",
-    "CadStatusUpdate": "cad",
-    "LockCommand": "doors",
-    "DoorLockState": "doors",
-    "LockdownProgress": "doors",
-    "NotificationRequested": "notifications",
-    "DeliveryReceipt": "notifications",
-    "AnnouncementCommand": "notifications",
-    "NotificationAcknowledged": "people",
-    "NotificationDecided": "people",
-    "ReunificationStatus": "reunification",
-    "TipSubmitted": "tips",
-    "TipUpdated": "tips",
-    "ThreatCaseOpened": "cases",
-    "ThreatCaseUpdated": "cases",
-    "Referral": "referrals",
-    "RecordDisclosure": "disclosures",
-    "RosterChange": "roster",
+    EventType.PANIC_ALERT: "gateway",
+    EventType.PANIC_CANCELLED: "gateway",
+    EventType.CAMERA_ALERT: "gateway",
+    EventType.SRP_ACTION_REQUESTED: "people",  # a person's action (SRP request, ALL CLEAR)
+    EventType.INCIDENT_OPENED: "incidents",
+    EventType.INCIDENT_CHANGED: "incidents",
+    EventType.INCIDENT_CLEARED: "incidents",
+    EventType.SIGNAL_DECIDED: "incidents",
+    EventType.CAD_DISPATCH: "cad",
+    EventType.CAD_STATUS_UPDATE: "cad",
+    EventType.LOCK_COMMAND: "doors",
+    EventType.DOOR_LOCK_STATE: "doors",
+    EventType.LOCKDOWN_PROGRESS: "doors",
+    EventType.NOTIFICATION_REQUESTED: "notifications",
+    EventType.DELIVERY_RECEIPT: "notifications",
+    EventType.ANNOUNCEMENT_COMMAND: "notifications",
+    EventType.NOTIFICATION_ACKNOWLEDGED: "people",
+    EventType.NOTIFICATION_DECIDED: "people",
+    EventType.REUNIFICATION_STATUS: "reunification",
+    EventType.TIP_SUBMITTED: "tips",
+    EventType.TIP_UPDATED: "tips",
+    EventType.THREAT_CASE_OPENED: "cases",
+    EventType.THREAT_CASE_UPDATED: "cases",
+    EventType.REFERRAL: "referrals",
+    EventType.RECORD_DISCLOSURE: "disclosures",
+    EventType.ROSTER_CHANGE: "roster",
 }
 
 #: Fields naming who acted, in order of preference (ids only, never classified fields).
@@ -99,7 +100,14 @@ ACTOR_FIELDS = (
 )
 
 #: Alerts that may open or join an incident before any incident names them.
-SIGNAL_TYPES = frozenset({"PanicAlert", "PanicCancelled", "CameraAlert", "SrpActionRequested"})
+SIGNAL_TYPES = frozenset(
+    {
+        EventType.PANIC_ALERT,
+        EventType.PANIC_CANCELLED,
+        EventType.CAMERA_ALERT,
+        EventType.SRP_ACTION_REQUESTED,
+    }
+)
 #: Door states the incidents service correlates (routine reports never join an incident).
 SIGNAL_DOOR_STATES = frozenset({"FORCED_OPEN", "HELD_OPEN"})
 
@@ -131,75 +139,75 @@ def _pct(value: float) -> str:
     return f"{round(value * 100)}%"
 
 
-def summarize(kind: str, e: Mapping[str, Any]) -> str:  # noqa: PLR0912, PLR0915
+def summarize(event_type: str, e: Mapping[str, Any]) -> str:  # noqa: PLR0912, PLR0915
     """One line for humans, from unclassified fields only (one case per event type)."""
     text: str
-    match kind:
-        case "PanicAlert":
+    match event_type:
+        case EventType.PANIC_ALERT:
             silent = "Silent panic" if e.get("silent") else "Panic"
             text = f"{silent} ({_words(e.get('panic_type'))}) from {e.get('device_id')}"
-        case "PanicCancelled":
+        case EventType.PANIC_CANCELLED:
             text = f"Panic cancelled by {e.get('cancelled_by')}: {e.get('reason')}"
-        case "CameraAlert":
+        case EventType.CAMERA_ALERT:
             text = (
                 f"Camera {e.get('camera_id')}: {_words(e.get('analytic'))} "
                 f"({_pct(float(e.get('confidence') or 0))})"
             )
-        case "SrpActionRequested":
+        case EventType.SRP_ACTION_REQUESTED:
             text = f"SRP {e.get('action')} requested by {e.get('requested_by')}"
-        case "IncidentOpened":
+        case EventType.INCIDENT_OPENED:
             text = str(e.get("summary") or "Incident opened")
-        case "IncidentChanged":
+        case EventType.INCIDENT_CHANGED:
             text = f"{e.get('change_reason')} (now {_words(e.get('state'))})"
-        case "IncidentCleared":
+        case EventType.INCIDENT_CLEARED:
             text = f"{_words(e.get('outcome')).capitalize()}: {e.get('message')}"
-        case "SignalDecided":
+        case EventType.SIGNAL_DECIDED:
             text = f"{e.get('signal_type')} {_words(e.get('outcome'))}: {e.get('reason')}"
-        case "LockCommand":
+        case EventType.LOCK_COMMAND:
             text = f"{_words(e.get('target')).capitalize()} {_words(e.get('scope'))} doors"
-        case "DoorLockState":
+        case EventType.DOOR_LOCK_STATE:
             text = f"Door {e.get('door_id')} {_words(e.get('state'))}"
-        case "LockdownProgress":
+        case EventType.LOCKDOWN_PROGRESS:
             expected = len(e.get("doors_expected") or [])
             confirmed = len(e.get("doors_confirmed") or [])
             text = f"{confirmed}/{expected} doors confirmed"
             if e.get("deadline_passed") and not e.get("complete"):
                 text += f"; {len(e.get('doors_unconfirmed') or [])} unconfirmed at the deadline"
-        case "CadDispatch":
+        case EventType.CAD_DISPATCH:
             text = f"EIDO {e.get('status')} to {e.get('psap_id')} ({e.get('apco_incident_type')})"
-        case "CadStatusUpdate":
+        case EventType.CAD_STATUS_UPDATE:
             units = ", ".join(str(u.get("unit_id")) for u in e.get("units") or [])
             text = f"CAD {e.get('cad_incident_id')}: {e.get('status')}"
             text += f" ({units})" if units else ""
-        case "NotificationRequested":
+        case EventType.NOTIFICATION_REQUESTED:
             text = f"{_words(e.get('priority')).capitalize()} notification: {e.get('headline')}"
-        case "DeliveryReceipt":
+        case EventType.DELIVERY_RECEIPT:
             text = f"{e.get('channel')} to {e.get('recipient_id')}: {_words(e.get('status'))}"
             text += f" ({e.get('error')})" if e.get("error") else ""
-        case "NotificationAcknowledged":
+        case EventType.NOTIFICATION_ACKNOWLEDGED:
             text = f"{e.get('recipient_id')} answered {_words(e.get('response'))}"
-        case "NotificationDecided":
+        case EventType.NOTIFICATION_DECIDED:
             text = f"Family/public message {_words(e.get('decision'))} by {e.get('decided_by')}"
-        case "AnnouncementCommand":
+        case EventType.ANNOUNCEMENT_COMMAND:
             text = f"{e.get('channel')} announcement to {e.get('recipient_id')}"
-        case "ReunificationStatus":
+        case EventType.REUNIFICATION_STATUS:
             text = f"Student {_words(e.get('student_status'))}"
-        case "TipSubmitted":
+        case EventType.TIP_SUBMITTED:
             text = f"{_words(e.get('category')).capitalize()} tip via {e.get('channel')}"
-        case "TipUpdated":
+        case EventType.TIP_UPDATED:
             text = f"Tip {_words(e.get('status'))}"
-        case "ThreatCaseOpened":
+        case EventType.THREAT_CASE_OPENED:
             text = f"Threat assessment case opened ({_words(e.get('concern_level'))})"
-        case "ThreatCaseUpdated":
+        case EventType.THREAT_CASE_UPDATED:
             text = f"Case {_words(e.get('status'))} ({_words(e.get('concern_level'))})"
-        case "Referral":
+        case EventType.REFERRAL:
             text = f"Referral to {e.get('partner_id')}: {_words(e.get('task_status'))}"
-        case "RecordDisclosure":
+        case EventType.RECORD_DISCLOSURE:
             text = f"Record disclosure by {e.get('disclosed_by')} ({e.get('legal_basis')})"
-        case "RosterChange":
+        case EventType.ROSTER_CHANGE:
             text = f"Roster {_words(e.get('entity'))} {_words(e.get('change'))}"
         case _:
-            text = kind
+            text = event_type.removeprefix(EVENT_NAMESPACE)
     return text[:500]
 
 
@@ -207,10 +215,10 @@ def _words(value: Any) -> str:
     return str(value or "").lower().replace("_", " ")
 
 
-def subject_update(kind: str, e: Mapping[str, Any]) -> dict[str, Any]:
+def subject_update(event_type: str, e: Mapping[str, Any]) -> dict[str, Any]:
     """What this event says about its subject's index row (keys ending ``?``: only if unset)."""
-    match kind:
-        case "IncidentOpened" | "IncidentChanged":
+    match event_type:
+        case EventType.INCIDENT_OPENED | EventType.INCIDENT_CHANGED:
             state = str(e.get("state"))
             return {
                 "version": e.get("version"),
@@ -220,22 +228,22 @@ def subject_update(kind: str, e: Mapping[str, Any]) -> dict[str, Any]:
                 "srp_action": e.get("srp_action"),
                 "summary": e.get("summary"),
             }
-        case "IncidentCleared":
+        case EventType.INCIDENT_CLEARED:
             cancelled = e.get("outcome") == "FALSE_ALARM"
             return {
                 "version": e.get("version"),
                 "incident_state": "CANCELLED" if cancelled else "ALL_CLEAR",
                 "status": "cancelled" if cancelled else "cleared",
             }
-        case "CadDispatch" | "CadStatusUpdate":
+        case EventType.CAD_DISPATCH | EventType.CAD_STATUS_UPDATE:
             return {"cad_status": e.get("status")}
-        case "ThreatCaseOpened":
+        case EventType.THREAT_CASE_OPENED:
             return {"type": "THREAT_ASSESSMENT", "status": "open"}
-        case "ThreatCaseUpdated":
+        case EventType.THREAT_CASE_UPDATED:
             return {"status": "closed" if e.get("status") == "CLOSED" else "open"}
-        case "TipSubmitted":
+        case EventType.TIP_SUBMITTED:
             return {"type?": f"TIP_{e.get('category')}"}
-        case "TipUpdated":
+        case EventType.TIP_UPDATED:
             status = str(e.get("status"))
             closed = status.startswith("CLOSED") or status == "MERGED"
             return {"status": "closed" if closed else "open"}
@@ -248,7 +256,7 @@ def draft_of(event: Event, headers: Sequence[tuple[str, bytes]]) -> Draft:
     if not isinstance(envelope, Mapping):
         raise HandlerError("event has no envelope")
     event_type = str(envelope.get("event_type") or "")
-    kind = event_type.removeprefix(EVENT_NAMESPACE)
+    kind = event_type.removeprefix(EVENT_NAMESPACE)  # stored and shown without the namespace
     tenant = envelope.get("tenant") or {}
     if not tenant.get("district"):
         raise HandlerError(f"{kind} {envelope.get('event_id')} names no district")
@@ -263,10 +271,10 @@ def draft_of(event: Event, headers: Sequence[tuple[str, bytes]]) -> Draft:
     actor = next((str(fields[f]) for f in ACTOR_FIELDS if fields.get(f)), None)
     trace_id, span_id = trace_ids(headers)
     correlated: list[str] = []
-    if kind in ("IncidentOpened", "IncidentChanged"):
+    if event_type in (EventType.INCIDENT_OPENED, EventType.INCIDENT_CHANGED):
         correlated = [str(i) for i in fields.get("correlated_event_ids") or []]
-    signal = kind in SIGNAL_TYPES or (
-        kind == "DoorLockState" and fields.get("state") in SIGNAL_DOOR_STATES
+    signal = event_type in SIGNAL_TYPES or (
+        event_type == EventType.DOOR_LOCK_STATE and fields.get("state") in SIGNAL_DOOR_STATES
     )
     return Draft(
         event_id=str(envelope["event_id"]),
@@ -283,27 +291,37 @@ def draft_of(event: Event, headers: Sequence[tuple[str, bytes]]) -> Draft:
         exercise=bool(envelope.get("exercise")),
         source=str(envelope.get("source") or ""),
         actor=actor,
-        lane=LANES.get(kind, "other"),
-        summary=summarize(kind, fields),
+        lane=LANES.get(event_type, "other"),
+        summary=summarize(event_type, fields),
         classification=[str(c) for c in envelope.get("classification") or []],
         trace_id=trace_id,
         span_id=span_id,
         payload=jsonable(event),
-        incident_id=envelope.get("incident_id") or _own_incident(kind, fields),
+        incident_id=envelope.get("incident_id") or _own_incident(event_type, fields),
         case_id=envelope.get("case_id"),
         correlated_event_ids=correlated,
         signal=signal,
-        subject_update=subject_update(kind, fields),
+        subject_update=subject_update(event_type, fields),
     )
 
 
-def _own_incident(kind: str, fields: Mapping[str, Any]) -> str | None:
+def _own_incident(event_type: str, fields: Mapping[str, Any]) -> str | None:
     """Incident events carry their id in the body too (a safety net for the envelope)."""
-    if kind.startswith("Incident") or kind == "LockdownProgress":
+    if event_type in _OWN_INCIDENT:
         value = fields.get("incident_id")
         return str(value) if value else None
     return None
 
+
+#: Events whose body names their incident.
+_OWN_INCIDENT = frozenset(
+    {
+        EventType.INCIDENT_OPENED,
+        EventType.INCIDENT_CHANGED,
+        EventType.INCIDENT_CLEARED,
+        EventType.LOCKDOWN_PROGRESS,
+    }
+)
 
 _SPAN_KINDS = {
     Span.SPAN_KIND_INTERNAL: "internal",
