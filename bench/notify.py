@@ -54,6 +54,7 @@ from safehub.kernel.codec import Codec
 from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.envelope import new_event
 from safehub.kernel.logging import configure_logging
+from safehub.kernel.people import People
 from safehub.kernel.settings import KafkaSettings, LogSettings
 from safehub.kernel.topics import TopicCatalog
 from simulators.sms.server import (
@@ -350,7 +351,7 @@ def main() -> None:
             try:
                 wait_for(ready.exists, 60, "notify ready")
                 with EventProducer(kafka, Codec.from_contracts(), catalog) as producer:
-                    warm = directory.school(WARM).staff
+                    warm = People.load(workdir / "directory.json").school(WARM).staff
                     producer.publish(lockdown(directory, WARM))
                     emails = sum(1 for m in warm if m.contact.email)
                     phones = sum(1 for m in warm if m.contact.phone)

@@ -20,8 +20,9 @@ from safehub.devstack.hub import Hub
 from safehub.gen.safehub.common.v1 import place_pb2, srp_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.kernel.codec import Codec
-from safehub.kernel.directory import DIRECTORY_FILE_VARIABLE, Directory, default_directory_file
+from safehub.kernel.directory import DIRECTORY_FILE_VARIABLE, default_directory_file
 from safehub.kernel.envelope import event_id_for
+from safehub.kernel.people import People
 from safehub.kernel.settings import HubSettings, KafkaSettings
 from safehub.standards.eido import EidoValidator
 from services.incidents.model import incident_id_for
@@ -400,7 +401,7 @@ def test_the_timeline_holds_every_step_in_order_with_one_trace_from_gateway_to_c
     chain = _timeline(e2e, f"/api/v1/subjects/{incident_id}/verify")
     assert chain["ok"], chain
     # The lockdown told the school's staff; the people view lists each of them.
-    staff = {m.id for m in Directory.load(default_directory_file()).school("sch-lincoln-hs").staff}
+    staff = {m.id for m in People.load(default_directory_file()).school("sch-lincoln-hs").staff}
 
     def people_listed() -> bool:
         people = _timeline(e2e, f"/api/v1/subjects/{incident_id}/people")

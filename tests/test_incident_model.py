@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.envelope import new_event
+from safehub.kernel.people import People
 from services.incidents.model import SRP_TRANSITIONS, IncidentBook, Rejected
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -20,6 +21,7 @@ LINCOLN = {"state": "US-TX", "district": "dist-north-isd", "school": "sch-lincol
 def _book() -> IncidentBook:
     return IncidentBook(
         Directory.load(default_directory_file()),
+        People.load(default_directory_file()),
         correlation_window=timedelta(minutes=10),
         cancel_window=timedelta(minutes=2),
         camera_min_confidence=0.6,
@@ -282,7 +284,7 @@ def test_only_the_raiser_or_a_school_administrator_may_cancel_a_panic() -> None:
     (incident,) = book.incidents.values()
     assert incident.active
     admin = next(
-        s.id for s in book.directory.school("sch-lincoln-hs").staff if s.role == "administrator"
+        s.id for s in book.people.school("sch-lincoln-hs").staff if s.role == "administrator"
     )
     # A system that does not sign staff in cannot speak for an administrator.
     claimed = _decision(

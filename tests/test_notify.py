@@ -26,7 +26,6 @@ import pytest
 
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
-from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import new_event
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
@@ -45,6 +44,7 @@ from tests.support.notify import (
     notification_decided,
     notification_request,
 )
+from tests.support.notify import people as load_people
 from tests.support.sms import ProviderSimProcess
 from tests.support.waiting import wait_until
 
@@ -94,7 +94,7 @@ def of_type(found: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 def people(school: str, kinds: tuple[str, ...] = ("staff",)) -> list[Any]:
-    s = directory().school(school)
+    s = load_people().school(school)
     found: list[Any] = []
     if "staff" in kinds:
         found += s.staff
@@ -113,14 +113,12 @@ def phones_of(persons: list[Any]) -> set[str]:
 
 def other_schools_contacts(school: str) -> set[str]:
     """Contacts of other schools' staff and guardians (district responders may be shared)."""
-    d: Directory = directory()
     found: set[str] = set()
-    for district in d.districts:
-        for s in district.schools:
-            if s.id == school:
-                continue
-            for p in [*s.staff, *s.guardians]:
-                found |= {v for v in (p.contact.email, p.contact.phone) if v}
+    for s in load_people().schools:
+        if s.id == school:
+            continue
+        for p in [*s.staff, *s.guardians]:
+            found |= {v for v in (p.contact.email, p.contact.phone) if v}
     return found
 
 
@@ -220,7 +218,7 @@ def test_lockdown_reaches_every_staff_member_of_the_school_and_nobody_else(
 
 
 def _staff_with_phone_and_email(school: str, index: int = 0) -> Any:
-    found = [m for m in directory().school(school).staff if m.contact.phone and m.contact.email]
+    found = [m for m in load_people().school(school).staff if m.contact.phone and m.contact.email]
     return found[index]
 
 
@@ -351,7 +349,9 @@ def _lockdown_with_acks(
     tmp_path: Path,
 ) -> tuple[NotifyProcess, str, dict[str, Any]]:
     """A lockdown at Washington; staff 0 clicks twice, 1 replies "1" twice, 2 does both."""
-    staff = [m for m in directory().school(WASHINGTON).staff if m.contact.phone and m.contact.email]
+    staff = [
+        m for m in load_people().school(WASHINGTON).staff if m.contact.phone and m.contact.email
+    ]
     notify = new_notify(kafka, catalog, tmp_path, smtp, sim).start()
     incident_id = new_incident_id()
     producer.publish(
@@ -439,13 +439,12 @@ def test_no_contact_details_in_any_event_or_log_line(
     producer.publish(notification_request(audiences=["staff:sch-nowhere"]))
     notify.stop()
     secrets: set[str] = set()
-    for district in directory().districts:
-        for school in district.schools:
-            for p in [*school.staff, *school.guardians, *school.responders]:
-                c = p.contact
-                secrets |= {v for v in (c.email, c.phone, c.push_token) if v}
-                if c.phone:
-                    secrets.add(c.phone.lstrip("+"))
+    for school in load_people().schools:
+        for p in [*school.staff, *school.guardians, *school.responders]:
+            c = p.contact
+            secrets |= {v for v in (c.email, c.phone, c.push_token) if v}
+            if c.phone:
+                secrets.add(c.phone.lstrip("+"))
     log_text = notify.log_file.read_text(errors="replace")
     assert "notification fanned out" in log_text  # the log is there and was written
     leaked_log = sorted(s for s in secrets if s in log_text)
@@ -543,7 +542,7 @@ def test_a_fan_out_cut_short_is_completed_when_the_request_comes_again(
     """Recipients are stored chunk by chunk; what a crash between chunks leaves (the first
     recipients stored and sent, the request not yet committed) is completed on redelivery:
     the others get their message, the stored ones get no second one."""
-    staff = [m for m in directory().school(WASHINGTON).staff if m.contact.email]
+    staff = [m for m in load_people().school(WASHINGTON).staff if m.contact.email]
     request = notification_request(
         school=WASHINGTON, audiences=[f"staff:{WASHINGTON}"], priority="ROUTINE"
     )
@@ -638,7 +637,7 @@ def test_malformed_requests_are_dead_lettered_with_the_reason(
         ),
     }
     good = notification_request(audiences=["staff:sch-lincoln-hs:role=nurse"], require_ack=False)
-    nurses = [m for m in directory().school(LINCOLN).staff if m.role.value == "nurse"]
+    nurses = [m for m in load_people().school(LINCOLN).staff if m.role.value == "nurse"]
     with new_notify(kafka, catalog, tmp_path, smtp, None) as _notify:
         for request in bad.values():
             producer.publish(request)
@@ -730,17 +729,16 @@ def cap_sink() -> Iterator[CapSink]:
 
 
 def guardians_of(school: str) -> list[Any]:
-    return list(directory().school(school).guardians)
+    return list(load_people().school(school).guardians)
 
 
 def family_contacts(school: str | None = None) -> set[str]:
     """Guardians' emails and phones (of one school, or of every school)."""
     found: set[str] = set()
-    for district in directory().districts:
-        for s in district.schools:
-            if school is None or s.id == school:
-                for g in s.guardians:
-                    found |= {v for v in (g.contact.email, g.contact.phone) if v}
+    for s in load_people().schools:
+        if school is None or s.id == school:
+            for g in s.guardians:
+                found |= {v for v in (g.contact.email, g.contact.phone) if v}
     return found
 
 
@@ -752,11 +750,11 @@ def sent_to(smtp: SmtpSink, sim: ProviderSimProcess, contacts: set[str]) -> list
 
 
 def administrator(school: str, index: int = 0) -> Any:
-    return [m for m in directory().school(school).staff if m.role.value == "administrator"][index]
+    return [m for m in load_people().school(school).staff if m.role.value == "administrator"][index]
 
 
 def teacher(school: str) -> Any:
-    return next(m for m in directory().school(school).staff if m.role.value == "teacher")
+    return next(m for m in load_people().school(school).staff if m.role.value == "teacher")
 
 
 def lockdown_held(
@@ -787,7 +785,7 @@ def lockdown_held(
 def settle(producer: EventProducer, smtp: SmtpSink, school: str, incident_id: str) -> None:
     """A request on the incident's partition to one staff member: once its email is in, the
     requests consumer has handled every decision and request published before it."""
-    member = next(m for m in directory().school(school).staff if m.contact.email)
+    member = next(m for m in load_people().school(school).staff if m.contact.email)
     request = notification_request(
         school=school,
         recipients=[{"recipient_id": member.id, "channels": ["EMAIL"]}],
@@ -1106,7 +1104,7 @@ def test_app_push_goes_through_the_webhook_and_its_button_acknowledges(
     # Staff without a phone but with the app: a life-safety message goes by push + e-mail.
     app_only = {
         m.contact.push_token: m
-        for m in directory().school(LINCOLN).staff
+        for m in load_people().school(LINCOLN).staff
         if m.contact.push_token and not m.contact.phone
     }
     assert app_only, "the demo directory has staff reachable by app only"

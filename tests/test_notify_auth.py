@@ -35,10 +35,10 @@ from tests.support.notify import (
     STATUS_TOKEN,
     NotifyProcess,
     SmtpSink,
-    directory,
     incident,
     new_incident_id,
     notification_request,
+    people,
 )
 from tests.support.sms import ProviderSimProcess
 from tests.support.waiting import wait_until
@@ -69,14 +69,13 @@ def producer(kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog) -> Itera
 
 
 def staff_with(school: str, role: str, index: int = 0) -> str:
-    return [m.id for m in directory().school(school).staff if m.role.value == role][index]
+    return [m.id for m in people().school(school).staff if m.role.value == role][index]
 
 
 def family_contacts() -> set[str]:
     return {
         v
-        for d in directory().districts
-        for s in d.schools
+        for s in people().schools
         for g in s.guardians
         for v in (g.contact.email, g.contact.phone)
         if v
@@ -93,12 +92,11 @@ def sent_to_families(smtp: SmtpSink, sim: ProviderSimProcess) -> list[str]:
 def phones() -> set[str]:
     """Every phone number of the directory, as written, without "+" and form-encoded."""
     found: set[str] = set()
-    for district in directory().districts:
-        for school in district.schools:
-            for person in [*school.staff, *school.guardians, *school.responders]:
-                if person.contact.phone:
-                    digits = person.contact.phone.lstrip("+")
-                    found |= {person.contact.phone, digits, "%2B" + digits}
+    for school in people().schools:
+        for person in [*school.staff, *school.guardians, *school.responders]:
+            if person.contact.phone:
+                digits = person.contact.phone.lstrip("+")
+                found |= {person.contact.phone, digits, "%2B" + digits}
     return found
 
 
@@ -178,7 +176,7 @@ def test_status_and_approval_routes_need_an_administrator_of_the_school(
                 {"decision": "APPROVED", "decided_by": other_admin},
             )
             # A request on the incident's partition, handled after anything published before.
-            member = next(m for m in directory().school(LINCOLN).staff if m.contact.email)
+            member = next(m for m in people().school(LINCOLN).staff if m.contact.email)
             marker = notification_request(
                 school=LINCOLN,
                 recipients=[{"recipient_id": member.id, "channels": ["EMAIL"]}],
@@ -197,7 +195,7 @@ def test_status_and_approval_routes_need_an_administrator_of_the_school(
             approved = call("POST", decision, "administrator", {"decision": "APPROVED"})
             wants = {
                 v
-                for g in directory().school(LINCOLN).guardians
+                for g in people().school(LINCOLN).guardians
                 for v in (g.contact.email, g.contact.phone)
                 if v
             }
@@ -275,7 +273,7 @@ def test_a_malformed_provider_callback_is_refused_before_decoding_and_no_phone_i
     sim: ProviderSimProcess,
     tmp_path: Path,
 ) -> None:
-    guardian = directory().school(LINCOLN).guardians[0]
+    guardian = people().school(LINCOLN).guardians[0]
     phone = guardian.contact.phone
     assert phone is not None
     encoded = "%2B" + phone.lstrip("+")
@@ -321,7 +319,7 @@ def test_a_malformed_provider_callback_is_refused_before_decoding_and_no_phone_i
 
 def _auth(status_token: str = "", **tokens: str) -> ApiAuth:
     operators = [Operator(staff_id=i, token_sha256=token_sha256(t)) for i, t in tokens.items()]
-    return ApiAuth(directory(), operators, SecretStr(status_token))
+    return ApiAuth(people(), operators, SecretStr(status_token))
 
 
 def test_nothing_configured_lets_nobody_in() -> None:
@@ -359,13 +357,13 @@ def test_the_operators_file_names_directory_staff_and_never_echoes_a_digest(
 ) -> None:
     digest = token_sha256("a")
     with pytest.raises(ConfigError, match="'stf-nobody' is not a staff member"):
-        ApiAuth(directory(), [Operator(staff_id="stf-nobody", token_sha256=digest)], SecretStr(""))
+        ApiAuth(people(), [Operator(staff_id="stf-nobody", token_sha256=digest)], SecretStr(""))
     twice = [
         Operator(staff_id=staff_with(LINCOLN, "administrator", i), token_sha256=digest)
         for i in (0, 1)
     ]
     with pytest.raises(ConfigError, match="give every person their own token"):
-        ApiAuth(directory(), twice, SecretStr(""))
+        ApiAuth(people(), twice, SecretStr(""))
     bad = tmp_path / "operators.json"
     bad.write_text(json.dumps({"operators": [{"staff_id": "x", "token_sha256": "AB" + digest}]}))
     with pytest.raises(ConfigError, match="OPERATORS_FILE") as invalid:

@@ -31,7 +31,7 @@ from services.notify.store import (
     Store,
 )
 from services.notify.web import AckLinks
-from tests.support.notify import directory
+from tests.support.notify import directory, people
 
 
 def _notification(**changes: object) -> NotificationRow:
@@ -302,8 +302,8 @@ def test_a_wrong_database_url_names_the_problem() -> None:
 
 
 def test_audiences_resolve_by_role_building_student_and_refuse_unknowns() -> None:
-    audiences = Audiences(directory())
-    lincoln = directory().school("sch-lincoln-hs")
+    audiences = Audiences(directory(), people())
+    lincoln = people().school("sch-lincoln-hs")
     nurses = audiences.resolve(["staff:sch-lincoln-hs:role=nurse"])
     assert {t.recipient_id for t in nurses} == {m.id for m in lincoln.staff if m.role == "nurse"}
     in_a = audiences.resolve(["staff:sch-lincoln-hs:building=A"])

@@ -24,8 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from safehub.devstack.hub import Hub
-from safehub.kernel.directory import Directory, StaffMember, default_directory_file
+from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.errors import SafeHubError
+from safehub.kernel.people import People, StaffMember, StaffRole
 
 ACK_LINK = re.compile(r"(https?://\S+/ack/[A-Za-z0-9._~-]+)")
 
@@ -52,16 +53,14 @@ class PeopleDemo:
         self.hub = hub
         self.directory = Directory.load(default_directory_file())
         self.school = self.directory.school(school_id)
-        self.staff = {m.id: m for m in self.school.staff}
+        self.people = People.load(default_directory_file())
+        self.roster = self.people.school(school_id)
+        self.staff = {m.id: m for m in self.roster.staff}
         self.other_addresses = {
-            m.contact.email
-            for d in self.directory.districts
-            for s in d.schools
-            if s.id != school_id
-            for m in s.staff
+            m.contact.email for s in self.people.schools if s.id != school_id for m in s.staff
         }
-        with_phone = [m for m in self.school.staff if m.contact.phone]
-        self.admin = next(m for m in self.school.staff if m.role.value == "administrator")
+        with_phone = [m for m in self.roster.staff if m.contact.phone]
+        self.admin = self.people.administrators(school_id)[0]
         #: The token safehub up issued to the school's administrator (notify's API).
         self.token = hub.notify_tokens[self.admin.id]
         self.other_admin = next(
@@ -113,8 +112,8 @@ class PeopleDemo:
             acked.append(member.id)
         clicker = next(
             m
-            for m in self.school.staff
-            if m.contact.email and m.id not in acked and m.role.value == "teacher"
+            for m in self.people.staff(self.school.id, role=StaffRole.TEACHER)
+            if m.contact.email and m.id not in acked
         )
         link = self._ack_link(clicker.contact.email or "")
         click = urllib.request.Request(link, data=b"", method="POST")  # noqa: S310 - our notify
@@ -158,7 +157,7 @@ class PeopleDemo:
                 refusals.append(exc.code)
         refused = refusals == [401, 403]
         _call(url, {"decision": "APPROVED"}, method="POST", token=self.token)
-        guardians = len(self.school.guardians)
+        guardians = len(self.roster.guardians)
         status = self._wait_reached(held["notification_id"], guardians)
         feed = urllib.request.urlopen(  # noqa: S310 - the hub's own notify endpoint
             f"{self.hub.notify_url}/cap/feed.atom", timeout=10

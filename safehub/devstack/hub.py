@@ -45,14 +45,10 @@ from safehub.devstack.broker import EmbeddedBroker
 from safehub.devstack.manifest import ROOT, Kind, Manifest, discover
 from safehub.devstack.pki import DevPki
 from safehub.kernel.admin import ensure_topics
-from safehub.kernel.directory import (
-    DIRECTORY_FILE_VARIABLE,
-    Directory,
-    StaffRole,
-    default_directory_file,
-)
+from safehub.kernel.directory import DIRECTORY_FILE_VARIABLE, default_directory_file
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.lifecycle import Closing
+from safehub.kernel.people import People
 from safehub.kernel.settings import HubSettings
 from safehub.kernel.topics import TopicCatalog
 
@@ -332,16 +328,14 @@ class Hub(Closing):
                 self._wait_for_port(manifest.module, getattr(self.ports, port))
 
     def _issue_notify_credentials(self) -> None:
-        """A new random token per administrator of notify's directory (dev hub only)."""
-        env = self.base_env()  # the directory notify will load, as notify resolves it
+        """A new random token per administrator in notify's people file (dev hub only)."""
+        env = self.base_env()  # the file notify will load its people from, as notify resolves it
         named = env.get("SAFEHUB_NOTIFY__DIRECTORY_FILE") or env.get(DIRECTORY_FILE_VARIABLE)
-        directory = Directory.load(Path(named) if named else default_directory_file())
+        people = People.load(Path(named) if named else default_directory_file())
         admins = [
             (school.id, member.id)
-            for district in directory.districts
-            for school in district.schools
-            for member in school.staff
-            if member.role is StaffRole.ADMINISTRATOR
+            for school in people.schools
+            for member in people.administrators(school.id)
         ]
         self.notify_tokens = {staff_id: secrets.token_urlsafe(32) for _, staff_id in admins}
         folder = self.notify_operators_file.parent

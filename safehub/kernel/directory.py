@@ -1,10 +1,16 @@
-"""The hub's directory: tenancy (state → district → school → building → room), doors, and
-the client systems allowed to call the gateway with their scopes.
+"""The hub's directory: tenancy (state → district → school → building → room), doors, the
+client systems allowed to call the gateway with their scopes, and the incident reviewers.
 
-Loaded from one JSON file (``SAFEHUB_<SECTION>__DIRECTORY_FILE`` per deployable). The
-gateway uses it to refuse unknown places and to authorise callers, the incidents service to
-name places. A client belongs to one district and may be limited to some schools:
-a district-A door vendor can never act for district B.
+Loaded from one JSON file (``SAFEHUB_DIRECTORY_FILE`` for every deployable at once, else
+``SAFEHUB_<SECTION>__DIRECTORY_FILE``). The gateway uses it to refuse unknown places and to
+authorise callers, the incidents service to name places, the timeline to scope reviewers.
+A client belongs to one district and may be limited to some schools: a district-A door
+vendor can never act for district B.
+
+People (staff, guardians, responders and their contact details) are not here: they are
+:mod:`safehub.kernel.people`'s, read from the same seed file by ``People.load`` and owned
+by the roster sync later. This model ignores the seed's people keys, so it carries no
+contact detail.
 """
 
 from __future__ import annotations
@@ -60,62 +66,6 @@ class Building(BaseModel):
     doors: list[Door] = Field(default_factory=list)
 
 
-class Language(StrEnum):
-    """Languages notification templates exist in (BCP 47 primary tag)."""
-
-    EN = "en"
-    ES = "es"
-
-
-class StaffRole(StrEnum):
-    """What a staff member does; audiences select by role."""
-
-    TEACHER = "teacher"
-    ADMINISTRATOR = "administrator"
-    STAFF = "staff"
-    NURSE = "nurse"
-    COUNSELOR = "counselor"
-    SRO = "sro"
-    SECURITY = "security"
-
-
-class Contact(BaseModel):
-    """How to reach a person. Personal data: never copied into events, spans or logs."""
-
-    email: str | None = None
-    phone: str | None = Field(default=None, pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")
-    push_token: str | None = Field(default=None, description="device token of the staff app")
-    language: Language = Language.EN
-
-
-class StaffMember(BaseModel):
-    """A person working at one school (events name them by ``id`` only)."""
-
-    id: str
-    name: str
-    role: StaffRole
-    buildings: list[str] = Field(default_factory=list, description="empty: whole school")
-    contact: Contact
-
-
-class Guardian(BaseModel):
-    """A parent or guardian of students at one school (students named by SIS id only)."""
-
-    id: str
-    name: str
-    student_ids: list[str] = Field(default_factory=list)
-    contact: Contact
-
-
-class Responder(BaseModel):
-    """Someone outside the school who must be told (district security, SRO supervisor)."""
-
-    id: str
-    name: str
-    agency: str
-    contact: Contact
-
-
 class School(BaseModel):
     """A school and where it is."""
 
@@ -126,9 +76,6 @@ class School(BaseModel):
     longitude: float | None = None
     psap_id: str = Field(description="the 911 centre (PSAP) that serves this school")
     buildings: list[Building] = Field(default_factory=list)
-    staff: list[StaffMember] = Field(default_factory=list)
-    guardians: list[Guardian] = Field(default_factory=list)
-    responders: list[Responder] = Field(default_factory=list)
 
     def building(self, building_id: str) -> Building | None:
         """The building with this id, if any."""
@@ -183,7 +130,7 @@ class UnknownPlaceError(SafeHubError):
 
 
 class Directory(BaseModel):
-    """Everything the hub knows about places and client systems."""
+    """Everything the hub knows about places, client systems and reviewers (no people)."""
 
     state: str
     districts: list[District]
@@ -195,16 +142,6 @@ class Directory(BaseModel):
         schools = [s.id for d in self.districts for s in d.schools]
         if len(schools) != len(set(schools)):
             raise ValueError("school ids must be unique across districts")
-        people = [
-            person_id
-            for d in self.districts
-            for s in d.schools
-            for person_id in (
-                [m.id for m in s.staff] + [g.id for g in s.guardians] + [r.id for r in s.responders]
-            )
-        ]
-        if len(people) != len(set(people)):
-            raise ValueError("person ids (staff, guardians, responders) must be unique")
         known = {d.id for d in self.districts}
         for reviewer in self.reviewers:
             if reviewer.district is not None and reviewer.district not in known:
@@ -234,29 +171,6 @@ class Directory(BaseModel):
     def has_school(self, school_id: str) -> bool:
         """True if the directory lists ``school_id``."""
         return any(s.id == school_id for d in self.districts for s in d.schools)
-
-    def staff_member(self, school_id: str, staff_id: str) -> StaffMember | None:
-        """A staff member of a school by id (None if the school or the person is unknown)."""
-        if not self.has_school(school_id):
-            return None
-        return next((p for p in self.school(school_id).staff if p.id == staff_id), None)
-
-    def check_place(self, school_id: str, building: str | None, room: str | None) -> School:
-        """Validate a place; building and room are checked when given."""
-        school = self.school(school_id)
-        if building:
-            found = school.building(building)
-            if found is None:
-                raise UnknownPlaceError(
-                    "place.building", f"school {school_id!r} has no building {building!r}"
-                )
-            if room and found.rooms and room not in found.rooms:
-                raise UnknownPlaceError(
-                    "place.room", f"building {building!r} of {school_id!r} has no room {room!r}"
-                )
-        elif room:
-            raise UnknownPlaceError("place.building", "a room needs its building")
-        return school
 
     def reviewer(self, reviewer_id: str) -> Reviewer | None:
         """A reviewer by id (certificate CN)."""

@@ -41,6 +41,7 @@ from safehub.contracts.names import EventType
 from safehub.kernel.codec import Event
 from safehub.kernel.directory import Directory, Scope
 from safehub.kernel.envelope import EVENT_NAMESPACE, caused_by, new_event, stable_id
+from safehub.kernel.people import People, StaffRole
 
 SOURCE = "incidents"
 _E = EVENT_NAMESPACE
@@ -216,12 +217,14 @@ class IncidentBook:
     def __init__(
         self,
         directory: Directory,
+        people: People,
         *,
         correlation_window: timedelta,
         cancel_window: timedelta,
         camera_min_confidence: float,
     ) -> None:
         self.directory = directory
+        self.people = people
         self.correlation_window = correlation_window
         self.cancel_window = cancel_window
         self.camera_min_confidence = camera_min_confidence
@@ -542,8 +545,8 @@ class IncidentBook:
         caller = self.directory.client(str(envelope["source"]))
         if caller is None or Scope.SRP not in caller.scopes:
             return False
-        staff = self.directory.staff_member(incident.school, str(signal.get("cancelled_by")))
-        return staff is not None and staff.role == "administrator"
+        staff = self.people.staff_member(incident.school, str(signal.get("cancelled_by")))
+        return staff is not None and staff.role is StaffRole.ADMINISTRATOR
 
     def _cad_status(self, signal: Event) -> list[Event]:
         incident = self.incidents.get(signal.get("incident_id") or "")

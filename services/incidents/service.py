@@ -34,6 +34,7 @@ from confluent_kafka import Message
 from safehub.kernel.bus import ConsumedEvent
 from safehub.kernel.directory import Directory
 from safehub.kernel.errors import CodecError, HandlerError, StopWithoutCommit
+from safehub.kernel.people import People
 from safehub.kernel.reader import TopicReader
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import ALERTS, DISPATCH, DOORS, INCIDENTS
@@ -90,6 +91,7 @@ def setup(runtime: Runtime[IncidentsSettings]) -> None:
     started = time.monotonic()
     book = IncidentBook(
         Directory.load(section.directory_file),
+        People.load(section.directory_file),  # who may cancel for a school: its administrators
         correlation_window=timedelta(seconds=section.correlation_window_s),
         cancel_window=timedelta(seconds=section.cancel_window_s),
         camera_min_confidence=section.camera_min_confidence,

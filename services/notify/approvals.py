@@ -29,9 +29,9 @@ import structlog
 from safehub.contracts.names import EventType
 from safehub.kernel.bus import ConsumedEvent
 from safehub.kernel.codec import Event
-from safehub.kernel.directory import StaffRole
 from safehub.kernel.envelope import new_event
 from safehub.kernel.errors import HandlerError, SafeHubError
+from safehub.kernel.people import StaffRole
 from services.notify import templates
 from services.notify.audiences import AudienceError, Audiences
 from services.notify.dispatcher import SOURCE, Outbox, notify_id
@@ -138,7 +138,7 @@ class Approvals:
         tenant = incident.envelope["tenant"]
         school = self._audiences.school(str(tenant["school"]))
         text = templates.family(action, school.name, "en")
-        if text is None or not school.guardians:
+        if text is None or not self._audiences.people.guardians(school.id):
             return None
         notification_id = notify_id("family", incident_id, str(version))
         held = HeldRow(
@@ -196,7 +196,7 @@ class Approvals:
 
     def _approver(self, school_id: str, staff_id: str) -> None:
         school = self._audiences.school(school_id)
-        member = next((m for m in school.staff if m.id == staff_id), None)
+        member = self._audiences.people.staff_member(school.id, staff_id)
         if member is None:
             raise ApprovalError(
                 f"decided_by {_short(staff_id)} is not a staff member of {school.id}"

@@ -1,4 +1,4 @@
-"""Audience ids → recipients, resolved from the directory.
+"""Audience ids → recipients, resolved from the directory (places) and the people (who).
 
 Audience ids (``NotificationRequested.audiences``)::
 
@@ -14,14 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from safehub.kernel.directory import (
-    Contact,
-    Directory,
-    School,
-    StaffRole,
-    UnknownPlaceError,
-)
+from safehub.kernel.directory import Directory, School, UnknownPlaceError
 from safehub.kernel.errors import SafeHubError
+from safehub.kernel.people import Contact, People, StaffRole
 
 #: Endpoint audiences and the channel that reaches them.
 ENDPOINT_CHANNELS = {"pa": "PUBLIC_ADDRESS", "signage": "DIGITAL_SIGNAGE"}
@@ -68,20 +63,20 @@ class Target:
 
 
 class Audiences:
-    """Resolves audience ids and explicit recipient ids against one directory."""
+    """Resolves audience ids and explicit recipient ids against one directory and its people."""
 
-    def __init__(self, directory: Directory) -> None:
+    def __init__(self, directory: Directory, people: People) -> None:
         self.directory = directory
+        self.people = people
         self._people: dict[str, Target] = {}
         self._by_phone: dict[str, list[str]] = {}
-        for district in directory.districts:
-            for school in district.schools:
-                for member in school.staff:
-                    self._add(Target(member.id, "staff", school.id, member.contact))
-                for guardian in school.guardians:
-                    self._add(Target(guardian.id, "guardian", school.id, guardian.contact))
-                for responder in school.responders:
-                    self._add(Target(responder.id, "responder", school.id, responder.contact))
+        for school in people.schools:
+            for member in school.staff:
+                self._add(Target(member.id, "staff", school.id, member.contact))
+            for guardian in school.guardians:
+                self._add(Target(guardian.id, "guardian", school.id, guardian.contact))
+            for responder in school.responders:
+                self._add(Target(responder.id, "responder", school.id, responder.contact))
 
     def _add(self, target: Target) -> None:
         self._people[target.recipient_id] = target
@@ -89,7 +84,7 @@ class Audiences:
             self._by_phone.setdefault(target.contact.phone, []).append(target.recipient_id)
 
     def person(self, recipient_id: str) -> Target | None:
-        """A person by id, if the directory has them."""
+        """A person by id, if the people file has them."""
         return self._people.get(recipient_id)
 
     def ids_by_phone(self, phone: str) -> list[str]:
@@ -152,13 +147,7 @@ class Audiences:
             raise AudienceError(f"audience {audience!r} is not <kind>:<school>[:filter]")
         if kind == "guardians" and rest.startswith("student="):
             student = rest.removeprefix("student=")
-            found = [
-                self._people[g.id]
-                for d in self.directory.districts
-                for s in d.schools
-                for g in s.guardians
-                if student in g.student_ids
-            ]
+            found = [self._people[g.id] for g in self.people.guardians_of(student)]
             if not found:
                 raise AudienceError(f"audience {audience!r}: no guardian of that student")
             self._check_district(
@@ -175,23 +164,24 @@ class Audiences:
         if kind == "staff":
             return self._staff(school, selector, audience)
         if kind == "guardians" and not selector:
-            return [self._people[g.id] for g in school.guardians]
+            return [self._people[g.id] for g in self.people.guardians(school.id)]
         if kind == "responders" and not selector:
-            return [self._people[r.id] for r in school.responders]
+            return [self._people[r.id] for r in self.people.responders(school.id)]
         raise AudienceError(f"unknown audience {audience!r}")
 
     def _staff(self, school: School, selector: str, audience: str) -> list[Target]:
-        members = school.staff
         if selector.startswith("role="):
             role = selector.removeprefix("role=")
             if role not in {r.value for r in StaffRole}:
                 raise AudienceError(f"audience {audience!r}: unknown role {role!r}")
-            members = [m for m in members if m.role.value == role]
+            members = self.people.staff(school.id, role=StaffRole(role))
         elif selector.startswith("building="):
             building = selector.removeprefix("building=")
             if school.building(building) is None:
                 raise AudienceError(f"audience {audience!r}: no building {building!r}")
-            members = [m for m in members if not m.buildings or building in m.buildings]
-        elif selector:
+            members = self.people.staff(school.id, building=building)
+        elif not selector:
+            members = self.people.staff(school.id)
+        else:
             raise AudienceError(f"audience {audience!r}: unknown filter {selector!r}")
         return [self._people[m.id] for m in members]

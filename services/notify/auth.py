@@ -1,4 +1,4 @@
-"""Who may call notify's API: staff members with a bearer token, authorised by the directory.
+"""Who may call notify's API: staff members with a bearer token, authorised by the people.
 
 Same scheme as the timeline's reviewers: the caller sends ``Authorization: Bearer <token>``
 and notify keeps only the token's SHA-256 (hex), in the *operators file*
@@ -6,8 +6,8 @@ and notify keeps only the token's SHA-256 (hex), in the *operators file*
 
     {"operators": [{"staff_id": "stf-lincoln-000", "token_sha256": "<64 hex digits>"}]}
 
-A token names a staff member of the directory; their school and role come from the
-directory, never from the request. Reading status or the held messages and deciding on one
+A token names a staff member of the people file; their school and role come from there,
+never from the request. Reading status or the held messages and deciding on one
 are for administrators of that school. The optional ``status_token`` is a read-only
 credential for a monitoring system (status and Restricted CAP alerts of every school; never
 held messages or decisions). Nothing configured means nobody is let in: there is no switch
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from safehub.kernel.directory import Directory, StaffRole
 from safehub.kernel.errors import ConfigError, SafeHubError
+from safehub.kernel.people import People, StaffRole
 
 #: Who may read status and held messages and decide on family and public messages.
 ADMINISTRATOR = StaffRole.ADMINISTRATOR
@@ -100,13 +100,10 @@ class Caller:
 class ApiAuth:
     """Authenticates bearer tokens and authorises callers per school."""
 
-    def __init__(
-        self, directory: Directory, operators: list[Operator], status_token: SecretStr
-    ) -> None:
+    def __init__(self, people: People, operators: list[Operator], status_token: SecretStr) -> None:
         staff = {
             member.id: (school.id, member.role)
-            for district in directory.districts
-            for school in district.schools
+            for school in people.schools
             for member in school.staff
         }
         self._operators: list[tuple[str, Caller]] = []
@@ -116,7 +113,7 @@ class ApiAuth:
             if found is None:
                 raise ConfigError(
                     f"operators file: staff id {operator.staff_id[:64]!r} is not a staff "
-                    "member in the directory; remove it or fix the id"
+                    "member of any school in the people file; remove it or fix the id"
                 )
             if operator.token_sha256 in seen:
                 raise ConfigError(

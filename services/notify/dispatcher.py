@@ -1,6 +1,6 @@
 """Fan-out: a NotificationRequested becomes messages per recipient and channel, with proof.
 
-For each recipient the dispatcher plans an ordered list of channels from what the directory
+For each recipient the dispatcher plans an ordered list of channels from what the people file
 holds (SMS, EMAIL, PUSH, then VOICE; or the request's own list). Life-safety and urgent
 messages go out on the first two at once; a ROUTINE one on the first. Then:
 
@@ -266,10 +266,6 @@ class Outbox:
         items = self._store.outbox_pending(older_than_s)
         self.publish(self._codec.decode(item.body) for item in items)
         return len(items)
-
-    def wait_idle(self, timeout: float) -> bool:
-        """True once every queued status change has been written (tests, benchmarks)."""
-        return self._idle.wait(timeout)
 
 
 class Dispatcher:

@@ -37,6 +37,7 @@ from safehub.kernel.envelope import caused_by, new_event
 from safehub.kernel.errors import BusError, HandlerError
 from safehub.kernel.http_server import ServerThread
 from safehub.kernel.lifecycle import write_port_file
+from safehub.kernel.people import People
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import INCIDENTS, NOTIFICATIONS
 from services.notify import templates
@@ -394,9 +395,10 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
     for name in AIOHTTP_LOGGERS:
         logging.getLogger(name).addFilter(_without_exception)
     directory = Directory.load(config.directory_file)
-    audiences = Audiences(directory)
+    people = People.load(config.directory_file)
+    audiences = Audiences(directory, people)
     operators = OperatorsFile.load(config.operators_file) if config.operators_file else None
-    auth = ApiAuth(directory, operators.operators if operators else [], config.status_token)
+    auth = ApiAuth(people, operators.operators if operators else [], config.status_token)
     if not auth.configured:
         log.warning(
             "no API credentials: status, held messages and decisions refuse everyone; set "

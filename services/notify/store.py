@@ -8,7 +8,7 @@ notified per incident, the CAP documents, and an outbox of encoded events writte
 transaction as the state they report (published after commit, re-published after a crash).
 
 The schema comes from the alembic migrations in ``migrations/`` (applied at open).
-No contact details are stored: recipients are ids; addresses come from the directory.
+No contact details are stored: recipients are ids; addresses come from the people file.
 Times are epoch seconds (float), the same on both backends.
 """
 

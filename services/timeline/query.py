@@ -26,6 +26,7 @@ from safehub.kernel import chain
 from safehub.kernel.directory import Directory, Reviewer
 from safehub.kernel.envelope import EVENT_NAMESPACE
 from safehub.kernel.errors import SafeHubError
+from safehub.kernel.people import People
 from services.timeline.store import Store, SubjectFilter, classes_of, entry_chain_fields
 
 #: A database row (SQLAlchemy RowMapping) or any mapping shaped like one.
@@ -198,7 +199,16 @@ class _CachedChain:
 class Queries:
     """Answers for one caller at a time; shared by the HTTP and gRPC front ends."""
 
-    def __init__(self, store: Store, directory: Directory, *, chain_cache_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        directory: Directory,
+        *,
+        people: People | None = None,
+        chain_cache_s: float = 5.0,
+    ) -> None:
+        """``people`` names the recipients of the people view (staff and responders, by name
+        only); without it the view shows their ids."""
         self.store = store
         self.directory = directory
         self.classified = classified_paths()
@@ -207,10 +217,9 @@ class Queries:
         self._redacted_types: dict[frozenset[str], frozenset[str]] = {}
         self._lock = threading.Lock()
         self._names: dict[str, str] = {}
-        for district in directory.districts:
-            for school in district.schools:
-                self._names.update({m.id: m.name for m in school.staff})
-                self._names.update({r.id: r.name for r in school.responders})
+        for school in people.schools if people else ():
+            self._names.update({m.id: m.name for m in school.staff})
+            self._names.update({r.id: r.name for r in school.responders})
 
     # -- callers -------------------------------------------------------------------------------
 

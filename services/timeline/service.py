@@ -20,6 +20,7 @@ from safehub.kernel.batch import BatchConsumer
 from safehub.kernel.directory import Directory
 from safehub.kernel.http_server import ServerThread
 from safehub.kernel.lifecycle import write_port_file
+from safehub.kernel.people import People
 from safehub.kernel.runtime import Runtime, run
 from services.timeline.grpc_api import grpc_server
 from services.timeline.http_api import HttpApi
@@ -59,7 +60,8 @@ def setup(runtime: Runtime[TimelineSettings]) -> None:
         lambda: _prune_until_stopped(store, retention, runtime.stop), name="timeline-prune"
     )
 
-    queries = Queries(store, directory, chain_cache_s=section.chain_cache_s)
+    people = People.load(section.directory_file)  # recipients' names for the people view
+    queries = Queries(store, directory, people=people, chain_cache_s=section.chain_cache_s)
     http = ServerThread(
         host=section.http_host,
         port=section.http_port,

@@ -40,13 +40,13 @@ from lxml import etree  # type: ignore[import-untyped]
 from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.envelope import new_event
 from safehub.kernel.http_server import ServerThread
+from safehub.kernel.people import People
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from services.notify.cap import CapAlert, parse
 from services.notify.cap_endpoint import ATOM_NAMESPACE
 from tests.support.processes import Component
 from tests.support.sms import ProviderSimProcess
-from tests.support.waiting import wait_until
 
 DEMO_DIRECTORY = default_directory_file()
 ACK_SECRET = "test-ack-secret-0123456789"
@@ -183,7 +183,7 @@ class CapSink:
 def issue_tokens(directory_file: Path, operators_file: Path) -> dict[str, str]:
     """A fresh bearer token for every staff member of the directory (staff id → token), their
     SHA-256 written as notify's operators file."""
-    staff = [m.id for d in directory(directory_file).districts for s in d.schools for m in s.staff]
+    staff = [m.id for s in people(directory_file).schools for m in s.staff]
     tokens = {staff_id: secrets.token_urlsafe(24) for staff_id in staff}
     operators = [
         {"staff_id": staff_id, "token_sha256": hashlib.sha256(token.encode()).hexdigest()}
@@ -294,9 +294,7 @@ class NotifyProcess(Component):
     def held(self, school: str) -> list[dict[str, Any]]:
         """GET /notifications/held?school=… as the school's first administrator."""
         assert self.http is not None
-        admin = next(
-            m.id for m in directory().school(school).staff if m.role.value == "administrator"
-        )
+        admin = next(m.id for m in people().school(school).staff if m.role.value == "administrator")
         found: list[dict[str, Any]] = (
             self.http.get(
                 "/notifications/held", params={"school": school}, headers=self.bearer(admin)
@@ -340,6 +338,11 @@ class NotifyProcess(Component):
 def directory(path: Path = DEMO_DIRECTORY) -> Directory:
     """A directory file, loaded."""
     return Directory.load(path)
+
+
+def people(path: Path = DEMO_DIRECTORY) -> People:
+    """The people of a directory file, loaded."""
+    return People.load(path)
 
 
 def new_incident_id() -> str:
@@ -448,43 +451,6 @@ def notification_decided(
             "note": None,
         },
     )
-
-
-def write_large_directory(path: Path, staff: int) -> Directory:
-    """The demo directory plus one school with ``staff`` staff (phone + email each)."""
-    data = json.loads(DEMO_DIRECTORY.read_text(encoding="utf-8"))
-    members = [
-        {
-            "id": f"stf-big-{i:05d}",
-            "name": f"Staff {i}",
-            "role": "teacher",
-            "buildings": [],
-            "contact": {
-                "email": f"staff{i}@big.example.org",
-                "phone": f"+1555{7000000 + i:07d}",
-                "language": "es" if i % 5 == 0 else "en",
-            },
-        }
-        for i in range(staff)
-    ]
-    data["districts"][0]["schools"].append(
-        {
-            "id": "sch-big-hs",
-            "name": "Big High School",
-            "address": "1 Big Street, Northville",
-            "psap_id": "psap-north-county",
-            "buildings": [{"id": "A", "name": "Main", "rooms": [], "doors": []}],
-            "staff": members,
-        }
-    )
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return Directory.load(path)
-
-
-def wait_for_mail(sink: SmtpSink, count: int, timeout: float = 60.0) -> list[Mail]:
-    """Wait until ``count`` messages arrived; return them."""
-    wait_until(lambda: len(sink.messages) >= count, timeout=timeout, what=f"{count} emails")
-    return list(sink.messages)
 
 
 class PushGateway:
