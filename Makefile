@@ -58,6 +58,12 @@ test: lint chromium ## Lint, then run the whole test suite against real parts
 test-fast: $(STAMP) ## The tests that need no broker and no PostgreSQL (about a minute)
 	$(BIN)/pytest -q -m "not kafka and not postgres"
 
+.PHONY: deadcode
+deadcode: $(STAMP) ## Report code nothing calls (framework hooks are named as ignored)
+	$(BIN)/vulture safehub services connectors vendors simulators tools tests bench \
+	  --min-confidence 60 --exclude safehub/gen --ignore-decorators '@*.command' \
+	  --ignore-names 'downgrade,_*,handle_*,pytest_*,process_*,auth_flow,[A-Z]*,caption,spinner,exc_text,stack_info,isolation_level'
+
 .PHONY: protos
 protos: $(STAMP) ## Regenerate gRPC code into safehub/gen
 	$(BIN)/python tools/gen_protos.py

@@ -1,0 +1,1 @@
+"""The SIS roster connector: OneRoster rosters from a student information system."""

@@ -1,0 +1,3 @@
+from simulators.oneroster.server import main
+
+main()
