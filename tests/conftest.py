@@ -92,15 +92,34 @@ def kafka_bootstrap() -> Iterator[str]:
         yield broker.bootstrap_servers
 
 
-@pytest.fixture
-def kafka(kafka_bootstrap: str) -> KafkaSettings:
+def _test_kafka(bootstrap: str) -> KafkaSettings:
     """Kafka settings tuned for tests: fast group joins, short fetch waits."""
     return KafkaSettings(
-        bootstrap_servers=kafka_bootstrap,
+        bootstrap_servers=bootstrap,
         session_timeout_ms=6000,
         heartbeat_interval_ms=500,
         fetch_wait_max_ms=50,
     )
+
+
+@pytest.fixture
+def kafka(kafka_bootstrap: str) -> KafkaSettings:
+    """Kafka settings tuned for tests: fast group joins, short fetch waits."""
+    return _test_kafka(kafka_bootstrap)
+
+
+@pytest.fixture(scope="module")
+def module_kafka(kafka_bootstrap: str) -> KafkaSettings:
+    """The same settings, for fixtures shared by a module (a process started once)."""
+    return _test_kafka(kafka_bootstrap)
+
+
+@pytest.fixture(scope="module")
+def module_catalog(module_kafka: KafkaSettings) -> TopicCatalog:
+    """Every declared topic under a prefix unique to this module."""
+    catalog = TopicCatalog(prefix=f"t{uuid.uuid4().hex[:10]}.")
+    ensure_topics(module_kafka, catalog)
+    return catalog
 
 
 @pytest.fixture(scope="session")

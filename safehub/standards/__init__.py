@@ -7,7 +7,7 @@
   written for this project; the NENA schema itself carries no licence and is not copied.
 
 Both are byte-for-byte copies of the project's reference set (``../shared/standards``, whose
-SOURCE.md files give the full provenance); ``tests/test_cap.py`` checks they still match.
+SOURCE.md files give the full provenance); ``tests/notify/test_cap.py`` checks they still match.
 """
 
 from __future__ import annotations

@@ -90,3 +90,40 @@ def example_event(
         classification=sorted(classes | {"INTERNAL"}),
         payload=payload,
     )
+
+
+#: The tenant of the demo's Lincoln High School.
+LINCOLN = {"state": "US-TX", "district": "dist-north-isd", "school": "sch-lincoln-hs"}
+
+
+def at_hub(event: dict[str, Any]) -> dict[str, Any]:
+    """As the gateway records it: the hub's clock (recorded_at) is the signal's time."""
+    event["envelope"]["recorded_at"] = event["envelope"]["occurred_at"]
+    return event
+
+
+def panic_at(at: datetime, room: str = "214", exercise: bool = False) -> dict[str, Any]:
+    """A silent panic at Lincoln HS building B, recorded by the hub at ``at``."""
+    return at_hub(
+        new_event(
+            "PanicAlert",
+            source="test",
+            tenant=LINCOLN,
+            building="B",
+            room=room,
+            occurred_at=at,
+            exercise=exercise,
+            payload={
+                "device_id": "badge-1",
+                "device_kind": "WEARABLE",
+                "panic_type": "ACTIVE_ASSAILANT",
+                "silent": True,
+                "reporter_role": "TEACHER",
+                "activated_by": None,
+                "floor": None,
+                "latitude": None,
+                "longitude": None,
+                "location_text": None,
+            },
+        )
+    )

@@ -1,13 +1,20 @@
-"""Reading topics directly in tests (the kernel's TopicReader: no group) to see what landed."""
+"""Reading topics directly in tests (the kernel's TopicReader: no group) to see what landed,
+and running a consumer for the length of a block."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from safehub.kernel.bus import ConsumedEvent, EventConsumer, EventProducer
+from safehub.kernel.codec import Codec
 from safehub.kernel.errors import BusError
 from safehub.kernel.reader import TopicReader
 from safehub.kernel.settings import KafkaSettings
+from safehub.kernel.topics import TopicCatalog
 
 
 def read_topic(
@@ -35,3 +42,37 @@ def read_all(kafka: KafkaSettings, topic: str, *, timeout: float = 20.0) -> list
             return list(reader.read_to_end(timeout))
         except BusError as exc:
             raise AssertionError(f"could not read {topic} to its end within {timeout} s") from exc
+
+
+@contextlib.contextmanager
+def consuming(
+    kafka: KafkaSettings,
+    codec: Codec,
+    catalog: TopicCatalog,
+    producer: EventProducer,
+    group_id: str,
+    topics: list[str],
+    handler: Callable[[ConsumedEvent], None],
+    **kwargs: Any,
+) -> Iterator[EventConsumer]:
+    """A consumer running in a thread for the duration of the block, closed (committed) after."""
+    consumer = EventConsumer(
+        kafka,
+        codec,
+        catalog,
+        group_id=group_id,
+        topics=topics,
+        handler=handler,
+        dead_letter=producer,
+        **kwargs,
+    )
+    consumer.wait_for_assignment()
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield consumer
+    finally:
+        stop.set()
+        thread.join()
+        consumer.close()

@@ -15,7 +15,8 @@ mechanically from the 1EdTech "OneRoster 1.2 CSV Binding" tables (imsjapan/githu
 ec356f87, ``or12.html``), the 1.2.1 users.csv header difference from the 1.2.1 final binding
 (@ 29e99675), v1.1 compiled from the 1EdTech OneRoster 1.1 CSV Tables. No specification text
 is reproduced. It is a byte-for-byte copy of ``../shared/standards/oneroster`` (whose
-SOURCE.md gives the full provenance); ``tests/test_oneroster_csv.py`` checks it still matches.
+SOURCE.md gives the full provenance); ``tests/roster/test_oneroster_csv.py`` checks it
+still matches.
 The GPL sample packages there are test data only and are not shipped.
 """
 

@@ -26,12 +26,10 @@ from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import METRICS as METRICS_TOPIC
 from safehub.kernel.topics import TopicCatalog
 from safehub.kernel.tracing import setup_metrics
-from tests.support.examples import SENSITIVE_MARK, example_event
-from tests.support.kafka import read_all
+from tests.support.examples import SENSITIVE_MARK, example_event, panic_at
+from tests.support.kafka import consuming, read_all
 from tests.support.processes import Component
 from tests.support.waiting import wait_until
-from tests.test_bus import consuming
-from tests.test_incidents_service import _panic
 
 pytestmark = pytest.mark.kafka
 
@@ -245,7 +243,7 @@ def test_a_deployable_exports_its_metrics_under_its_own_service_name(
     alerts = catalog.name("safehub.alerts.v1")
     try:
         with EventProducer(kafka, codec, catalog, client_id="test") as producer:
-            producer.publish(_panic(datetime.now(UTC)))
+            producer.publish(panic_at(datetime.now(UTC)))
 
         def lag_reported() -> bool:
             # A partition has a lag once its consumer took a record from it: the panic's.

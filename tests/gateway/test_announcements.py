@@ -25,7 +25,6 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from safehub.gen.safehub.connector.v1 import connector_pb2
-from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.directory import Directory
@@ -87,23 +86,6 @@ def directory_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.write_text(json.dumps(data), encoding="utf-8")
     Directory.load(path)  # the copy must still be a valid directory
     return path
-
-
-@pytest.fixture(scope="module")
-def module_kafka(kafka_bootstrap: str) -> KafkaSettings:
-    return KafkaSettings(
-        bootstrap_servers=kafka_bootstrap,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=500,
-        fetch_wait_max_ms=50,
-    )
-
-
-@pytest.fixture(scope="module")
-def module_catalog(module_kafka: KafkaSettings) -> TopicCatalog:
-    catalog = TopicCatalog(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(module_kafka, catalog)
-    return catalog
 
 
 @pytest.fixture(scope="module")

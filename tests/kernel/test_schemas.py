@@ -99,7 +99,7 @@ def _reasons(problems: list[Problem]) -> str:
 
 
 def test_schema_dir_is_the_source_tree() -> None:
-    assert Path(__file__).resolve().parents[1] / "schemas" == SCHEMA_DIR
+    assert Path(__file__).resolve().parents[2] / "schemas" == SCHEMA_DIR
 
 
 def test_all_schemas_load_and_parse_with_both_libraries() -> None:

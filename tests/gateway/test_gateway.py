@@ -24,7 +24,6 @@ from safehub.devstack.pki import DevPki
 from safehub.gen.safehub.common.v1 import door_pb2, srp_pb2
 from safehub.gen.safehub.connector.v1 import connector_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.envelope import event_id_for, new_event
@@ -74,16 +73,14 @@ def gw(
 
 @pytest.fixture(scope="module")
 def shared_gw(
-    kafka_bootstrap: str, codec: Codec, tmp_path_factory: pytest.TempPathFactory
+    module_kafka: KafkaSettings,
+    module_catalog: TopicCatalog,
+    codec: Codec,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayHandle]:
     """One gateway for the tests that only look at answers (starting one costs ~3 s)."""
-    kafka = KafkaSettings(
-        bootstrap_servers=kafka_bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=500
-    )
-    catalog = TopicCatalog(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka, catalog)
     with running_gateway(
-        kafka, catalog.prefix, tmp_path_factory.mktemp("shared-gateway"), codec=codec
+        module_kafka, module_catalog.prefix, tmp_path_factory.mktemp("shared-gateway"), codec=codec
     ) as handle:
         yield handle
 
@@ -364,7 +361,7 @@ PANIC_CASES: list[tuple[str, dict[str, Any]]] = [
     ("reporter_role", {"reporter_role": 42}),
     ("occurred_at", {"occurred_at": None}),
     # A panic from a clock days ahead is accepted (hub time rules); a year past 2100 is no
-    # clock reading at all (tests/test_gateway_input.py has the whole policy).
+    # clock reading at all (tests/gateway/test_gateway_input.py has the whole policy).
     ("occurred_at", {"occurred_at": timestamp(datetime(2150, 1, 1, tzinfo=UTC))}),
     ("occurred_at", {"occurred_at": timestamp(datetime(1, 1, 1, tzinfo=UTC))}),
 ]

@@ -37,7 +37,7 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tansu is pinned for linux"),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- helpers ---------------------------------------------------------------------------------

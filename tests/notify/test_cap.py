@@ -35,7 +35,7 @@ from services.notify.cap_endpoint import (
 )
 
 #: The project's reference set beside the repository (samples are not shipped in the package).
-STANDARDS = Path(__file__).resolve().parents[2] / "shared/standards/cap-1.2"
+STANDARDS = Path(__file__).resolve().parents[3] / "shared/standards/cap-1.2"
 SAMPLES = sorted((STANDARDS / "samples").glob("*.xml"))
 NEGATIVE = STANDARDS / "samples-negative"
 NS = {"cap": cap.CAP_NAMESPACE, "atom": ATOM_NAMESPACE}

@@ -19,10 +19,10 @@ from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.span_export import KafkaSpanExporter
 from safehub.kernel.topics import SPANS, TopicCatalog
 from safehub.kernel.tracing import extract
+from tests.support.examples import panic_at
 from tests.support.kafka import read_all, read_topic
 from tests.support.processes import Component
 from tests.support.waiting import wait_until
-from tests.test_incidents_service import _panic
 
 pytestmark = pytest.mark.kafka
 
@@ -79,7 +79,7 @@ def test_a_service_exports_its_spans_in_the_trace_of_the_event_it_handled(
     ).start()
     try:
         with EventProducer(kafka, codec, catalog, client_id="test") as producer:
-            producer.publish(_panic(datetime.now(UTC)))
+            producer.publish(panic_at(datetime.now(UTC)))
         opened = read_topic(kafka, catalog.name("safehub.incidents.v1"), expect=1)
         assert opened, "the panic opened no incident"
         context = trace.get_current_span(extract(opened[0].headers())).get_span_context()

@@ -106,27 +106,19 @@ def trace_id(headers: dict[str, bytes]) -> str:
 
 
 @pytest.fixture(scope="module")
-def kafka_module(kafka_bootstrap: str) -> KafkaSettings:
-    return KafkaSettings(
-        bootstrap_servers=kafka_bootstrap,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=500,
-        fetch_wait_max_ms=50,
-    )
-
-
-@pytest.fixture(scope="module")
 def shared(
-    kafka_module: KafkaSettings, codec: Codec, tmp_path_factory: pytest.TempPathFactory
+    module_kafka: KafkaSettings,
+    module_catalog: TopicCatalog,
+    codec: Codec,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[DoorstateHandle, TopicCatalog, EventProducer]]:
     """One worker for the tests that do not restart it (each uses its own doors/commands)."""
-    catalog = TopicCatalog(f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka_module, catalog)
+    catalog = module_catalog
     workdir = tmp_path_factory.mktemp("doorstate")
     with (
-        EventProducer(kafka_module, codec, catalog) as producer,
+        EventProducer(module_kafka, codec, catalog) as producer,
         running_doorstate(
-            kafka_module, catalog.prefix, workdir, confirm_deadline_s=DEADLINE_S
+            module_kafka, catalog.prefix, workdir, confirm_deadline_s=DEADLINE_S
         ) as worker,
     ):
         yield worker, catalog, producer
@@ -173,7 +165,7 @@ def test_door_states_are_queryable_and_newest_wins(
 
 def test_lockdown_confirmed_by_every_door_is_reported_complete_once(
     shared: tuple[DoorstateHandle, TopicCatalog, EventProducer],
-    kafka_module: KafkaSettings,
+    module_kafka: KafkaSettings,
     codec: Codec,
 ) -> None:
     worker, catalog, producer = shared
@@ -189,7 +181,7 @@ def test_lockdown_confirmed_by_every_door_is_reported_complete_once(
     publish_and_wait(worker, producer, [command, *reports, reports[0], command])
 
     progress = wait_until(
-        lambda: progress_of(kafka_module, codec, catalog, command_id), what="progress"
+        lambda: progress_of(module_kafka, codec, catalog, command_id), what="progress"
     )
     event, _headers = progress[0]
     assert event["complete"] is True
@@ -203,7 +195,7 @@ def test_lockdown_confirmed_by_every_door_is_reported_complete_once(
     # Keyed by incident, on the partition the bus (librdkafka) would have chosen.
     partitions = [
         r.partition()
-        for r in read_all(kafka_module, catalog.name("safehub.incidents.v1"))
+        for r in read_all(module_kafka, catalog.name("safehub.incidents.v1"))
         if r.key() == incident_id.encode()
     ]
     assert partitions == [zlib.crc32(incident_id.encode()) % 12]
@@ -212,12 +204,12 @@ def test_lockdown_confirmed_by_every_door_is_reported_complete_once(
     deadline = command["envelope"]["recorded_at"].timestamp() + DEADLINE_S
     checks = wait_until(lambda: (s := worker.stats())["now"] > deadline and s["deadline_checks"])
     wait_until(lambda: worker.stats()["deadline_checks"] >= checks + 2, what="two more checks")
-    assert len(progress_of(kafka_module, codec, catalog, command_id)) == 1
+    assert len(progress_of(module_kafka, codec, catalog, command_id)) == 1
 
 
 def test_jammed_door_is_reported_unconfirmed_at_the_deadline(
     shared: tuple[DoorstateHandle, TopicCatalog, EventProducer],
-    kafka_module: KafkaSettings,
+    module_kafka: KafkaSettings,
     codec: Codec,
 ) -> None:
     worker, catalog, producer = shared
@@ -235,7 +227,7 @@ def test_jammed_door_is_reported_unconfirmed_at_the_deadline(
     publish_and_wait(worker, producer, [early, command, *reports, jammed])
 
     progress = wait_until(
-        lambda: progress_of(kafka_module, codec, catalog, command_id),
+        lambda: progress_of(module_kafka, codec, catalog, command_id),
         timeout=DEADLINE_S + 15,
         what="deadline progress",
     )
@@ -248,7 +240,7 @@ def test_jammed_door_is_reported_unconfirmed_at_the_deadline(
     # The deadline report continues the trace of the command it is about.
     command_record = next(
         r
-        for r in read_all(kafka_module, catalog.name("safehub.door-commands.v1"))
+        for r in read_all(module_kafka, catalog.name("safehub.door-commands.v1"))
         if codec.decode(r.value())["command_id"] == command_id
     )
     assert trace_id(headers) == trace_id(dict(command_record.headers() or []))
@@ -256,14 +248,14 @@ def test_jammed_door_is_reported_unconfirmed_at_the_deadline(
     # Reported once: more deadline checks add nothing; the door locking at last completes it.
     checks = worker.stats()["deadline_checks"]
     wait_until(lambda: worker.stats()["deadline_checks"] >= checks + 2, what="two more checks")
-    assert len(progress_of(kafka_module, codec, catalog, command_id)) == 1
+    assert len(progress_of(module_kafka, codec, catalog, command_id)) == 1
     publish_and_wait(
         worker,
         producer,
         [door_state(LINCOLN, "A-gym-exit", "LOCKED", datetime.now(UTC), building="A")],
     )
     both = wait_until(
-        lambda: len(p := progress_of(kafka_module, codec, catalog, command_id)) == 2 and p,
+        lambda: len(p := progress_of(module_kafka, codec, catalog, command_id)) == 2 and p,
         what="complete after the deadline",
     )
     final = both[1][0]
@@ -274,7 +266,7 @@ def test_jammed_door_is_reported_unconfirmed_at_the_deadline(
 
 def test_corrupt_bytes_are_dead_lettered_and_the_worker_goes_on(
     shared: tuple[DoorstateHandle, TopicCatalog, EventProducer],
-    kafka_module: KafkaSettings,
+    module_kafka: KafkaSettings,
 ) -> None:
     worker, catalog, producer = shared
     doors_topic = catalog.name("safehub.doors.v1")
@@ -290,7 +282,7 @@ def test_corrupt_bytes_are_dead_lettered_and_the_worker_goes_on(
     producer.publish(after)
 
     wait_until(lambda: "1-front" in worker.doors("sch-riverside-es"), what="the next event")
-    dead = [r for r in read_all(kafka_module, catalog.dead_letter) if r.value() == garbage]
+    dead = [r for r in read_all(module_kafka, catalog.dead_letter) if r.value() == garbage]
     assert len(dead) == 1
     headers = dict(dead[0].headers() or [])
     assert headers["safehub-dlq-reason"].startswith(b"unknown writer schema")
@@ -400,7 +392,7 @@ def _committed_everything(
 
 
 def test_tables_recover_exactly_after_sigterm_and_kill(
-    kafka_module: KafkaSettings, codec: Codec, tmp_path: Path
+    module_kafka: KafkaSettings, codec: Codec, tmp_path: Path
 ) -> None:
     """Door states and lock commands come back exactly, whenever the worker stopped.
 
@@ -408,7 +400,7 @@ def test_tables_recover_exactly_after_sigterm_and_kill(
     reading each changelog at tansu's short ListOffsets answer and this test fails.
     """
     catalog = TopicCatalog(f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka_module, catalog)
+    ensure_topics(module_kafka, catalog)
     expected: dict[str, dict[str, str]] = {}
     ends: dict[tuple[str, int], int] = {}
     start = datetime.now(UTC)
@@ -443,13 +435,13 @@ def test_tables_recover_exactly_after_sigterm_and_kill(
         }
 
     def progress(command_id: str) -> list[dict[str, Any]]:
-        return [event for event, _ in progress_of(kafka_module, codec, catalog, command_id)]
+        return [event for event, _ in progress_of(module_kafka, codec, catalog, command_id)]
 
     group = catalog.prefix + "doorstate"
     with (
-        EventProducer(kafka_module, codec, catalog, extra_config={"linger.ms": 5}) as producer,
+        EventProducer(module_kafka, codec, catalog, extra_config={"linger.ms": 5}) as producer,
         running_doorstate(
-            kafka_module, catalog.prefix, tmp_path, confirm_deadline_s=DEADLINE_S
+            module_kafka, catalog.prefix, tmp_path, confirm_deadline_s=DEADLINE_S
         ) as worker,
     ):
         done, done_id, _ = lock_command("A")
@@ -473,7 +465,7 @@ def test_tables_recover_exactly_after_sigterm_and_kill(
         worker.wait_processed(400)
         # Once the inputs are committed nothing is read again: the state must come back from
         # the changelog alone, and kill -9 right away (no idle period) leaves its tail as is.
-        wait_until(lambda: _committed_everything(kafka_module, group, ends), what="commit")
+        wait_until(lambda: _committed_everything(module_kafka, group, ends), what="commit")
         worker.restart(kill=True)
         assert recovered(worker) == expected, worker.tail()
         assert worker.stats()["events_processed"] == 0

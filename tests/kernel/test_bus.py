@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,46 +32,12 @@ from safehub.kernel.reader import TopicReader
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from tests.support.examples import SENSITIVE_MARK, example_event
-from tests.support.kafka import read_topic
+from tests.support.kafka import consuming, read_topic
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 
 ALL_TOPICS = [name for name in TopicCatalog().specs if name != "safehub.deadletter.v1"]
-
-
-@contextlib.contextmanager
-def consuming(
-    kafka: KafkaSettings,
-    codec: Codec,
-    catalog: TopicCatalog,
-    producer: EventProducer,
-    group_id: str,
-    topics: list[str],
-    handler: Callable[[ConsumedEvent], None],
-    **kwargs: Any,
-) -> Iterator[EventConsumer]:
-    """A consumer running in a thread for the duration of the block, closed (committed) after."""
-    consumer = EventConsumer(
-        kafka,
-        codec,
-        catalog,
-        group_id=group_id,
-        topics=topics,
-        handler=handler,
-        dead_letter=producer,
-        **kwargs,
-    )
-    consumer.wait_for_assignment()
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield consumer
-    finally:
-        stop.set()
-        thread.join()
-        consumer.close()
 
 
 def test_every_event_type_round_trips_with_trace_context(
@@ -251,7 +216,7 @@ def test_failing_handler_is_retried_then_dead_lettered_permanent_errors_at_once(
     assert reasons[permanent["envelope"]["event_id"]] == "incident id refers to another district"
 
 
-CRASHING_CONSUMER = Path(__file__).parent / "support" / "crashing_consumer.py"
+CRASHING_CONSUMER = Path(__file__).resolve().parents[1] / "support" / "crashing_consumer.py"
 
 
 def test_consumer_killed_before_commit_gets_the_message_again(

@@ -15,7 +15,7 @@ from safehub.contracts.names import DEFAULT_DATA_CLASS, EVENT_NAMESPACE, DataCla
 from safehub.contracts.registry import SCHEMA_DIR, event_schemas, load_schemas
 from safehub.kernel.topics import TOPICS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "gen_names.py"
 
 

@@ -1,7 +1,8 @@
 """The kernel's persistence (safehub.kernel.store) and the three stores built on it: the SQLite
 engine's pragmas, the dialect upsert on SQLite and PostgreSQL, errors wrapped naming the store,
 migrations that adopt files made by ``create_all``, and the one delivery status order of notify.
-What every store must do on both back ends is the store contract (tests/test_store_contract.py).
+What every store must do on both back ends is the store contract
+(tests/kernel/test_store_contract.py).
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def test_errors_are_wrapped_naming_the_store_and_the_operation(tmp_path: Path) -
 
 
 def test_a_store_error_names_its_store_and_the_operation_never_the_sql(tmp_path: Path) -> None:
-    # Every store's error class is a kernel StoreError: tests/test_store_contract.py.
+    # Every store's error class is a kernel StoreError: tests/kernel/test_store_contract.py.
     store = notify_store.Store(f"sqlite:///{tmp_path / 'notify.sqlite3'}")
     try:
         with store._engine.begin() as conn:

@@ -252,7 +252,7 @@ def test_resume_after_the_reading_process_dies(fresh: OneRosterSimProcess, tmp_p
     env = {**os.environ, "TEST_ONEROSTER_KEY": fresh.key, "TEST_ONEROSTER_SECRET": fresh.secret}
     child = subprocess.run(
         [sys.executable, "-c", CRASHING_READER, fresh.base_url, str(saved)],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         env=env,
         capture_output=True,
         timeout=60,

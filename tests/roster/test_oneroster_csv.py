@@ -37,7 +37,7 @@ from safehub.standards.oneroster import (
 )
 
 #: The project's reference set beside the repository.
-STANDARDS = Path(__file__).resolve().parents[1].parent / "shared" / "standards" / "oneroster"
+STANDARDS = Path(__file__).resolve().parents[2].parent / "shared" / "standards" / "oneroster"
 SAMPLES = STANDARDS / "samples"
 DELTA = SAMPLES / "v1p2-delta-catalyst-oneroster_test_data"
 MINIMAL = SAMPLES / "v1p1-bulk-catalyst-Test_minimal_data_set"

@@ -29,7 +29,7 @@ from safehub.devstack.manifest import Kind, discover
 from safehub.kernel.directory import Directory
 from safehub.kernel.settings import HubSettings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "safehub"
 TEMPLATES = CHART / "templates"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 from safehub.devstack.manifest import Kind, discover
 from safehub.kernel.topics import TOPICS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_topic_is_on_the_map() -> None:

@@ -23,7 +23,7 @@ from safehub.gen.safehub.common.v1 import door_pb2, place_pb2, srp_pb2
 from safehub.gen.safehub.connector.v1 import connector_pb2, connector_pb2_grpc
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GEN = REPO / "safehub" / "gen"
 INGEST_PROTO = Path("protos/safehub/ingest/v1/ingest.proto")
 GIT = ["git", "-c", "core.hooksPath=/dev/null", "-c", "user.name=t", "-c", "user.email=t@t"]

@@ -15,49 +15,16 @@ from safehub.kernel.codec import Codec
 from safehub.kernel.envelope import new_event
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
+from tests.support.examples import LINCOLN, at_hub, panic_at
 from tests.support.kafka import read_all, read_topic
 from tests.support.processes import Component
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 
-LINCOLN = {"state": "US-TX", "district": "dist-north-isd", "school": "sch-lincoln-hs"}
-
-
-def _at_hub(event: dict[str, Any]) -> dict[str, Any]:
-    """As the gateway records it: the hub's clock (recorded_at) is the signal's time."""
-    event["envelope"]["recorded_at"] = event["envelope"]["occurred_at"]
-    return event
-
-
-def _panic(at: datetime, room: str = "214", exercise: bool = False) -> dict[str, Any]:
-    return _at_hub(
-        new_event(
-            "PanicAlert",
-            source="test",
-            tenant=LINCOLN,
-            building="B",
-            room=room,
-            occurred_at=at,
-            exercise=exercise,
-            payload={
-                "device_id": "badge-1",
-                "device_kind": "WEARABLE",
-                "panic_type": "ACTIVE_ASSAILANT",
-                "silent": True,
-                "reporter_role": "TEACHER",
-                "activated_by": None,
-                "floor": None,
-                "latitude": None,
-                "longitude": None,
-                "location_text": None,
-            },
-        )
-    )
-
 
 def _camera(at: datetime) -> dict[str, Any]:
-    return _at_hub(
+    return at_hub(
         new_event(
             "CameraAlert",
             source="test",
@@ -78,7 +45,7 @@ def _camera(at: datetime) -> dict[str, Any]:
 
 
 def _srp(action: str, at: datetime, exercise: bool = False) -> dict[str, Any]:
-    return _at_hub(
+    return at_hub(
         new_event(
             "SrpActionRequested",
             source="test",
@@ -132,7 +99,7 @@ def test_three_correlated_signals_yield_one_incident_and_state_survives_restart(
     topic = catalog.topic_for("safehub.events.IncidentOpened")
     service = incidents().start()
     with EventProducer(kafka, codec, catalog) as producer:
-        panic = _panic(now)
+        panic = panic_at(now)
         producer.publish(panic)
         producer.publish(_camera(now + timedelta(seconds=2)))
         events = _decoded(kafka, codec, topic, expect=2)
@@ -190,7 +157,7 @@ def test_records_the_service_cannot_take_are_dead_lettered_and_it_keeps_going(
     now = datetime.now(UTC)
     incidents().start()
     nowhere = {**LINCOLN, "school": "sch-nowhere"}
-    stray = _panic(now)
+    stray = panic_at(now)
     stray["envelope"]["tenant"] = nowhere
     misrouted = new_event(
         "LockCommand",
@@ -215,7 +182,7 @@ def test_records_the_service_cannot_take_are_dead_lettered_and_it_keeps_going(
         headers = [("safehub-event-type", b"safehub.events.LockCommand")]
         producer.publish_raw(alerts, b"sch-lincoln-hs", body, headers)  # not an alert
         producer.publish_raw(doors, b"sch-lincoln-hs", b"\xc3\x01garbage", [])  # not Avro
-        producer.publish(_panic(now + timedelta(seconds=1)))  # still handled afterwards
+        producer.publish(panic_at(now + timedelta(seconds=1)))  # still handled afterwards
     letters = read_topic(kafka, catalog.dead_letter, expect=3, timeout=30)
     reasons = {
         dict(r.headers())["safehub-dlq-group"].decode()
@@ -240,7 +207,7 @@ def test_kill_9_in_a_burst_loses_no_incident_and_duplicates_none(
     service = incidents(SAFEHUB_INCIDENTS__CORRELATION_WINDOW_S="0.001").start()
     topic = catalog.topic_for("safehub.events.IncidentOpened")
     now = datetime.now(UTC)
-    panics = [_panic(now + timedelta(seconds=i)) for i in range(BURST)]
+    panics = [panic_at(now + timedelta(seconds=i)) for i in range(BURST)]
     with EventProducer(kafka, codec, catalog) as producer:
         futures = [producer.publish_nowait(p) for p in panics]
         for future in futures:

@@ -19,7 +19,6 @@ import pytest
 
 from safehub.gen.safehub.common.v1 import srp_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2
-from safehub.kernel.admin import ensure_topics
 from safehub.kernel.codec import Codec
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
@@ -43,28 +42,14 @@ ANCIENT = datetime(1, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def kafka_here(kafka_bootstrap: str) -> KafkaSettings:
-    return KafkaSettings(
-        bootstrap_servers=kafka_bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=500
-    )
-
-
-@pytest.fixture(scope="module")
-def catalog_here(kafka_here: KafkaSettings) -> TopicCatalog:
-    catalog = TopicCatalog(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka_here, catalog)
-    return catalog
-
-
-@pytest.fixture(scope="module")
 def gw(
-    kafka_here: KafkaSettings,
-    catalog_here: TopicCatalog,
+    module_kafka: KafkaSettings,
+    module_catalog: TopicCatalog,
     codec: Codec,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayHandle]:
     with running_gateway(
-        kafka_here, catalog_here.prefix, tmp_path_factory.mktemp("gateway-input"), codec=codec
+        module_kafka, module_catalog.prefix, tmp_path_factory.mktemp("gateway-input"), codec=codec
     ) as handle:
         yield handle
 
@@ -127,7 +112,7 @@ def test_an_occurred_at_that_is_no_clock_reading_is_refused_naming_it(
 
 
 def test_a_panic_or_camera_alert_from_a_wildly_wrong_clock_is_still_accepted(
-    gw: GatewayHandle, kafka_here: KafkaSettings, codec: Codec, catalog_here: TopicCatalog
+    gw: GatewayHandle, module_kafka: KafkaSettings, codec: Codec, module_catalog: TopicCatalog
 ) -> None:
     """A badge whose clock was reset, or runs days ahead, still reaches the hub."""
     panics = gw.stub_for("panic-badges-north")
@@ -147,9 +132,9 @@ def test_a_panic_or_camera_alert_from_a_wildly_wrong_clock_is_still_accepted(
         .event_id,
     ]
     events = read_events(
-        kafka_here,
+        module_kafka,
         codec,
-        catalog_here.name("safehub.alerts.v1"),
+        module_catalog.name("safehub.alerts.v1"),
         lambda found: all(has_event(i)(found) for i in accepted),
     )
     by_id = {e["envelope"]["event_id"]: e["envelope"] for e in events}

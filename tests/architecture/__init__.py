@@ -1,0 +1,1 @@
+"""The shape of the tree: import contracts, the architecture map, the Helm chart."""

@@ -1,0 +1,1 @@
+"""The dev stack: the embedded broker, the manifests the supervisor reads."""

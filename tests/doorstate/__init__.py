@@ -1,0 +1,1 @@
+"""Door state: the faust tables and their recovery."""

@@ -1,0 +1,1 @@
+"""The emergency path end to end, every deployable running as a process."""

@@ -1,0 +1,1 @@
+"""The gateway: ingest, validation, limits, connector sessions, announcements."""

@@ -1,0 +1,1 @@
+"""Incidents: the model, the service, recovery after a kill."""

@@ -1,0 +1,1 @@
+"""The kernel and the contracts: bus, batch consumer, codec, stores, servers, telemetry."""

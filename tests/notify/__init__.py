@@ -1,0 +1,1 @@
+"""Notify: audiences, channels (and their contract), CAP, approvals, the store."""

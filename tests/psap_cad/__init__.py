@@ -1,0 +1,1 @@
+"""psap_cad: EIDO to CAD, the ledger, status back."""

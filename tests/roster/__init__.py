@@ -1,0 +1,1 @@
+"""Rosters: the OneRoster CSV codec and the REST client against the SIS simulator."""

@@ -1,0 +1,1 @@
+"""The timeline: ingest, hash chain, query API, reviewer's view, export."""
