@@ -33,6 +33,7 @@ class EventType(StrEnum):
     NOTIFICATION_REQUESTED = "safehub.events.NotificationRequested"
     PANIC_ALERT = "safehub.events.PanicAlert"
     PANIC_CANCELLED = "safehub.events.PanicCancelled"
+    PERSON_CHANGED = "safehub.events.PersonChanged"
     RECORD_DISCLOSURE = "safehub.events.RecordDisclosure"
     REFERRAL = "safehub.events.Referral"
     REUNIFICATION_STATUS = "safehub.events.ReunificationStatus"

@@ -56,6 +56,7 @@ CASES = "safehub.cases.v1"
 REFERRALS = "safehub.referrals.v1"
 DISCLOSURES = "safehub.disclosures.v1"
 ROSTER = "safehub.roster.v1"
+PEOPLE = "safehub.people.v1"
 DEAD_LETTER = "safehub.deadletter.v1"
 SPANS = "safehub.spans.v1"
 METRICS = "safehub.metrics.v1"
@@ -164,6 +165,15 @@ TOPICS: tuple[TopicSpec, ...] = (
         KeyBy.SCHOOL,
         (_E.ROSTER_CHANGE,),
         "Roster changes from student information systems.",
+    ),
+    TopicSpec(
+        PEOPLE,
+        6,
+        KeyBy.SCHOOL,
+        (_E.PERSON_CHANGED,),
+        "The live directory's people, each change the full record at its version, contact "
+        "details included: read only by the services that must reach people (never the "
+        "timeline), the source every service's people view follows.",
     ),
     TopicSpec(
         SPANS,
