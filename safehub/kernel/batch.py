@@ -25,30 +25,24 @@ itself.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 from opentelemetry.metrics import MeterProvider
 
-from safehub.kernel import observe
 from safehub.kernel.bus import (
     H_EVENT_TYPE,
-    ConsumerStats,
     EventProducer,
+    GroupConsumer,
     Headers,
     PoisonPolicy,
     Record,
-    dead_letter_headers,
-    dead_letter_reason,
     header,
 )
-from safehub.kernel.errors import BusError, HandlerError, StopWithoutCommit
-from safehub.kernel.lifecycle import Closing
+from safehub.kernel.errors import HandlerError, StopWithoutCommit
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 
@@ -60,7 +54,7 @@ T = TypeVar("T")
 DECODE_ATTEMPTS = 1
 
 
-class BatchConsumer(Closing, Generic[T]):
+class BatchConsumer(GroupConsumer, Generic[T]):
     """Decode a poll batch record by record, ``write`` it in one go, then commit its offsets.
 
     ``event_type`` gives an item's event type (fullname) when the items are events, so that
@@ -89,79 +83,25 @@ class BatchConsumer(Closing, Generic[T]):
         extra_config: dict[str, Any] | None = None,
         meter_provider: MeterProvider | None = None,
     ) -> None:
-        self._catalog = catalog
+        super().__init__(
+            kafka,
+            catalog,
+            group_id=group_id,
+            topics=topics,
+            dead_letter=dead_letter,
+            client_id=client_id,
+            batch_size=batch_size,
+            fetch_wait_max_ms=fetch_wait_max_ms,
+            extra_config=extra_config,
+            meter_provider=meter_provider,
+        )
         self._decode = decode
         self._write = write
         self._event_type = event_type
         self._transient = transient
         self._policy = policy or PoisonPolicy()
-        self._dead_letter = dead_letter
-        self._stop = stop or threading.Event()
-        self._group_id = group_id
-        self._batch_size = batch_size
-        # What each topic may carry (empty for a topic of no events, such as the spans one).
-        self._declared = {catalog.name(t): frozenset(catalog.specs[t].events) for t in topics}
-        self._meters = observe.instruments(meter_provider)
-        self.stats = ConsumerStats()
-        config = {
-            **kafka.client_config(),
-            "client.id": client_id,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": kafka.session_timeout_ms,
-            "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
-            "fetch.wait.max.ms": fetch_wait_max_ms or kafka.fetch_wait_max_ms,
-            "allow.auto.create.topics": False,
-            **(extra_config or {}),
-        }
-        try:
-            self._consumer = Consumer(config)
-            self._consumer.subscribe(
-                [catalog.name(t) for t in topics],
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-            )
-        except KafkaException as exc:
-            raise BusError(f"cannot create consumer for group {group_id}: {exc}") from exc
-        self._closed = False
-
-    @property
-    def group(self) -> str:
-        """The consumer group id."""
-        return self._group_id
-
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.stats.assigned.update((tp.topic, tp.partition) for tp in partitions)
-        log.info("partitions assigned", group=self._group_id, count=len(partitions))
-
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._commit(asynchronous=False)
-        self.stats.assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
-
-    def _commit(self, *, asynchronous: bool) -> None:
-        # Commits the stored offsets: only batches written (or dead-lettered) are stored.
-        try:
-            if asynchronous:
-                self._consumer.commit(asynchronous=True)
-            else:
-                self._consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                log.warning("offset commit failed", group=self._group_id, error=str(exc))
-
-    def wait_for_assignment(self, timeout: float = 30.0) -> None:
-        """Poll until this member holds partitions (joins take ~session.timeout/2 on tansu)."""
-        deadline = time.monotonic() + timeout
-        while not self.stats.assigned:
-            if time.monotonic() > deadline:
-                raise BusError(f"group {self._group_id} got no partitions within {timeout} s")
-            self.poll_once(0.1)
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to return after the current batch (safe from any thread)."""
-        self._stop.set()
+        if stop is not None:
+            self._stop = stop
 
     def run(self, poll_timeout: float = 0.2) -> None:
         """Consume until stopped, or until a batch is left for the next run."""
@@ -178,21 +118,10 @@ class BatchConsumer(Closing, Generic[T]):
 
         Waits up to ``timeout`` for the first record, then takes what is already fetched.
         """
-        try:
-            first = self._consumer.poll(timeout)
-            if first is None:
-                return 0
-            messages = [first, *self._consumer.consume(self._batch_size - 1, 0)]
-        except KafkaException as exc:
-            raise BusError(f"consume failed for group {self._group_id}: {exc}") from exc
+        messages = self._fetch(timeout)
         decoded: list[tuple[Record, list[T]]] = []
         done: dict[tuple[str, int], TopicPartition] = {}
         for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error", group=self._group_id, error=error.str())
-                continue
             record = Record.of(message)
             items = self._decoded(record)
             if items:
@@ -224,7 +153,7 @@ class BatchConsumer(Closing, Generic[T]):
             raise
         except Exception as exc:
             # Whatever decoding raises is the record's fault; the reason names no payload.
-            self._to_dead_letter(record, exc, attempts=DECODE_ATTEMPTS)
+            self._send_to_dead_letter(record, exc, attempts=DECODE_ATTEMPTS)
             return []
         return items
 
@@ -275,11 +204,11 @@ class BatchConsumer(Closing, Generic[T]):
             except StopWithoutCommit:
                 raise
             except HandlerError as exc:
-                self._to_dead_letter(record, exc, attempts=attempt)
+                self._send_to_dead_letter(record, exc, attempts=attempt)
                 return
             except Exception as exc:
                 if attempt >= self._policy.max_attempts:
-                    self._to_dead_letter(record, exc, attempts=attempt)
+                    self._send_to_dead_letter(record, exc, attempts=attempt)
                     return
                 self.stats.retried += 1
                 log.warning(
@@ -296,38 +225,3 @@ class BatchConsumer(Closing, Generic[T]):
                     raise StopWithoutCommit(
                         f"stopping while {type(exc).__name__} was being retried"
                     ) from exc
-
-    def _to_dead_letter(self, record: Record, exc: BaseException, *, attempts: int) -> None:
-        reason = dead_letter_reason(exc, attempts)
-        headers = dead_letter_headers(
-            record.headers,
-            exc,
-            reason=reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            group=self._group_id,
-            attempts=attempts,
-        )
-        # Confirmed before the offset moves; a failure here propagates and nothing is committed.
-        self._dead_letter.publish_raw(self._catalog.dead_letter, record.key, record.value, headers)
-        self.stats.dead_lettered += 1
-        self._meters.dead_lettered(record.topic, self._group_id, exc)
-        log.error(
-            "message dead-lettered",
-            group=self._group_id,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            reason=reason,
-        )
-
-    def close(self) -> None:
-        """Commit what was written and leave the group (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._commit(asynchronous=False)
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._consumer.close()

@@ -37,7 +37,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -293,35 +293,32 @@ class ConsumerStats:
     assigned: set[tuple[str, int]] = field(default_factory=set)
 
 
-class EventConsumer(Closing):
-    """Consumes declared topics in a consumer group, at least once, with a dead-letter topic."""
+class GroupConsumer(Closing):
+    """What every consumer of a group shares, whatever it does with records.
+
+    The librdkafka consumer (manual offset store: only records handled or dead-lettered move
+    forward), the partitions held, commits, the dead letter, lag for the metrics, stop and
+    close. :class:`EventConsumer` handles record by record, :class:`~safehub.kernel.batch.
+    BatchConsumer` a poll batch at a time; they differ only in :meth:`poll_once`.
+    """
 
     def __init__(
         self,
         kafka: KafkaSettings,
-        codec: Codec,
         catalog: TopicCatalog,
         *,
         group_id: str,
         topics: Iterable[str],
-        handler: Handler,
         dead_letter: EventProducer,
-        policy: PoisonPolicy | None = None,
-        client_id: str = "safehub",
-        fetch_wait_max_ms: int | None = None,
-        batch_size: int = 500,
-        extra_config: dict[str, Any] | None = None,
-        accept: Callable[[Headers], bool] | None = None,
-        meter_provider: MeterProvider | None = None,
+        client_id: str,
+        batch_size: int,
+        fetch_wait_max_ms: int | None,
+        extra_config: dict[str, Any] | None,
+        meter_provider: MeterProvider | None,
     ) -> None:
-        self._codec = codec
-        # Decides from the headers alone whether a record is for this consumer: a topic may
-        # carry far more of other kinds, and passing them over costs no decode and no span.
-        self._accept = accept
+        topics = list(topics)
         self._catalog = catalog
-        self._handler = handler
         self._dead_letter = dead_letter
-        self._policy = policy or PoisonPolicy()
         self._group_id = group_id
         self._batch_size = batch_size
         self._topics = [catalog.name(base) for base in topics]
@@ -336,7 +333,6 @@ class EventConsumer(Closing):
         self._lag: dict[tuple[str, int], int] = {}
         self._lag_due = 0.0
         self._stop = threading.Event()
-        self._external_stop: threading.Event | None = None
         config = {
             **kafka.client_config(),
             "client.id": client_id,
@@ -370,6 +366,10 @@ class EventConsumer(Closing):
         return self._lag
 
     def _refresh_lag(self) -> None:
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + LAG_REFRESH_S
         assigned = [TopicPartition(topic, partition) for topic, partition in self.stats.assigned]
         lag: dict[tuple[str, int], int] = {}
         try:
@@ -388,21 +388,49 @@ class EventConsumer(Closing):
         self.stats.assigned.update((tp.topic, tp.partition) for tp in partitions)
         log.info("partitions assigned", group=self._group_id, count=len(partitions))
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._commit(consumer, asynchronous=False)
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit(asynchronous=False)
         self.stats.assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._lag = {tp: n for tp, n in self._lag.items() if tp not in gone}
 
-    def _commit(self, consumer: Consumer, *, asynchronous: bool) -> None:
+    def _commit(self, *, asynchronous: bool) -> None:
+        # Commits the stored offsets: only records handled (or dead-lettered) are stored.
         try:
             if asynchronous:
-                consumer.commit(asynchronous=True)
+                self._consumer.commit(asynchronous=True)
             else:
-                consumer.commit(asynchronous=False)
+                self._consumer.commit(asynchronous=False)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("offset commit failed", group=self._group_id, error=str(exc))
+
+    def _fetch(self, timeout: float) -> list[Message]:
+        """Up to ``timeout`` for the first record, then what is already fetched (no errors).
+
+        (``consume(n, timeout)`` would wait for ``n`` records or the whole timeout: fatal for
+        latency, so it is only used with 0.)
+        """
+        self._refresh_lag()
+        try:
+            first = self._consumer.poll(timeout)
+            if first is None:
+                return []
+            messages = [first, *self._consumer.consume(self._batch_size - 1, 0)]
+        except KafkaException as exc:
+            raise BusError(f"consume failed for group {self._group_id}: {exc}") from exc
+        good = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error", group=self._group_id, error=error.str())
+        return good
+
+    def poll_once(self, timeout: float = 0.1) -> int:
+        """Handle what one poll brings; returns how many records."""
+        raise NotImplementedError
 
     def wait_for_assignment(self, timeout: float = 30.0) -> None:
         """Poll until this member holds partitions (joins take ~session.timeout/2 on tansu)."""
@@ -413,8 +441,69 @@ class EventConsumer(Closing):
             self.poll_once(0.1)
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return after the current batch (safe from any thread)."""
+        """Ask ``run`` to return after the current record or batch (safe from any thread)."""
         self._stop.set()
+
+    def _send_to_dead_letter(self, record: Record, exc: BaseException, *, attempts: int) -> None:
+        reason, headers = dead_letter_of(record, exc, attempts=attempts, group=self._group_id)
+        # Confirmed before the offset moves; a failure here propagates and nothing is committed.
+        self._dead_letter.publish_raw(self._catalog.dead_letter, record.key, record.value, headers)
+        self.stats.dead_lettered += 1
+        dead_lettered(record, exc, reason=reason, group=self._group_id, meters=self._meters)
+
+    def close(self) -> None:
+        """Commit what was handled and leave the group (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._meters.unwatch_lag(self)
+        self._lag = {}
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._commit(asynchronous=False)
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._consumer.close()
+
+
+class EventConsumer(GroupConsumer):
+    """Consumes declared topics in a consumer group, at least once, with a dead-letter topic."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        codec: Codec,
+        catalog: TopicCatalog,
+        *,
+        group_id: str,
+        topics: Iterable[str],
+        handler: Handler,
+        dead_letter: EventProducer,
+        policy: PoisonPolicy | None = None,
+        client_id: str = "safehub",
+        fetch_wait_max_ms: int | None = None,
+        batch_size: int = 500,
+        extra_config: dict[str, Any] | None = None,
+        accept: Callable[[Headers], bool] | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        super().__init__(
+            kafka,
+            catalog,
+            group_id=group_id,
+            topics=topics,
+            dead_letter=dead_letter,
+            client_id=client_id,
+            batch_size=batch_size,
+            fetch_wait_max_ms=fetch_wait_max_ms,
+            extra_config=extra_config,
+            meter_provider=meter_provider,
+        )
+        self._codec = codec
+        # Decides from the headers alone whether a record is for this consumer: a topic may
+        # carry far more of other kinds, and passing them over costs no decode and no span.
+        self._accept = accept
+        self._handler = handler
+        self._policy = policy or PoisonPolicy()
+        self._external_stop: threading.Event | None = None
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Consume until :meth:`stop` is called or ``stop`` is set.
@@ -437,29 +526,15 @@ class EventConsumer(Closing):
     def poll_once(self, timeout: float = 0.1) -> int:
         """Wait up to ``timeout`` for a message, handle it and whatever else is already fetched.
 
-        Returns the number of messages processed. (``consume(n, timeout)`` would wait for
-        ``n`` messages or the whole timeout: fatal for latency, so it is only used with 0.)
+        Returns the number of messages processed.
         """
-        now = time.monotonic()
-        if now >= self._lag_due:
-            self._lag_due = now + LAG_REFRESH_S
-            self._refresh_lag()
-        try:
-            first = self._consumer.poll(timeout)
-            if first is None:
-                return 0
-            messages = [first, *self._consumer.consume(self._batch_size - 1, 0)]
-        except KafkaException as exc:
-            raise BusError(f"consume failed for group {self._group_id}: {exc}") from exc
+        messages = self._fetch(timeout)
+        if not messages:
+            return 0
         messages = fair_order(messages)
         done: dict[tuple[str, int], TopicPartition] = {}
         try:
             for message in messages:
-                error = message.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer error", group=self._group_id, error=error.str())
-                    continue
                 self._process(message)
                 topic, partition = str(message.topic()), message.partition() or 0
                 done[topic, partition] = TopicPartition(
@@ -470,7 +545,7 @@ class EventConsumer(Closing):
             if done:
                 self._consumer.store_offsets(offsets=list(done.values()))
         if done:
-            self._commit(self._consumer, asynchronous=True)
+            self._commit(asynchronous=True)
         return len(done) and len(messages)
 
     def _process(self, message: Message) -> None:
@@ -555,43 +630,6 @@ class EventConsumer(Closing):
                 delay = self._policy.backoff_s * 2 ** (attempt - 1)
                 time.sleep(min(delay, self._policy.backoff_max_s))
 
-    def _send_to_dead_letter(self, record: Record, exc: BaseException, *, attempts: int) -> None:
-        reason = dead_letter_reason(exc, attempts)
-        headers = dead_letter_headers(
-            record.headers,
-            exc,
-            reason=reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            group=self._group_id,
-            attempts=attempts,
-        )
-        # Confirmed before the offset moves; a failure here propagates and nothing is committed.
-        self._dead_letter.publish_raw(self._catalog.dead_letter, record.key, record.value, headers)
-        self.stats.dead_lettered += 1
-        self._meters.dead_lettered(record.topic, self._group_id, exc)
-        log.error(
-            "message dead-lettered",
-            group=self._group_id,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            reason=reason,
-        )
-
-    def close(self) -> None:
-        """Commit what was handled and leave the group (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._meters.unwatch_lag(self)
-        self._lag = {}
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._commit(self._consumer, asynchronous=False)
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._consumer.close()
-
 
 def _undeclared(event_type: str, topic: str) -> HandlerError:
     return HandlerError(
@@ -658,6 +696,57 @@ def event_headers(event: Event) -> tracing.Headers:
         ),
         (H_EXERCISE, b"1" if envelope.get("exercise") else b"0"),
     ]
+
+
+class RecordLike(Protocol):
+    """Where a consumed record came from (the bus's :class:`Record`, faust's StreamRecord)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def headers(self) -> list[tuple[str, bytes]]: ...
+
+
+def dead_letter_of(
+    record: RecordLike, exc: BaseException, *, attempts: int, group: str
+) -> tuple[str, tracing.Headers]:
+    """The reason and the headers of ``record``'s copy on the dead-letter topic."""
+    reason = dead_letter_reason(exc, attempts)
+    headers = dead_letter_headers(
+        record.headers,
+        exc,
+        reason=reason,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        group=group,
+        attempts=attempts,
+    )
+    return reason, headers
+
+
+def dead_lettered(
+    record: RecordLike,
+    exc: BaseException,
+    *,
+    reason: str,
+    group: str,
+    meters: observe.Instruments,
+) -> None:
+    """Count and log a record whose copy the dead-letter topic confirmed."""
+    meters.dead_lettered(record.topic, group, exc)
+    log.error(
+        "message dead-lettered",
+        group=group,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        reason=reason,
+    )
 
 
 def dead_letter_headers(

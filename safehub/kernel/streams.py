@@ -59,12 +59,7 @@ from opentelemetry.metrics import MeterProvider
 
 from safehub.kernel import observe, tracing
 from safehub.kernel.admin import ensure_topics
-from safehub.kernel.bus import (
-    ConsumedEvent,
-    dead_letter_headers,
-    dead_letter_reason,
-    event_headers,
-)
+from safehub.kernel.bus import ConsumedEvent, dead_letter_of, dead_lettered, event_headers
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.errors import BusError, CodecError
 from safehub.kernel.logging import configure_logging
@@ -425,32 +420,14 @@ class StreamIO:
 
     async def dead_letter(self, record: StreamRecord, exc: BaseException, *, attempts: int) -> None:
         """Send the original record to the dead-letter topic and wait for the broker."""
-        reason = dead_letter_reason(exc, attempts)
-        headers = dead_letter_headers(
-            record.headers,
-            exc,
-            reason=reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            group=self.group,
-            attempts=attempts,
-        )
+        reason, headers = dead_letter_of(record, exc, attempts=attempts, group=self.group)
         # Confirmed before the event is acknowledged; a failure here crashes the agent and
         # the uncommitted record is read again after the restart.
         await self.app.producer.send_and_wait(
             self.catalog.dead_letter, record.key, record.value, None, None, headers
         )
         self.stats.dead_lettered += 1
-        self._meters.dead_lettered(record.topic, self.group, exc)
-        log.error(
-            "message dead-lettered",
-            group=self.group,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            reason=reason,
-        )
+        dead_lettered(record, exc, reason=reason, group=self.group, meters=self._meters)
 
     async def publish(self, event: Event, *, wait: bool = False) -> None:
         """Encode ``event`` and send it to its topic, keyed by the topic's rule.
