@@ -1,4 +1,5 @@
-"""Running hub components as real processes (so tests can SIGTERM or kill -9 them)."""
+"""Running hub components and simulators as real processes (so tests can SIGTERM or kill -9
+them, and talk to them over real sockets)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Self
+
+import httpx
 
 from safehub.kernel.settings import KafkaSettings
 from tests.support.waiting import wait_until
@@ -91,6 +94,101 @@ class Component:
         return self.process.returncode if self.process else None
 
     def __enter__(self) -> Component:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SimulatorProcess:
+    """``python -m <module> --port 0 --port-file F …`` and an HTTP client for its control API.
+
+    Subclasses name the module and add their arguments and environment (secrets go by
+    environment, never argv, as the dev hub passes them).
+    """
+
+    module: ClassVar[str]
+
+    def __init__(self, workdir: Path, name: str) -> None:
+        self.workdir = workdir
+        self.port_file = workdir / f"{name}.port"
+        self.log_file = workdir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self._control: httpx.Client | None = None
+
+    def args(self) -> list[str]:
+        """Arguments after ``--port 0 --port-file F``."""
+        return []
+
+    def env(self) -> dict[str, str]:
+        """Variables added to this process's environment."""
+        return {}
+
+    def start(self) -> Self:
+        """Start and wait until it listens."""
+        self.port_file.unlink(missing_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            self.module,
+            "--port",
+            "0",
+            "--port-file",
+            str(self.port_file),
+        ]
+        with self.log_file.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [*argv, *self.args()],
+                cwd=ROOT,
+                env={**os.environ, **self.env()},
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(self._listening, timeout=30, what=f"{self.module} listening")
+        self.port = int(self.port_file.read_text())
+        self._control = httpx.Client(base_url=self.base_url, timeout=30)
+        return self
+
+    def _listening(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"{self.module} exited with {self.process.returncode}: "
+                f"{self.log_file.read_text(errors='replace')[-2000:]}"
+            )
+        return self.port_file.exists()
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def control(self) -> httpx.Client:
+        """The HTTP client of its control API (``start()`` first)."""
+        assert self._control is not None, "start() first"
+        return self._control
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST a control request; fails the test unless it answers 200."""
+        response = self.control.post(path, json=body)
+        assert response.status_code == 200, f"{path}: HTTP {response.status_code} {response.text}"
+        return response.json()
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        if self._control is not None:
+            self._control.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -9,27 +9,22 @@ endpoints where a test talks to the provider directly.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from aiohttp import web
 
 from services.notify.channels.sms import TwilioConfig
 from simulators.sms.server import DEFAULT_ACCOUNT_SID
-from tests.support.waiting import wait_until
+from tests.support.processes import SimulatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 FROM_NUMBER = "+15550009999"
 
 
-class ProviderSimProcess:
+class ProviderSimProcess(SimulatorProcess):
     """``python -m simulators.sms`` with one account; control API helpers."""
 
     def __init__(
@@ -40,55 +35,21 @@ class ProviderSimProcess:
         account_sid: str = DEFAULT_ACCOUNT_SID,
         inbound_url: str | None = None,
     ) -> None:
-        self.workdir = workdir
+        super().__init__(workdir, "provider_sim")
         self.auth_token = auth_token
         self.account_sid = account_sid
         self.inbound_url = inbound_url
-        self.port_file = workdir / "provider_sim.port"
-        self.log_file = workdir / "provider_sim.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self._control: httpx.Client | None = None
 
-    def start(self) -> ProviderSimProcess:
-        """Start and wait until it listens."""
-        self.port_file.unlink(missing_ok=True)
-        args = [
-            sys.executable,
-            "-m",
-            "simulators.sms",
-            "--port",
-            "0",
-            "--port-file",
-            str(self.port_file),
-            "--account-sid",
-            self.account_sid,
-        ]
-        if self.inbound_url:
-            args += ["--inbound-url", self.inbound_url]
-        env = {**os.environ, "SAFEHUB_SIM_TWILIO_AUTH_TOKEN": self.auth_token}
-        with self.log_file.open("ab") as sink:
-            self.process = subprocess.Popen(
-                args, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
-            )
-        wait_until(self._listening, timeout=30, what="provider simulator listening")
-        self.port = int(self.port_file.read_text())
-        self._control = httpx.Client(base_url=self.base_url, timeout=30)
-        return self
+    module = "simulators.sms"
 
-    def _listening(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(
-                f"provider simulator exited with {self.process.returncode}: "
-                f"{self.log_file.read_text(errors='replace')[-2000:]}"
-            )
-        return self.port_file.exists()
+    def args(self) -> list[str]:
+        """The account, and where replies go."""
+        extra = ["--account-sid", self.account_sid]
+        return [*extra, "--inbound-url", self.inbound_url] if self.inbound_url else extra
 
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:<port>``: the API base URL (Twilio's is https://api.twilio.com)."""
-        return f"http://127.0.0.1:{self.port}"
+    def env(self) -> dict[str, str]:
+        """The auth token goes by environment, as the dev hub passes it."""
+        return {"SAFEHUB_SIM_TWILIO_AUTH_TOKEN": self.auth_token}
 
     def config(self, **overrides: Any) -> TwilioConfig:
         """A TwilioConfig for this simulator's account."""
@@ -103,40 +64,32 @@ class ProviderSimProcess:
 
     # -- control API -----------------------------------------------------------------------
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
-        assert self._control is not None, "start() first"
-        response = self._control.post(path, json=body)
-        assert response.status_code == 200, f"{path}: HTTP {response.status_code} {response.text}"
-        return response.json()
-
     def script(self, number: str, outcome: str, **extra: Any) -> Any:
         """Script what happens to messages/calls to ``number``."""
-        return self._post("/_sim/script", {"number": number, "outcome": outcome, **extra})
+        return self.post("/_sim/script", {"number": number, "outcome": outcome, **extra})
 
     def reply(self, from_number: str, body: str, **extra: Any) -> Any:
         """The recipient texts ``body`` back (the inbound webhook is posted before this returns)."""
-        return self._post("/_sim/reply", {"from": from_number, "body": body, **extra})
+        return self.post("/_sim/reply", {"from": from_number, "body": body, **extra})
 
     def press(self, call_sid: str, digits: str) -> Any:
         """The callee presses ``digits`` (the Gather action is posted before this returns)."""
-        return self._post("/_sim/press", {"call_sid": call_sid, "digits": digits})
+        return self.post("/_sim/press", {"call_sid": call_sid, "digits": digits})
 
     def configure(self, **settings: Any) -> Any:
         """POST /_sim/config."""
-        return self._post("/_sim/config", settings)
+        return self.post("/_sim/config", settings)
 
     def messages(self, to: str | None = None) -> list[dict[str, Any]]:
         """GET /_sim/messages."""
-        assert self._control is not None, "start() first"
-        result: list[dict[str, Any]] = self._control.get(
+        result: list[dict[str, Any]] = self.control.get(
             "/_sim/messages", params={"to": to} if to else None
         ).json()
         return result
 
     def calls(self, to: str | None = None) -> list[dict[str, Any]]:
         """GET /_sim/calls."""
-        assert self._control is not None, "start() first"
-        result: list[dict[str, Any]] = self._control.get(
+        result: list[dict[str, Any]] = self.control.get(
             "/_sim/calls", params={"to": to} if to else None
         ).json()
         return result
@@ -148,24 +101,6 @@ class ProviderSimProcess:
     def call(self, sid: str) -> dict[str, Any] | None:
         """One call of /_sim/calls by sid."""
         return next((c for c in self.calls() if c["sid"] == sid), None)
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        if self._control is not None:
-            self._control.close()
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-    def __enter__(self) -> ProviderSimProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)
