@@ -71,20 +71,6 @@ def gw(
         yield handle
 
 
-@pytest.fixture(scope="module")
-def shared_gw(
-    module_kafka: KafkaSettings,
-    module_catalog: TopicCatalog,
-    codec: Codec,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[GatewayHandle]:
-    """One gateway for the tests that only look at answers (starting one costs ~3 s)."""
-    with running_gateway(
-        module_kafka, module_catalog.prefix, tmp_path_factory.mktemp("shared-gateway"), codec=codec
-    ) as handle:
-        yield handle
-
-
 def events_on(
     kafka: KafkaSettings,
     codec: Codec,

@@ -9,7 +9,7 @@ naming the field and the code point, never echoing the value.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -31,7 +31,6 @@ from tests.support.gateway import (
     panic_request,
     place,
     read_events,
-    running_gateway,
     timestamp,
 )
 
@@ -39,19 +38,6 @@ pytestmark = pytest.mark.kafka
 
 TIMEOUT = 15
 ANCIENT = datetime(1, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def gw(
-    module_kafka: KafkaSettings,
-    module_catalog: TopicCatalog,
-    codec: Codec,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[GatewayHandle]:
-    with running_gateway(
-        module_kafka, module_catalog.prefix, tmp_path_factory.mktemp("gateway-input"), codec=codec
-    ) as handle:
-        yield handle
 
 
 def refused(call: Callable[[], Any]) -> grpc.RpcError:
@@ -92,16 +78,16 @@ def srp(**fields: Any) -> ingest_pb2.RequestSrpActionRequest:
     "when", [ANCIENT, datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC)], ids=["year-1", "1969"]
 )
 def test_an_occurred_at_that_is_no_clock_reading_is_refused_naming_it(
-    gw: GatewayHandle, when: datetime
+    shared_gw: GatewayHandle, when: datetime
 ) -> None:
     calls: list[Callable[[], Any]] = [
-        lambda: gw.stub_for("panic-badges-north").ReportPanic(
+        lambda: shared_gw.stub_for("panic-badges-north").ReportPanic(
             panic_request(occurred_at=timestamp(when)), timeout=TIMEOUT
         ),
-        lambda: gw.stub_for("vision-analytics-north").ReportCameraAlert(
+        lambda: shared_gw.stub_for("vision-analytics-north").ReportCameraAlert(
             camera(occurred_at=timestamp(when)), timeout=TIMEOUT
         ),
-        lambda: gw.stub_for("acme-access-north").ReportDoorState(
+        lambda: shared_gw.stub_for("acme-access-north").ReportDoorState(
             door(occurred_at=timestamp(when)), timeout=TIMEOUT
         ),
     ]
@@ -112,10 +98,13 @@ def test_an_occurred_at_that_is_no_clock_reading_is_refused_naming_it(
 
 
 def test_a_panic_or_camera_alert_from_a_wildly_wrong_clock_is_still_accepted(
-    gw: GatewayHandle, module_kafka: KafkaSettings, codec: Codec, module_catalog: TopicCatalog
+    shared_gw: GatewayHandle,
+    module_kafka: KafkaSettings,
+    codec: Codec,
+    module_catalog: TopicCatalog,
 ) -> None:
     """A badge whose clock was reset, or runs days ahead, still reaches the hub."""
-    panics = gw.stub_for("panic-badges-north")
+    panics = shared_gw.stub_for("panic-badges-north")
     accepted = [
         panics.ReportPanic(
             panic_request(occurred_at=timestamp(datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC))),
@@ -125,7 +114,7 @@ def test_a_panic_or_camera_alert_from_a_wildly_wrong_clock_is_still_accepted(
             panic_request(occurred_at=timestamp(datetime.now(UTC) + timedelta(days=3))),
             timeout=TIMEOUT,
         ).event_id,
-        gw.stub_for("vision-analytics-north")
+        shared_gw.stub_for("vision-analytics-north")
         .ReportCameraAlert(
             camera(occurred_at=timestamp(datetime.now(UTC) + timedelta(days=3))), timeout=TIMEOUT
         )
@@ -155,11 +144,11 @@ def test_a_panic_or_camera_alert_from_a_wildly_wrong_clock_is_still_accepted(
     assert set(found) == {"occurred_at"}
 
 
-def test_a_door_report_from_the_future_is_still_refused(gw: GatewayHandle) -> None:
+def test_a_door_report_from_the_future_is_still_refused(shared_gw: GatewayHandle) -> None:
     """Bulk device feeds keep the skew limit: their clocks order door states."""
     found = violations(
         refused(
-            lambda: gw.stub_for("acme-access-north").ReportDoorState(
+            lambda: shared_gw.stub_for("acme-access-north").ReportDoorState(
                 door(occurred_at=timestamp(datetime.now(UTC) + timedelta(days=3))),
                 timeout=TIMEOUT,
             )
@@ -183,11 +172,11 @@ BAD_IDS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_IDS))
 def test_ids_with_invisible_format_or_unnormalised_characters_are_refused(
-    gw: GatewayHandle, case: str
+    shared_gw: GatewayHandle, case: str
 ) -> None:
     value, named = BAD_IDS[case]
     error = refused(
-        lambda: gw.stub_for("panic-badges-north").ReportPanic(
+        lambda: shared_gw.stub_for("panic-badges-north").ReportPanic(
             panic_request(device_id=value), timeout=TIMEOUT
         )
     )
@@ -197,9 +186,9 @@ def test_ids_with_invisible_format_or_unnormalised_characters_are_refused(
     assert value not in (error.details() or "") and value not in found["device_id"]
 
 
-def test_place_ids_get_the_same_rules(gw: GatewayHandle) -> None:
+def test_place_ids_get_the_same_rules(shared_gw: GatewayHandle) -> None:
     error = refused(
-        lambda: gw.stub_for("acme-access-north").ReportDoorState(
+        lambda: shared_gw.stub_for("acme-access-north").ReportDoorState(
             door(place=place(building="B\u200d"), door_id="B-east-\u2066entry"), timeout=TIMEOUT
         )
     )
@@ -207,9 +196,9 @@ def test_place_ids_get_the_same_rules(gw: GatewayHandle) -> None:
 
 
 def test_free_text_with_bidi_overrides_is_refused_and_emoji_joiners_are_fine(
-    gw: GatewayHandle,
+    shared_gw: GatewayHandle,
 ) -> None:
-    staff = gw.stub_for("staff-app-lincoln")
+    staff = shared_gw.stub_for("staff-app-lincoln")
     for override in ("\u202e", "\u2067", "\u200f"):
         request = srp(note=f"Hold in rooms {override}evif moor ni nug")
         error = refused(partial(staff.RequestSrpAction, request, timeout=TIMEOUT))
