@@ -28,17 +28,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
 from safehub.contracts.names import EventType
-from safehub.kernel.bus import ConsumedEvent, Delivered, EventProducer
+from safehub.kernel.bus import ConsumedEvent, EventProducer
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.envelope import new_event, stable_id
 from safehub.kernel.errors import HandlerError, SafeHubError
+from safehub.kernel.outbox import OutboxItem, OutboxRelay
 from services.notify import templates
 from services.notify.audiences import ENDPOINT_CHANNELS, AudienceError, Audiences, Target
 from services.notify.channels.base import (
@@ -52,7 +52,6 @@ from services.notify.store import (
     RANK,
     DeliveryRow,
     NotificationRow,
-    OutboxItem,
     RecipientRow,
     StatusChange,
     Store,
@@ -174,59 +173,37 @@ class Plan:
 
 
 class Outbox:
-    """Publishes stored outbox events and forgets them once the broker confirmed them.
+    """Notify's side of the kernel outbox (:class:`~safehub.kernel.outbox.OutboxRelay`).
 
     Status changes from the channel workers are batched: one transaction per batch records
     the statuses and their receipts, so thousands of messages do not cost thousands of
-    commits. Events left over by a crash are re-published by :meth:`sweep`.
+    commits. The relay publishes committed events, forgets them once the broker confirmed
+    them and re-publishes what a crash left (:meth:`sweep`).
     """
 
     def __init__(
         self, store: Store, producer: EventProducer, codec: Codec, stop: threading.Event
     ) -> None:
         self._store = store
-        self._producer = producer
-        self._codec = codec
         self._stop = stop
+        self._relay = OutboxRelay(store.outbox, store.engine, producer, codec)
         self._pending: queue.Queue[tuple[StatusChange, Event]] = queue.Queue()
-        self._confirmed: queue.Queue[str] = queue.Queue()
-        self._idle = threading.Event()
-        self._idle.set()
 
     def item(self, event: Event) -> OutboxItem:
         """The outbox row of an event."""
-        return OutboxItem(str(event["envelope"]["event_id"]), self._codec.encode(event))
+        return self._relay.item(event)
 
     def publish(self, events: Iterable[Event]) -> None:
         """Publish events already in the outbox (committed)."""
-        for event in events:
-            event_id = str(event["envelope"]["event_id"])
-            future = self._producer.publish_nowait(event)
-            future.add_done_callback(self._on_delivery(event_id))
-
-    def _on_delivery(self, event_id: str) -> Callable[[Future[Delivered]], None]:
-        def done(future: Future[Delivered]) -> None:
-            if future.exception() is None:
-                self._confirmed.put(event_id)
-            else:  # stays in the outbox; the sweep publishes it again
-                log.warning("receipt not confirmed by the broker", event_id=event_id)
-
-        return done
+        self._relay.publish(events)
 
     def record(self, change: StatusChange, event: Event) -> None:
         """Queue a status change and its receipt for the next batch."""
-        self._idle.clear()
         self._pending.put((change, event))
 
     def run(self) -> None:
-        """Write batches until stop; then write what is left."""
-        last_sweep = time.monotonic()
-        while not self._stop.is_set():
-            self._batch(0.05)
-            if time.monotonic() - last_sweep > 10:
-                last_sweep = time.monotonic()
-                self.sweep(older_than_s=10)
-        self._batch(0)
+        """Write batches until stop; then write what is left (startup swept in ``recover``)."""
+        self._relay.run(self._stop, work=self._batch, sweep_at_start=False)
 
     def _batch(self, wait: float) -> None:
         batch: list[tuple[StatusChange, Event]] = []
@@ -236,36 +213,25 @@ class Outbox:
                 batch.append(self._pending.get_nowait())
         except queue.Empty:
             pass
-        if batch:
-            changes = [change for change, _ in batch]
-            events = [event for _, event in batch]
-            delay = 0.1
-            while True:
-                try:
-                    self._store.record_statuses(changes, [self.item(e) for e in events])
-                    break
-                except StoreError as exc:
-                    log.warning("store write failed, retrying", error=str(exc))
-                    if self._stop.wait(delay):
-                        break  # not recorded: the deliveries stay QUEUED and are re-sent
-                    delay = min(delay * 2, 5.0)
-            self.publish(events)
-        elif self._pending.empty():
-            self._idle.set()
-        confirmed: list[str] = []
+        if not batch:
+            return
+        changes = [change for change, _ in batch]
+        events = [event for _, event in batch]
+        delay = 0.1
         while True:
             try:
-                confirmed.append(self._confirmed.get_nowait())
-            except queue.Empty:
+                self._store.record_statuses(changes, [self.item(e) for e in events])
                 break
-        if confirmed:
-            self._store.outbox_done(confirmed)
+            except StoreError as exc:
+                log.warning("store write failed, retrying", error=str(exc))
+                if self._stop.wait(delay):
+                    break  # not recorded: the deliveries stay QUEUED and are re-sent
+                delay = min(delay * 2, 5.0)
+        self.publish(events)
 
     def sweep(self, older_than_s: float = 0.0) -> int:
         """Re-publish outbox events older than ``older_than_s`` (after a crash or a failure)."""
-        items = self._store.outbox_pending(older_than_s)
-        self.publish(self._codec.decode(item.body) for item in items)
-        return len(items)
+        return self._relay.sweep(older_than_s)
 
 
 class Dispatcher:

@@ -4,8 +4,9 @@ Everything notify must not lose across a restart lives here (SQLite file by defa
 PostgreSQL by URL): each notification and its recipients, every delivery attempt and its
 status, acknowledgements (recorded once: the first ``claim_ack`` wins), the escalation
 schedule (``next_escalation_at`` per recipient, so a restart resumes it), the SRP action last
-notified per incident, the CAP documents, and an outbox of encoded events written in the same
-transaction as the state they report (published after commit, re-published after a crash).
+notified per incident, the CAP documents, and the outbox (:mod:`safehub.kernel.outbox`) of
+encoded events written in the same transaction as the state they report (published after
+commit, re-published after a crash).
 
 The schema comes from the alembic migrations in ``migrations/`` (applied at open).
 No contact details are stored: recipients are ids; addresses come from the people file.
@@ -28,7 +29,6 @@ from sqlalchemy import (
     Engine,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Table,
@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection
 
 from safehub.kernel import store as kernel_store
 from safehub.kernel.lifecycle import Closing
+from safehub.kernel.outbox import OutboxItem, OutboxTable
 from safehub.kernel.store import (
     insert_for,
     insert_or_ignore,
@@ -161,14 +162,6 @@ class HeldRow:
     released_body: str | None = None
 
 
-@dataclass(frozen=True)
-class OutboxItem:
-    """An encoded event waiting for the broker's confirmation."""
-
-    event_id: str
-    body: bytes
-
-
 class Store(Closing):
     """The store's tables behind one SQLAlchemy engine (thread-safe: a connection per call)."""
 
@@ -272,26 +265,13 @@ class Store(Closing):
             Column("sent_at", Double, nullable=False, index=True),
             Column("posted", Boolean, nullable=False, default=False),
         )
-        self.outbox = Table(
-            f"{p}outbox",
-            metadata,
-            Column("event_id", String(100), primary_key=True),
-            Column("body", LargeBinary, nullable=False),
-            Column("created_at", Double, nullable=False),
-        )
+        #: Events written with the state they report (the kernel's transactional outbox).
+        self.outbox = OutboxTable(metadata, prefix=p, error=StoreError)
         # The schema is the migrations' (``migrations/versions``); the tables above mirror it.
         # A file made by ``create_all`` before the store had migrations is adopted as 0001.
         migrate(self._engine, MIGRATIONS, error=StoreError, table_prefix=p, adopt=metadata.tables)
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _outbox(self, conn: Connection, items: Sequence[OutboxItem]) -> None:
-        if items:
-            now = time.time()
-            conn.execute(
-                insert_or_ignore(conn, self.outbox, keys=["event_id"]),
-                [{"event_id": i.event_id, "body": i.body, "created_at": now} for i in items],
-            )
 
     def _begin(self) -> Any:
         return self._engine.begin()
@@ -338,7 +318,7 @@ class Store(Closing):
                 return False
             self._add_recipients(conn, recipients)
             self._add_deliveries(conn, deliveries)
-            self._outbox(conn, outbox)
+            self.outbox.add(conn, outbox)
         return True
 
     def add_recipients(
@@ -354,7 +334,7 @@ class Store(Closing):
         with wrap_errors(StoreError, "cannot store recipients"), self._begin() as conn:
             self._add_recipients(conn, recipients)
             self._add_deliveries(conn, deliveries)
-            self._outbox(conn, outbox)
+            self.outbox.add(conn, outbox)
 
     def _add_recipients(self, conn: Connection, recipients: Sequence[RecipientRow]) -> None:
         if recipients:
@@ -430,7 +410,7 @@ class Store(Closing):
         """New delivery attempts (fallbacks) and their QUEUED receipts."""
         with self._begin() as conn:
             self._add_deliveries(conn, deliveries)
-            self._outbox(conn, outbox)
+            self.outbox.add(conn, outbox)
 
     def escalate(
         self,
@@ -461,7 +441,7 @@ class Store(Closing):
             if not moved.rowcount:
                 return False
             self._add_deliveries(conn, deliveries)
-            self._outbox(conn, outbox)
+            self.outbox.add(conn, outbox)
         return True
 
     def record_statuses(
@@ -498,7 +478,7 @@ class Store(Closing):
         with wrap_errors(StoreError, "cannot record delivery statuses"), self._begin() as conn:
             if rows:
                 conn.execute(statement, rows)
-            self._outbox(conn, outbox)
+            self.outbox.add(conn, outbox)
 
     def delivery(self, delivery_id: str) -> DeliveryRow | None:
         """A delivery by id."""
@@ -567,7 +547,7 @@ class Store(Closing):
             )
             if not claimed.rowcount:
                 return False
-            self._outbox(conn, outbox)
+            self.outbox.add(conn, outbox)
         return True
 
     def due_escalations(self, now: float, limit: int = 500) -> list[RecipientRow]:
@@ -754,7 +734,7 @@ class Store(Closing):
             )
             if not moved.rowcount:
                 return False
-            self._outbox(conn, outbox)
+            self.outbox.add(conn, outbox)
         return True
 
     # -- CAP ---------------------------------------------------------------------------------
@@ -858,23 +838,18 @@ class Store(Closing):
 
     # -- outbox ------------------------------------------------------------------------------
 
+    @property
+    def engine(self) -> Engine:
+        """The store's engine (the outbox relay reads and clears the outbox through it)."""
+        return self._engine
+
     def outbox_pending(self, older_than_s: float = 0.0, limit: int = 1000) -> list[OutboxItem]:
         """Events written but not yet confirmed by the broker."""
-        table = self.outbox
-        query = (
-            select(table.c.event_id, table.c.body)
-            .where(table.c.created_at <= time.time() - older_than_s)
-            .order_by(table.c.created_at)
-            .limit(limit)
-        )
-        with self._engine.connect() as conn:
-            return [OutboxItem(str(a), bytes(b)) for a, b in conn.execute(query)]
+        return self.outbox.pending(self._engine, older_than_s, limit)
 
     def outbox_done(self, event_ids: Sequence[str]) -> None:
         """Forget events the broker confirmed."""
-        if event_ids:
-            with self._begin() as conn:
-                conn.execute(self.outbox.delete().where(self.outbox.c.event_id.in_(event_ids)))
+        self.outbox.done(self._engine, event_ids)
 
     def close(self) -> None:
         """Release the connection pool."""
