@@ -56,7 +56,7 @@ test: lint chromium ## Lint, then run the whole test suite against real parts
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## The tests that need no broker and no PostgreSQL (under a minute, both cores)
-	$(BIN)/pytest -q -n auto -m "not kafka and not postgres"
+	$(BIN)/pytest -q -n auto --dist loadfile -m "not kafka and not postgres"
 
 .PHONY: deadcode
 deadcode: $(STAMP) ## Report code nothing calls (framework hooks are named as ignored)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The probes write into the tree itself: under xdist the suite is spread by file
+# (``--dist loadfile``), so they never show in this file's other lint runs.
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
