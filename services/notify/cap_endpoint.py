@@ -25,10 +25,9 @@ from lxml import etree  # type: ignore[import-untyped]
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from pydantic import SecretStr
 
-from services.notify.cap import (
+from safehub.standards.cap import (
     CAP_MEDIA_TYPE,
     CAP_NAMESPACE,
-    LANGUAGE_EN,
     CapAlert,
     CapError,
     MsgType,
@@ -36,6 +35,7 @@ from services.notify.cap import (
     Status,
     cap_datetime,
 )
+from services.notify.cap import LANGUAGE_EN
 
 ATOM_NAMESPACE = "http://www.w3.org/2005/Atom"
 ATOM_MEDIA_TYPE = "application/atom+xml"

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from safehub.kernel.directory import default_directory_file
 from safehub.kernel.settings import HubSettings
-from services.notify.cap import DEFAULT_CAP_XSD
+from safehub.standards.cap import DEFAULT_CAP_XSD
 from services.notify.channels.sms import TwilioConfig
 
 

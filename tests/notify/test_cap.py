@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from safehub.devstack.pki import DevPki
 from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.http_server import ServerThread, server_ssl_context
+from safehub.standards import cap as cap_xml
 from services.notify import cap
 from services.notify.cap_endpoint import (
     ATOM_NAMESPACE,
@@ -38,7 +39,7 @@ from services.notify.cap_endpoint import (
 STANDARDS = Path(__file__).resolve().parents[3] / "shared/standards/cap-1.2"
 SAMPLES = sorted((STANDARDS / "samples").glob("*.xml"))
 NEGATIVE = STANDARDS / "samples-negative"
-NS = {"cap": cap.CAP_NAMESPACE, "atom": ATOM_NAMESPACE}
+NS = {"cap": cap_xml.CAP_NAMESPACE, "atom": ATOM_NAMESPACE}
 ACTIONS = ["HOLD", "SECURE", "LOCKDOWN", "EVACUATE", "SHELTER", "ALL_CLEAR"]
 HUB = "safehub.local"
 SENT = datetime(2026, 3, 2, 14, 5, 9, 654321, tzinfo=UTC)
@@ -48,11 +49,11 @@ CAP_DATETIME = re.compile(r"^\d\d\d\d-\d\d-\d\dT\d\d:\d\d:\d\d[-+]\d\d:\d\d$")
 @pytest.fixture(scope="module")
 def xsd() -> Any:
     """The OASIS schema through plain lxml: an oracle independent of services.notify.cap."""
-    return etree.XMLSchema(etree.parse(str(cap.DEFAULT_CAP_XSD)))
+    return etree.XMLSchema(etree.parse(str(cap_xml.DEFAULT_CAP_XSD)))
 
 
 @pytest.fixture(scope="module")
-def area() -> cap.CapArea:
+def area() -> cap_xml.CapArea:
     school = Directory.load(default_directory_file()).school("sch-lincoln-hs")
     return cap.school_area(school)
 
@@ -70,14 +71,14 @@ def texts(spanish: bool = True, headline: str = "LOCKDOWN at Lincoln High School
     return [english, spanish_text] if spanish else [english]
 
 
-def alert(area: cap.CapArea, **overrides: Any) -> cap.CapAlert:
+def alert(area: cap_xml.CapArea, **overrides: Any) -> cap_xml.CapAlert:
     arguments: dict[str, Any] = {
         "identifier": "ntf-0001.staff",
         "hub_id": HUB,
         "sent": SENT,
         "action": "LOCKDOWN",
         "exercise": False,
-        "scope": cap.Scope.RESTRICTED,
+        "scope": cap_xml.Scope.RESTRICTED,
         "texts": texts(),
         "area": area,
         "sender_name": "Lincoln High School (SafeHub)",
@@ -87,7 +88,7 @@ def alert(area: cap.CapArea, **overrides: Any) -> cap.CapAlert:
     return cap.srp_alert(**arguments)
 
 
-def earlier(area: cap.CapArea) -> cap.CapAlert:
+def earlier(area: cap_xml.CapArea) -> cap_xml.CapAlert:
     return alert(area, identifier="ntf-0000.staff", sent=SENT - timedelta(minutes=3))
 
 
@@ -98,19 +99,23 @@ def text_of(xml: bytes, path: str) -> list[str]:
 # --- every document SafeHub writes is valid -----------------------------------------------
 
 
-@pytest.mark.parametrize("scope", [cap.Scope.RESTRICTED, cap.Scope.PUBLIC])
-@pytest.mark.parametrize("msg_type", [cap.MsgType.ALERT, cap.MsgType.UPDATE, cap.MsgType.CANCEL])
+@pytest.mark.parametrize("scope", [cap_xml.Scope.RESTRICTED, cap_xml.Scope.PUBLIC])
+@pytest.mark.parametrize(
+    "msg_type", [cap_xml.MsgType.ALERT, cap_xml.MsgType.UPDATE, cap_xml.MsgType.CANCEL]
+)
 @pytest.mark.parametrize("exercise", [False, True])
 @pytest.mark.parametrize("action", ACTIONS)
 def test_every_srp_action_status_type_and_scope_is_valid_cap(
     xsd: Any,
-    area: cap.CapArea,
+    area: cap_xml.CapArea,
     action: str,
     exercise: bool,
-    msg_type: cap.MsgType,
-    scope: cap.Scope,
+    msg_type: cap_xml.MsgType,
+    scope: cap_xml.Scope,
 ) -> None:
-    references = () if msg_type is cap.MsgType.ALERT else cap.references_for([earlier(area)])
+    references = (
+        () if msg_type is cap_xml.MsgType.ALERT else cap_xml.references_for([earlier(area)])
+    )
     built = alert(
         area,
         action=action,
@@ -119,15 +124,15 @@ def test_every_srp_action_status_type_and_scope_is_valid_cap(
         scope=scope,
         references=references,
     )
-    xml = cap.build_alert(built)
+    xml = cap_xml.build_alert(built)
 
     xsd.assertValid(etree.fromstring(xml))
-    cap.validate(xml)
+    cap_xml.validate(xml)
     assert text_of(xml, "cap:status") == ["Exercise" if exercise else "Actual"]
     assert text_of(xml, "cap:msgType") == [msg_type.value]
     assert text_of(xml, "cap:scope") == [scope.value]
     assert text_of(xml, "cap:restriction") == (
-        [cap.STAFF_RESTRICTION] if scope is cap.Scope.RESTRICTED else []
+        [cap.STAFF_RESTRICTION] if scope is cap_xml.Scope.RESTRICTED else []
     )
     assert text_of(xml, "cap:note") == ([cap.EXERCISE_NOTE] if exercise else [])
     assert text_of(xml, "cap:incidents") == ["inc-7f3a"]
@@ -143,30 +148,32 @@ def test_every_srp_action_status_type_and_scope_is_valid_cap(
         == ["Lincoln High School, 1200 Lincoln Ave, Northville, TX"] * 2
     )
     assert text_of(xml, "cap:info/cap:area/cap:circle") == ["32.7812,-96.8011 0.5"] * 2
-    parsed = cap.parse(xml)
+    parsed = cap_xml.parse(xml)
     assert parsed == dataclasses.replace(built, sent=SENT.replace(microsecond=0))
 
 
-def test_responses_follow_the_documented_srp_mapping(area: cap.CapArea) -> None:
+def test_responses_follow_the_documented_srp_mapping(area: cap_xml.CapArea) -> None:
     responses = {
-        action: cap.parse(cap.build_alert(alert(area, action=action))).infos[0].response_types
+        action: cap_xml.parse(cap_xml.build_alert(alert(area, action=action)))
+        .infos[0]
+        .response_types
         for action in ACTIONS
     }
     assert responses == {
-        "HOLD": (cap.ResponseType.EXECUTE,),
-        "SECURE": (cap.ResponseType.SHELTER,),
-        "LOCKDOWN": (cap.ResponseType.SHELTER, cap.ResponseType.AVOID),
-        "EVACUATE": (cap.ResponseType.EVACUATE,),
-        "SHELTER": (cap.ResponseType.SHELTER,),
-        "ALL_CLEAR": (cap.ResponseType.ALL_CLEAR,),
+        "HOLD": (cap_xml.ResponseType.EXECUTE,),
+        "SECURE": (cap_xml.ResponseType.SHELTER,),
+        "LOCKDOWN": (cap_xml.ResponseType.SHELTER, cap_xml.ResponseType.AVOID),
+        "EVACUATE": (cap_xml.ResponseType.EVACUATE,),
+        "SHELTER": (cap_xml.ResponseType.SHELTER,),
+        "ALL_CLEAR": (cap_xml.ResponseType.ALL_CLEAR,),
     }
     all_clear = cap.srp_info("ALL_CLEAR", texts()[0], sender_name="x", area=area)
-    assert (all_clear.urgency, all_clear.severity) == (cap.Urgency.PAST, cap.Severity.MINOR)
+    assert (all_clear.urgency, all_clear.severity) == (cap_xml.Urgency.PAST, cap_xml.Severity.MINOR)
     lockdown = cap.srp_info("LOCKDOWN", texts()[0], sender_name="x", area=area)
     assert (lockdown.urgency, lockdown.severity, lockdown.certainty) == (
-        cap.Urgency.IMMEDIATE,
-        cap.Severity.SEVERE,
-        cap.Certainty.OBSERVED,
+        cap_xml.Urgency.IMMEDIATE,
+        cap_xml.Severity.SEVERE,
+        cap_xml.Certainty.OBSERVED,
     )
 
 
@@ -190,8 +197,10 @@ FREE_TEXT = st.lists(st.characters() | TRICKY, max_size=80).map("".join)
 @given(
     action=st.sampled_from(ACTIONS),
     exercise=st.booleans(),
-    msg_type=st.sampled_from([cap.MsgType.ALERT, cap.MsgType.UPDATE, cap.MsgType.CANCEL]),
-    scope=st.sampled_from([cap.Scope.RESTRICTED, cap.Scope.PUBLIC]),
+    msg_type=st.sampled_from(
+        [cap_xml.MsgType.ALERT, cap_xml.MsgType.UPDATE, cap_xml.MsgType.CANCEL]
+    ),
+    scope=st.sampled_from([cap_xml.Scope.RESTRICTED, cap_xml.Scope.PUBLIC]),
     headline=FREE_TEXT,
     instruction=FREE_TEXT,
     spanish=FREE_TEXT,
@@ -200,11 +209,11 @@ FREE_TEXT = st.lists(st.characters() | TRICKY, max_size=80).map("".join)
 )
 def test_any_text_and_time_give_valid_cap_that_round_trips(
     xsd: Any,
-    area: cap.CapArea,
+    area: cap_xml.CapArea,
     action: str,
     exercise: bool,
-    msg_type: cap.MsgType,
-    scope: cap.Scope,
+    msg_type: cap_xml.MsgType,
+    scope: cap_xml.Scope,
     headline: str,
     instruction: str,
     spanish: str,
@@ -218,7 +227,9 @@ def test_any_text_and_time_give_valid_cap_that_round_trips(
         cap.CapText(cap.LANGUAGE_EN, headline, "description & <more>", instruction),
         cap.CapText(cap.LANGUAGE_ES, spanish, "descripción", spanish + " ñ"),
     ]
-    references = () if msg_type is cap.MsgType.ALERT else cap.references_for([earlier(area)])
+    references = (
+        () if msg_type is cap_xml.MsgType.ALERT else cap_xml.references_for([earlier(area)])
+    )
     built = alert(
         area,
         action=action,
@@ -229,12 +240,12 @@ def test_any_text_and_time_give_valid_cap_that_round_trips(
         sent=sent,
         references=references,
     )
-    xml = cap.build_alert(built)
+    xml = cap_xml.build_alert(built)
 
     xsd.assertValid(etree.fromstring(xml))
     (sent_text,) = text_of(xml, "cap:sent")
     assert CAP_DATETIME.match(sent_text)
-    parsed = cap.parse(xml)
+    parsed = cap_xml.parse(xml)
     assert parsed.sent == sent.replace(microsecond=0)
     english, spanish_info = parsed.infos
     assert english.headline == xml_legal(headline)
@@ -245,51 +256,51 @@ def test_any_text_and_time_give_valid_cap_that_round_trips(
     assert spanish_info.instruction == xml_legal(spanish + " ñ")
 
 
-def test_sent_has_whole_seconds_and_a_numeric_utc_offset(area: cap.CapArea) -> None:
-    xml = cap.build_alert(alert(area))
+def test_sent_has_whole_seconds_and_a_numeric_utc_offset(area: cap_xml.CapArea) -> None:
+    xml = cap_xml.build_alert(alert(area))
     assert text_of(xml, "cap:sent") == ["2026-03-02T14:05:09+00:00"]
     assert b"654321" not in xml
-    assert cap.cap_datetime(datetime(2026, 1, 1, 12, 0, 0, 999_999, tzinfo=UTC)) == (
+    assert cap_xml.cap_datetime(datetime(2026, 1, 1, 12, 0, 0, 999_999, tzinfo=UTC)) == (
         "2026-01-01T12:00:00+00:00"
     )
     odd_offset = timezone(timedelta(hours=5, minutes=30, seconds=15))
-    assert cap.cap_datetime(datetime(2026, 1, 1, 12, 0, 0, tzinfo=odd_offset)) == (
+    assert cap_xml.cap_datetime(datetime(2026, 1, 1, 12, 0, 0, tzinfo=odd_offset)) == (
         "2026-01-01T06:29:45+00:00"
     )
-    with pytest.raises(cap.CapError, match="time zone"):
-        cap.build_alert(alert(area, sent=datetime(2026, 1, 1, 12, 0, 0)))
+    with pytest.raises(cap_xml.CapError, match="time zone"):
+        cap_xml.build_alert(alert(area, sent=datetime(2026, 1, 1, 12, 0, 0)))
 
 
-def test_spanish_info_is_present_only_when_spanish_is_requested(area: cap.CapArea) -> None:
-    both = cap.parse(cap.build_alert(alert(area)))
+def test_spanish_info_is_present_only_when_spanish_is_requested(area: cap_xml.CapArea) -> None:
+    both = cap_xml.parse(cap_xml.build_alert(alert(area)))
     spanish = both.info(cap.LANGUAGE_ES)
     assert spanish is not None
     assert spanish.event == "Confinamiento (Lockdown)"
     assert spanish.instruction == "Cierre con llave, apague las luces, ¡fuera de la vista!"
-    only_english = cap.parse(cap.build_alert(alert(area, texts=texts(spanish=False))))
+    only_english = cap_xml.parse(cap_xml.build_alert(alert(area, texts=texts(spanish=False))))
     assert [i.language for i in only_english.infos] == ["en-US"]
     assert only_english.info(cap.LANGUAGE_ES) is None
 
 
-def test_update_and_cancel_reference_the_earlier_messages(area: cap.CapArea) -> None:
+def test_update_and_cancel_reference_the_earlier_messages(area: cap_xml.CapArea) -> None:
     first = alert(area, identifier="ntf-0001.staff", sent=SENT)
     second = alert(
         area,
         identifier="ntf-0002.staff",
         sent=SENT + timedelta(minutes=5),
         action="ALL_CLEAR",
-        msg_type=cap.MsgType.UPDATE,
-        references=cap.references_for([first]),
+        msg_type=cap_xml.MsgType.UPDATE,
+        references=cap_xml.references_for([first]),
     )
     cancel = alert(
         area,
         identifier="ntf-0003.staff",
         sent=SENT + timedelta(minutes=9),
-        msg_type=cap.MsgType.CANCEL,
-        references=cap.references_for([second, first, first]),
+        msg_type=cap_xml.MsgType.CANCEL,
+        references=cap_xml.references_for([second, first, first]),
     )
-    update_xml = cap.build_alert(second)
-    cancel_xml = cap.build_alert(cancel)
+    update_xml = cap_xml.build_alert(second)
+    cancel_xml = cap_xml.build_alert(cancel)
 
     assert text_of(update_xml, "cap:references") == [
         "safehub.local,ntf-0001.staff,2026-03-02T14:05:09+00:00"
@@ -298,39 +309,41 @@ def test_update_and_cancel_reference_the_earlier_messages(area: cap.CapArea) -> 
         "safehub.local,ntf-0001.staff,2026-03-02T14:05:09+00:00 "
         "safehub.local,ntf-0002.staff,2026-03-02T14:10:09+00:00"
     ]
-    parsed = cap.parse(cancel_xml)
+    parsed = cap_xml.parse(cancel_xml)
     assert parsed.references == (
-        cap.Reference(HUB, "ntf-0001.staff", SENT.replace(microsecond=0)),
-        cap.Reference(HUB, "ntf-0002.staff", SENT.replace(microsecond=0) + timedelta(minutes=5)),
+        cap_xml.Reference(HUB, "ntf-0001.staff", SENT.replace(microsecond=0)),
+        cap_xml.Reference(
+            HUB, "ntf-0002.staff", SENT.replace(microsecond=0) + timedelta(minutes=5)
+        ),
     )
-    assert parsed.references[0] == cap.Reference.of(cap.parse(cap.build_alert(first)))
+    assert parsed.references[0] == cap_xml.Reference.of(cap_xml.parse(cap_xml.build_alert(first)))
 
 
-@pytest.mark.parametrize("msg_type", [cap.MsgType.UPDATE, cap.MsgType.CANCEL])
+@pytest.mark.parametrize("msg_type", [cap_xml.MsgType.UPDATE, cap_xml.MsgType.CANCEL])
 def test_update_or_cancel_without_references_is_refused(
-    area: cap.CapArea, msg_type: cap.MsgType
+    area: cap_xml.CapArea, msg_type: cap_xml.MsgType
 ) -> None:
-    with pytest.raises(cap.CapError, match=r"alert/references: a (Update|Cancel) must name"):
-        cap.build_alert(alert(area, msg_type=msg_type))
+    with pytest.raises(cap_xml.CapError, match=r"alert/references: a (Update|Cancel) must name"):
+        cap_xml.build_alert(alert(area, msg_type=msg_type))
 
 
-def test_build_refuses_bad_identifiers_and_unknown_actions(area: cap.CapArea) -> None:
+def test_build_refuses_bad_identifiers_and_unknown_actions(area: cap_xml.CapArea) -> None:
     for identifier in ["has space", "a,b", "a<b", "a&b", "", "tab\there", "ctl\x01"]:
-        with pytest.raises(cap.CapError, match=r"alert/identifier: must be non-empty without"):
-            cap.build_alert(alert(area, identifier=identifier))
-    with pytest.raises(cap.CapError, match=r"alert/sender"):
-        cap.build_alert(alert(area, hub_id="safe hub"))
-    with pytest.raises(cap.CapError, match=r"alert/incidents"):
-        cap.build_alert(alert(area, incident_id="inc 1"))
-    with pytest.raises(cap.CapError, match="no CAP mapping for SRP action 'UNKNOWN'"):
+        with pytest.raises(cap_xml.CapError, match=r"alert/identifier: must be non-empty without"):
+            cap_xml.build_alert(alert(area, identifier=identifier))
+    with pytest.raises(cap_xml.CapError, match=r"alert/sender"):
+        cap_xml.build_alert(alert(area, hub_id="safe hub"))
+    with pytest.raises(cap_xml.CapError, match=r"alert/incidents"):
+        cap_xml.build_alert(alert(area, incident_id="inc 1"))
+    with pytest.raises(cap_xml.CapError, match="no CAP mapping for SRP action 'UNKNOWN'"):
         alert(area, action="UNKNOWN")
 
 
 def test_school_without_coordinates_has_an_area_without_circle() -> None:
     school = Directory.load(default_directory_file()).school("sch-lincoln-hs")
     area = cap.school_area(school.model_copy(update={"latitude": None, "longitude": None}))
-    assert area == cap.CapArea("Lincoln High School, 1200 Lincoln Ave, Northville, TX")
-    assert text_of(cap.build_alert(alert(area)), "cap:info/cap:area/cap:circle") == []
+    assert area == cap_xml.CapArea("Lincoln High School, 1200 Lincoln Ave, Northville, TX")
+    assert text_of(cap_xml.build_alert(alert(area)), "cap:info/cap:area/cap:circle") == []
 
 
 # --- the section 3 rules the XSD does not check ---------------------------------------------
@@ -361,8 +374,8 @@ VALID = b"""<?xml version="1.0" encoding="UTF-8"?>
 
 def test_the_rule_fixture_is_valid(xsd: Any) -> None:
     xsd.assertValid(etree.fromstring(VALID))
-    parsed = cap.parse(VALID)
-    assert parsed.infos[0].areas[0].circles == (cap.Circle(32.9525, -115.5527, 0.0),)
+    parsed = cap_xml.parse(VALID)
+    assert parsed.infos[0].areas[0].circles == (cap_xml.Circle(32.9525, -115.5527, 0.0),)
     assert len(parsed.infos[0].areas[0].polygons[0]) == 4
 
 
@@ -421,17 +434,17 @@ def test_the_rule_fixture_is_valid(xsd: Any) -> None:
 def test_section_3_rules_are_enforced(xsd: Any, old: bytes, new: bytes, expected: str) -> None:
     assert old in VALID
     document = VALID.replace(old, new, 1)
-    with pytest.raises(cap.CapError, match=expected):
-        cap.validate(document)
-    with pytest.raises(cap.CapError, match=expected):
-        cap.parse(document)
+    with pytest.raises(cap_xml.CapError, match=expected):
+        cap_xml.validate(document)
+    with pytest.raises(cap_xml.CapError, match=expected):
+        cap_xml.parse(document)
 
 
 def test_xsd_errors_name_the_element_without_echoing_large_input() -> None:
     huge_status = "X" * 5000
     document = VALID.replace(b"<status>Actual", f"<status>{huge_status}".encode())
-    with pytest.raises(cap.CapError, match=r"CAP 1.2 XSD: line 6: Element 'status'") as error:
-        cap.validate(document)
+    with pytest.raises(cap_xml.CapError, match=r"CAP 1.2 XSD: line 6: Element 'status'") as error:
+        cap_xml.validate(document)
     assert len(str(error.value)) < 400
     assert huge_status not in str(error.value)
 
@@ -440,11 +453,11 @@ def test_a_missing_or_broken_xsd_is_a_config_error(tmp_path: Path) -> None:
     from safehub.kernel.errors import ConfigError
 
     with pytest.raises(ConfigError, match="CAP XSD cannot be read"):
-        cap.validate(VALID, xsd_path=tmp_path / "missing.xsd")
+        cap_xml.validate(VALID, xsd_path=tmp_path / "missing.xsd")
     broken = tmp_path / "broken.xsd"
     broken.write_text("<schema/>")
     with pytest.raises(ConfigError, match="is not a valid schema"):
-        cap.validate(VALID, xsd_path=broken)
+        cap_xml.validate(VALID, xsd_path=broken)
 
 
 # --- samples written by others ------------------------------------------------------------
@@ -454,17 +467,17 @@ def test_a_missing_or_broken_xsd_is_a_config_error(tmp_path: Path) -> None:
 def test_saved_valid_samples_parse_and_validate(xsd: Any, sample: Path) -> None:
     xml = sample.read_bytes()
     xsd.assertValid(etree.fromstring(xml))
-    cap.validate(xml)
-    parsed = cap.parse(xml)
+    cap_xml.validate(xml)
+    parsed = cap_xml.parse(xml)
     assert parsed.identifier == text_of(xml, "cap:identifier")[0]
     assert [i.event for i in parsed.infos] == text_of(xml, "cap:info/cap:event")
 
 
 def test_sample_details_come_through() -> None:
-    amber = cap.parse((STANDARDS / "samples/ibm-cap_amber_alert_example.xml").read_bytes())
+    amber = cap_xml.parse((STANDARDS / "samples/ibm-cap_amber_alert_example.xml").read_bytes())
     assert [i.language for i in amber.infos] == ["en-US", "es-US"]
-    tsunami = cap.parse((STANDARDS / "samples/google-PAAQ-4-mg5a94.xml").read_bytes())
-    assert tsunami.msg_type is cap.MsgType.UPDATE
+    tsunami = cap_xml.parse((STANDARDS / "samples/google-PAAQ-4-mg5a94.xml").read_bytes())
+    assert tsunami.msg_type is cap_xml.MsgType.UPDATE
     assert tsunami.incidents == ("mg5a94",)
     assert [r.identifier for r in tsunami.references] == [
         "PAAQ-1-mg5a94",
@@ -472,23 +485,27 @@ def test_sample_details_come_through() -> None:
         "PAAQ-3-mg5a94",
     ]
     assert tsunami.references[0].sent == datetime(2013, 1, 5, 9, 1, 16, tzinfo=UTC)
-    cancel = cap.parse((STANDARDS / "samples/ipaws-5e6dd9de023f1930ef6548d9.xml").read_bytes())
-    assert (cancel.msg_type, cancel.infos, len(cancel.references)) == (cap.MsgType.CANCEL, (), 1)
-    ipaws = cap.parse((STANDARDS / "samples/ipaws-5e7e0fc5023f1930efcf3deb.xml").read_bytes())
+    cancel = cap_xml.parse((STANDARDS / "samples/ipaws-5e6dd9de023f1930ef6548d9.xml").read_bytes())
+    assert (cancel.msg_type, cancel.infos, len(cancel.references)) == (
+        cap_xml.MsgType.CANCEL,
+        (),
+        1,
+    )
+    ipaws = cap_xml.parse((STANDARDS / "samples/ipaws-5e7e0fc5023f1930efcf3deb.xml").read_bytes())
     assert ipaws.codes == ("IPAWSv1.0",)
-    assert ipaws.infos[0].event_codes == (cap.NamedValue("SAME", "LAE"),)
-    assert ipaws.infos[0].areas[0].geocodes == (cap.NamedValue("SAME", "024031"),)
+    assert ipaws.infos[0].event_codes == (cap_xml.NamedValue("SAME", "LAE"),)
+    assert ipaws.infos[0].areas[0].geocodes == (cap_xml.NamedValue("SAME", "024031"),)
 
 
 def test_the_missing_scope_sample_is_rejected_naming_scope(xsd: Any) -> None:
     xml = (NEGATIVE / "google-cap-library-invalid-missing-scope.xml").read_bytes()
     assert not xsd.validate(etree.fromstring(xml))
     with pytest.raises(
-        cap.CapError, match=r"CAP 1.2 XSD: .*Expected is one of \( source, scope \)"
+        cap_xml.CapError, match=r"CAP 1.2 XSD: .*Expected is one of \( source, scope \)"
     ):
-        cap.validate(xml)
-    with pytest.raises(cap.CapError, match="scope"):
-        cap.parse(xml)
+        cap_xml.validate(xml)
+    with pytest.raises(cap_xml.CapError, match="scope"):
+        cap_xml.parse(xml)
 
 
 # --- malicious input ----------------------------------------------------------------------
@@ -534,8 +551,8 @@ def test_the_xxe_sample_is_refused_without_fetching_or_leaking(
     pointed_at_us = original.replace(b"localhost:8080", f"127.0.0.1:{port}".encode())
     assert pointed_at_us != original
     for document in [original, pointed_at_us]:
-        for call in (cap.parse, cap.validate):
-            with pytest.raises(cap.CapError, match="refused: it has a DOCTYPE") as error:
+        for call in (cap_xml.parse, cap_xml.validate):
+            with pytest.raises(cap_xml.CapError, match="refused: it has a DOCTYPE") as error:
                 call(document)
             said = everything_said(error.value)
             assert not any(marker in said for marker in passwd_markers)
@@ -556,8 +573,8 @@ def test_entity_attacks_in_other_encodings_are_refused_after_parsing(
     ).replace(b"<event>Lockdown", b"<event>&xxe;&net;Lockdown")
     encoded = document.decode().replace('encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16")
     assert b"<!DOCTYPE" not in encoded
-    with pytest.raises(cap.CapError, match="refused: it has a DOCTYPE") as error:
-        cap.parse(encoded)
+    with pytest.raises(cap_xml.CapError, match="refused: it has a DOCTYPE") as error:
+        cap_xml.parse(encoded)
     assert not any(marker in everything_said(error.value) for marker in passwd_markers)
     assert_no_connection(listener)
 
@@ -570,10 +587,10 @@ def test_xinclude_and_undeclared_entities_are_refused(listener: socket.socket) -
         + str(port).encode()
         + b'/1" parse="text"/></x><identifier>',
     )
-    with pytest.raises(cap.CapError, match="refused: it uses XInclude"):
-        cap.parse(xinclude)
-    with pytest.raises(cap.CapError, match="not well-formed XML: Entity 'xxe' not defined"):
-        cap.parse(VALID.replace(b"<event>Lockdown", b"<event>&xxe;"))
+    with pytest.raises(cap_xml.CapError, match="refused: it uses XInclude"):
+        cap_xml.parse(xinclude)
+    with pytest.raises(cap_xml.CapError, match="not well-formed XML: Entity 'xxe' not defined"):
+        cap_xml.parse(VALID.replace(b"<event>Lockdown", b"<event>&xxe;"))
     assert_no_connection(listener)
 
 
@@ -599,17 +616,17 @@ def test_billion_laughs_is_refused(encoding: str) -> None:
     # UTF-8: refused before parsing. UTF-16 passes the byte scan; libxml2 then stops at the
     # amplification of the declarations themselves (nothing is expanded either way).
     refused = "refused: it has a DOCTYPE" if encoding == "UTF-8" else "entity amplification"
-    with pytest.raises(cap.CapError, match=refused) as error:
-        cap.parse(document)
+    with pytest.raises(cap_xml.CapError, match=refused) as error:
+        cap_xml.parse(document)
     assert "lol" not in str(error.value)
 
 
 def test_documents_over_the_size_limit_are_refused_before_parsing() -> None:
-    padded = VALID.replace(b"<event>Lockdown", b"<event>" + b"x" * cap.MAX_CAP_BYTES)
-    with pytest.raises(cap.CapError, match=rf"bytes; the limit is {cap.MAX_CAP_BYTES}$"):
-        cap.parse(padded)
-    with pytest.raises(cap.CapError, match=r"the limit is 100$"):
-        cap.validate(VALID, max_bytes=100)
+    padded = VALID.replace(b"<event>Lockdown", b"<event>" + b"x" * cap_xml.MAX_CAP_BYTES)
+    with pytest.raises(cap_xml.CapError, match=rf"bytes; the limit is {cap_xml.MAX_CAP_BYTES}$"):
+        cap_xml.parse(padded)
+    with pytest.raises(cap_xml.CapError, match=r"the limit is 100$"):
+        cap_xml.validate(VALID, max_bytes=100)
 
 
 @pytest.mark.parametrize(
@@ -626,23 +643,25 @@ def test_documents_over_the_size_limit_are_refused_before_parsing() -> None:
     ],
 )
 def test_garbage_is_refused_with_a_clear_error(document: bytes, expected: str) -> None:
-    with pytest.raises(cap.CapError, match=expected):
-        cap.parse(document)
+    with pytest.raises(cap_xml.CapError, match=expected):
+        cap_xml.parse(document)
 
 
 # --- Atom feed ----------------------------------------------------------------------------
 
 
-def test_atom_feed_lists_public_alerts_newest_first_linking_their_cap(area: cap.CapArea) -> None:
-    first = alert(area, identifier="ntf-1.public", scope=cap.Scope.PUBLIC)
+def test_atom_feed_lists_public_alerts_newest_first_linking_their_cap(
+    area: cap_xml.CapArea,
+) -> None:
+    first = alert(area, identifier="ntf-1.public", scope=cap_xml.Scope.PUBLIC)
     later = alert(
         area,
         identifier="ntf-2.public",
-        scope=cap.Scope.PUBLIC,
+        scope=cap_xml.Scope.PUBLIC,
         action="ALL_CLEAR",
-        msg_type=cap.MsgType.UPDATE,
+        msg_type=cap_xml.MsgType.UPDATE,
         sent=SENT + timedelta(minutes=20),
-        references=cap.references_for([first]),
+        references=cap_xml.references_for([first]),
         texts=texts(headline="ALL CLEAR at Lincoln <High> & School"),
     )
     base = "https://hub.example/notify/cap"
@@ -676,14 +695,14 @@ def test_atom_feed_lists_public_alerts_newest_first_linking_their_cap(area: cap.
     assert newest.findtext("cap:areaDesc", namespaces=NS) == area.description
 
 
-def test_atom_feed_never_lists_staff_alerts(area: cap.CapArea) -> None:
+def test_atom_feed_never_lists_staff_alerts(area: cap_xml.CapArea) -> None:
     staff = FeedEntry.for_alert(alert(area), cap_url="https://hub.example/cap/x.xml")
-    with pytest.raises(cap.CapError, match="scope Restricted alerts are never listed"):
+    with pytest.raises(cap_xml.CapError, match="scope Restricted alerts are never listed"):
         atom_feed([staff], feed_url="https://hub.example/feed", title="t", updated=SENT)
 
 
 def test_feed_entry_of_a_cancel_without_info() -> None:
-    cancel = cap.parse((STANDARDS / "samples/ipaws-5e6dd9de023f1930ef6548d9.xml").read_bytes())
+    cancel = cap_xml.parse((STANDARDS / "samples/ipaws-5e6dd9de023f1930ef6548d9.xml").read_bytes())
     entry = FeedEntry.for_alert(cancel, cap_url="https://hub.example/cap/c.xml")
     assert entry.title == f"Cancel {cancel.identifier}"
     feed = etree.fromstring(
@@ -703,7 +722,7 @@ class CapReceiver:
     """A CAP endpoint: checks the token and media type, then parses and validates with lxml."""
 
     def __init__(self) -> None:
-        self.received: list[cap.CapAlert] = []
+        self.received: list[cap_xml.CapAlert] = []
         self.lock = threading.Lock()
 
     def app(self) -> web.Application:
@@ -718,8 +737,8 @@ class CapReceiver:
         if request.content_type != "application/cap+xml":
             return web.Response(status=415, text=BODY_MARKER)
         try:
-            alert = cap.parse(await request.read())
-        except cap.CapError as exc:
+            alert = cap_xml.parse(await request.read())
+        except cap_xml.CapError as exc:
             return web.Response(status=400, text=f"{exc} {BODY_MARKER}")
         with self.lock:
             self.received.append(alert)
@@ -750,26 +769,26 @@ def endpoint(pki: DevPki) -> Iterator[tuple[str, CapReceiver]]:
 
 
 def test_post_cap_delivers_a_document_the_endpoint_validates(
-    endpoint: tuple[str, CapReceiver], pki: DevPki, area: cap.CapArea
+    endpoint: tuple[str, CapReceiver], pki: DevPki, area: cap_xml.CapArea
 ) -> None:
     base, receiver = endpoint
     sent = alert(area, exercise=True, texts=texts())
     post_cap(
         f"{base}/cap",
-        cap.build_alert(sent),
+        cap_xml.build_alert(sent),
         timeout=5.0,
         token=SecretStr(TOKEN),
         ca_bundle=pki.ca.cert,
     )
     assert receiver.received == [dataclasses.replace(sent, sent=SENT.replace(microsecond=0))]
-    assert receiver.received[0].status is cap.Status.EXERCISE
+    assert receiver.received[0].status is cap_xml.Status.EXERCISE
 
 
 def test_post_cap_refusals_carry_the_status_code_and_never_the_body(
-    endpoint: tuple[str, CapReceiver], pki: DevPki, area: cap.CapArea
+    endpoint: tuple[str, CapReceiver], pki: DevPki, area: cap_xml.CapArea
 ) -> None:
     base, receiver = endpoint
-    xml = cap.build_alert(alert(area))
+    xml = cap_xml.build_alert(alert(area))
     cases = [
         (f"{base}/cap", SecretStr("wrong"), xml, 401, False),
         (f"{base}/cap", None, xml, 401, False),
@@ -817,7 +836,7 @@ def test_the_shipped_schema_is_the_reference_copy_byte_for_byte() -> None:
     """safehub/standards carries the OASIS schema verbatim (and the EIDO facts unchanged)."""
     from connectors.psap_cad.settings import DEFAULT_EIDO_RULES
 
-    assert cap.DEFAULT_CAP_XSD.read_bytes() == (STANDARDS / "CAP-v1.2.xsd").read_bytes()
+    assert cap_xml.DEFAULT_CAP_XSD.read_bytes() == (STANDARDS / "CAP-v1.2.xsd").read_bytes()
     reference = STANDARDS.parent / "nena-eido/eido-required-fields.json"
     assert DEFAULT_EIDO_RULES.read_bytes() == reference.read_bytes()
-    assert "safehub/standards" in cap.DEFAULT_CAP_XSD.as_posix()
+    assert "safehub/standards" in cap_xml.DEFAULT_CAP_XSD.as_posix()

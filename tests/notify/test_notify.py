@@ -29,7 +29,7 @@ from safehub.kernel.codec import Codec
 from safehub.kernel.envelope import new_event
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
-from services.notify.cap import Scope, Status, parse
+from safehub.standards.cap import Scope, Status, parse
 from services.notify.dispatcher import notify_id
 from services.notify.store import DeliveryRow, NotificationRow, RecipientRow, Store
 from tests.support.kafka import read_all

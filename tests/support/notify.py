@@ -43,7 +43,7 @@ from safehub.kernel.http_server import ServerThread
 from safehub.kernel.people import People
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
-from services.notify.cap import CapAlert, parse
+from safehub.standards.cap import CapAlert, parse
 from services.notify.cap_endpoint import ATOM_NAMESPACE
 from tests.support.processes import Component
 from tests.support.sms import ProviderSimProcess
