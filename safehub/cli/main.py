@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from safehub.cli.directory import app as directory_app
+from safehub.cli.roster import app as roster_app
 from safehub.cli.timeline import app as timeline_app
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.logging import configure_logging
@@ -24,6 +26,8 @@ topics_app = typer.Typer(help="Kafka topics declared by the hub.", no_args_is_he
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(topics_app, name="topics")
 app.add_typer(timeline_app, name="timeline")
+app.add_typer(roster_app, name="roster")
+app.add_typer(directory_app, name="directory")
 
 console = Console(width=None if Console().is_terminal else 120)
 err_console = Console(stderr=True)

@@ -4,9 +4,11 @@ Starts the embedded broker unless ``KAFKA_BOOTSTRAP_SERVERS`` names a real clust
 the declared topics, issues development certificates, then runs each deployable as its own
 process (``python -m <module>``), exactly as they run on Kubernetes, waiting for each to
 report ready. What to run, in which order, with which variables and priority comes from each
-deployable's ``manifest.toml`` (:mod:`safehub.devstack.manifest`). Without a configured CAD it
-also runs the simulators standing in for third parties (the 911 centre's CAD, the SMS
-provider, a mail server) so the hub works on a laptop. Notify's API gets a fresh
+deployable's ``manifest.toml`` (:mod:`safehub.devstack.manifest`). Before starting them it
+imports the seed file's people into the people topic (once), so the demo's people come from
+the live directory. Without a configured CAD it also runs the simulators standing in for
+third parties (the 911 centre's CAD, the SMS provider, a mail server) so the hub works on a
+laptop. Notify's API gets a fresh
 random bearer token for every administrator in its directory: the digests go to notify's
 operators file, the tokens to ``<run dir>/notify/credentials.json`` (owner-only) and to
 :attr:`Hub.notify_tokens` for the demo.
@@ -45,9 +47,12 @@ from safehub.devstack.broker import EmbeddedBroker
 from safehub.devstack.manifest import ROOT, Kind, Manifest, discover
 from safehub.devstack.pki import DevPki
 from safehub.kernel.admin import ensure_topics
+from safehub.kernel.bus import EventProducer
+from safehub.kernel.codec import Codec
 from safehub.kernel.directory import DIRECTORY_FILE_VARIABLE, default_directory_file
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.lifecycle import Closing
+from safehub.kernel.live_people import publish_seed
 from safehub.kernel.people import People
 from safehub.kernel.settings import HubSettings
 from safehub.kernel.topics import TopicCatalog
@@ -230,6 +235,7 @@ class Hub(Closing):
                 self._broker = broker
                 self.settings.kafka.bootstrap_servers = broker.bootstrap_servers
             ensure_topics(self.settings.kafka, self.catalog)
+            self._seed_people()
             if self._cad_simulator:
                 self._start_stand_ins()
             if "services.notify" in self._components:
@@ -326,6 +332,23 @@ class Hub(Closing):
             port = manifest.ready_port
             if port is not None:
                 self._wait_for_port(manifest.module, getattr(self.ports, port))
+
+    def _seed_people(self) -> None:
+        """Import the seed file's people into the people topic (once: re-seeding publishes
+        nothing), so every service's people come from the live directory."""
+        env = self.base_env()
+        named = env.get(DIRECTORY_FILE_VARIABLE)
+        codec = Codec.from_contracts()
+        with EventProducer(
+            self.settings.kafka, codec, self.catalog, client_id="hub-seed"
+        ) as producer:
+            publish_seed(
+                producer,
+                Path(named) if named else default_directory_file(),
+                kafka=self.settings.kafka,
+                catalog=self.catalog,
+                codec=codec,
+            )
 
     def _issue_notify_credentials(self) -> None:
         """A new random token per administrator in notify's people file (dev hub only)."""

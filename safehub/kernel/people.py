@@ -4,9 +4,10 @@ with their contact details.
 Kept apart from :mod:`safehub.kernel.directory` (tenancy, facilities, client systems,
 reviewers) because they change on another clock and have another owner: the roster sync
 (OneRoster, a later issue) will own this data and replace the seed, without touching the
-directory. Until then :meth:`People.load` reads the ``staff``, ``guardians`` and
-``responders`` of each school of the directory seed file (``deploy/directory/*.json``) and
-ignores everything else in it.
+directory. :meth:`People.load` reads the ``staff``, ``guardians``, ``responders`` (and
+``students``, which the demo seed has none of) of each school of the directory seed file
+(``deploy/directory/*.json``) and ignores everything else in it. That seed is where a process
+starts; :mod:`safehub.kernel.live_people` follows the live directory's changes on top of it.
 
 Contact details are personal data: they never leave the services that must use them (notify
 reaches people with them). Events, spans and logs name people by id only, and a deployable
@@ -59,7 +60,17 @@ class StaffMember(BaseModel):
     name: str
     role: StaffRole
     buildings: list[str] = Field(default_factory=list, description="empty: whole school")
+    class_ids: list[str] = Field(default_factory=list, description="sections they teach")
     contact: Contact
+
+
+class Guardianship(BaseModel):
+    """What a guardian may do for their students (custody feed; OneRoster has none of it)."""
+
+    relationship: str
+    has_custody: bool
+    may_pick_up: bool
+    restricted: bool = Field(description="a court order: never release a student to them")
 
 
 class Guardian(BaseModel):
@@ -68,7 +79,18 @@ class Guardian(BaseModel):
     id: str
     name: str
     student_ids: list[str] = Field(default_factory=list)
+    guardianship: Guardianship | None = None
     contact: Contact
+
+
+class Student(BaseModel):
+    """A student enrolled at a school (never contacted: no contact details)."""
+
+    id: str
+    name: str
+    school: str
+    grade: str | None = None
+    class_ids: list[str] = Field(default_factory=list)
 
 
 class Responder(BaseModel):
@@ -87,6 +109,7 @@ class SchoolPeople(BaseModel):
     staff: list[StaffMember] = Field(default_factory=list)
     guardians: list[Guardian] = Field(default_factory=list)
     responders: list[Responder] = Field(default_factory=list)
+    students: list[Student] = Field(default_factory=list)
 
 
 class _SeedDistrict(BaseModel):
@@ -119,6 +142,7 @@ class People(BaseModel):
     def _index(self) -> People:
         by_school: dict[str, SchoolPeople] = {}
         school_of: dict[str, str] = {}
+        kind_of: dict[str, str] = {}
         for school in self.schools:
             if school.id in by_school:
                 raise ValueError(f"school {school.id!r} is listed twice")
@@ -127,16 +151,22 @@ class People(BaseModel):
                 "staff": [m.id for m in school.staff],
                 "guardians": [g.id for g in school.guardians],
                 "responders": [r.id for r in school.responders],
+                "students": [s.id for s in school.students],
             }
+            seen: set[str] = set()
             for kind, person_ids in ids.items():
                 for position, person_id in enumerate(person_ids):
-                    if person_id in school_of:
+                    # One person may belong to several schools (a guardian of students at
+                    # two), always as the same kind and once per school.
+                    if person_id in seen or kind_of.get(person_id, kind) != kind:
                         raise ValueError(
                             f"school {school.id!r} {kind}.{position}.id: person id "
-                            f"{person_id!r} is not unique (staff, guardians and responders of "
-                            "every school share one id space)"
+                            f"{person_id!r} is not unique (staff, guardians, responders and "
+                            "students of every school share one id space)"
                         )
-                    school_of[person_id] = school.id
+                    seen.add(person_id)
+                    kind_of[person_id] = kind
+                    school_of.setdefault(person_id, school.id)
         self._by_school = by_school
         self._school_of = school_of
         return self
@@ -170,7 +200,7 @@ class People(BaseModel):
         return found if found is not None else SchoolPeople(id=school_id)
 
     def school_of(self, person_id: str) -> str | None:
-        """The school a staff member, guardian or responder belongs to."""
+        """The (first) school a staff member, guardian, responder or student belongs to."""
         return self._school_of.get(person_id)
 
     def staff_member(self, school_id: str, staff_id: str) -> StaffMember | None:
@@ -198,10 +228,17 @@ class People(BaseModel):
         return list(self.school(school_id).guardians)
 
     def guardians_of(self, student_id: str) -> list[Guardian]:
-        """The guardians of one student (by SIS id), whatever their school."""
-        return [
-            g for school in self.schools for g in school.guardians if student_id in g.student_ids
-        ]
+        """The guardians of one student (by SIS id), whatever their school (each once)."""
+        found: dict[str, Guardian] = {}
+        for school in self.schools:
+            for g in school.guardians:
+                if student_id in g.student_ids:
+                    found.setdefault(g.id, g)
+        return list(found.values())
+
+    def students(self, school_id: str) -> list[Student]:
+        """The students of a school."""
+        return list(self.school(school_id).students)
 
     def responders(self, school_id: str) -> list[Responder]:
         """The outside responders of a school."""

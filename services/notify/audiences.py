@@ -1,4 +1,5 @@
-"""Audience ids → recipients, resolved from the directory (places) and the people (who).
+"""Audience ids → recipients, resolved from the directory (places) and the people (who), the
+people as they are when each notification is resolved (the live directory).
 
 Audience ids (``NotificationRequested.audiences``)::
 
@@ -11,7 +12,7 @@ Errors name the audience or recipient id that is wrong, never contact details.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from safehub.kernel.directory import Directory, School, UnknownPlaceError
@@ -62,14 +63,13 @@ class Target:
         return found
 
 
-class Audiences:
-    """Resolves audience ids and explicit recipient ids against one directory and its people."""
+class _Index:
+    """The targets of one people snapshot, by id and by phone."""
 
-    def __init__(self, directory: Directory, people: People) -> None:
-        self.directory = directory
+    def __init__(self, people: People) -> None:
         self.people = people
-        self._people: dict[str, Target] = {}
-        self._by_phone: dict[str, list[str]] = {}
+        self.targets: dict[str, Target] = {}
+        self.by_phone: dict[str, list[str]] = {}
         for school in people.schools:
             for member in school.staff:
                 self._add(Target(member.id, "staff", school.id, member.contact))
@@ -79,17 +79,47 @@ class Audiences:
                 self._add(Target(responder.id, "responder", school.id, responder.contact))
 
     def _add(self, target: Target) -> None:
-        self._people[target.recipient_id] = target
+        if target.recipient_id in self.targets:  # a person of several schools: the first
+            return
+        self.targets[target.recipient_id] = target
         if target.contact is not None and target.contact.phone:
-            self._by_phone.setdefault(target.contact.phone, []).append(target.recipient_id)
+            self.by_phone.setdefault(target.contact.phone, []).append(target.recipient_id)
+
+
+class Audiences:
+    """Resolves audience ids and explicit recipient ids against one directory and the people.
+
+    ``people`` is a snapshot, or a function returning the current one (``LivePeople.current``):
+    every resolution reads the people as they are at that moment, one snapshot throughout.
+    """
+
+    def __init__(self, directory: Directory, people: People | Callable[[], People]) -> None:
+        self.directory = directory
+        self._source: Callable[[], People] = (
+            (lambda: people) if isinstance(people, People) else people
+        )
+        self._index = _Index(self._source())
+
+    def _current(self) -> _Index:
+        snapshot = self._source()
+        index = self._index
+        if index.people is not snapshot:  # a new snapshot: index it once
+            index = _Index(snapshot)
+            self._index = index
+        return index
+
+    @property
+    def people(self) -> People:
+        """The people now."""
+        return self._current().people
 
     def person(self, recipient_id: str) -> Target | None:
-        """A person by id, if the people file has them."""
-        return self._people.get(recipient_id)
+        """A person by id, if the people have them now."""
+        return self._current().targets.get(recipient_id)
 
     def ids_by_phone(self, phone: str) -> list[str]:
         """Recipient ids reachable at ``phone`` (for SMS replies)."""
-        return list(self._by_phone.get(phone, ()))
+        return list(self._current().by_phone.get(phone, ()))
 
     def school(self, school_id: str) -> School:
         """A school, or AudienceError naming it."""
@@ -109,12 +139,13 @@ class Audiences:
 
         ``district``: the request's tenant; an audience of another district is refused.
         """
+        index = self._current()  # one snapshot for the whole request
         resolved: dict[str, Target] = {}
         for audience in audiences:
-            for target in self._audience(audience, district):
+            for target in self._audience(index, audience, district):
                 resolved.setdefault(target.recipient_id, target)
         for recipient_id, channels in recipients:
-            target = self._explicit(recipient_id, district)
+            target = self._explicit(index, recipient_id, district)
             resolved[recipient_id] = Target(
                 target.recipient_id,
                 target.kind,
@@ -131,23 +162,23 @@ class Audiences:
         if district is not None and self.directory.district_of(school.id).id != district:
             raise AudienceError(f"{what} is outside the request's district {district!r}")
 
-    def _explicit(self, recipient_id: str, district: str | None) -> Target:
+    def _explicit(self, index: _Index, recipient_id: str, district: str | None) -> Target:
         kind, _, rest = recipient_id.partition(":")
         if kind in ENDPOINT_CHANNELS and rest:
-            return self._audience(recipient_id, district)[0]
-        target = self._people.get(recipient_id)
+            return self._audience(index, recipient_id, district)[0]
+        target = index.targets.get(recipient_id)
         if target is None:
             raise AudienceError(f"unknown recipient {recipient_id!r}")
         self._check_district(self.school(target.school_id), f"recipient {recipient_id!r}", district)
         return target
 
-    def _audience(self, audience: str, district: str | None) -> list[Target]:
+    def _audience(self, index: _Index, audience: str, district: str | None) -> list[Target]:
         kind, _, rest = audience.partition(":")
         if not rest:
             raise AudienceError(f"audience {audience!r} is not <kind>:<school>[:filter]")
         if kind == "guardians" and rest.startswith("student="):
             student = rest.removeprefix("student=")
-            found = [self._people[g.id] for g in self.people.guardians_of(student)]
+            found = [index.targets[g.id] for g in index.people.guardians_of(student)]
             if not found:
                 raise AudienceError(f"audience {audience!r}: no guardian of that student")
             self._check_district(
@@ -162,26 +193,26 @@ class Audiences:
                 Target(audience, "endpoint", school.id, endpoint_channel=ENDPOINT_CHANNELS[kind])
             ]
         if kind == "staff":
-            return self._staff(school, selector, audience)
+            return self._staff(index, school, selector, audience)
         if kind == "guardians" and not selector:
-            return [self._people[g.id] for g in self.people.guardians(school.id)]
+            return [index.targets[g.id] for g in index.people.guardians(school.id)]
         if kind == "responders" and not selector:
-            return [self._people[r.id] for r in self.people.responders(school.id)]
+            return [index.targets[r.id] for r in index.people.responders(school.id)]
         raise AudienceError(f"unknown audience {audience!r}")
 
-    def _staff(self, school: School, selector: str, audience: str) -> list[Target]:
+    def _staff(self, index: _Index, school: School, selector: str, audience: str) -> list[Target]:
         if selector.startswith("role="):
             role = selector.removeprefix("role=")
             if role not in {r.value for r in StaffRole}:
                 raise AudienceError(f"audience {audience!r}: unknown role {role!r}")
-            members = self.people.staff(school.id, role=StaffRole(role))
+            members = index.people.staff(school.id, role=StaffRole(role))
         elif selector.startswith("building="):
             building = selector.removeprefix("building=")
             if school.building(building) is None:
                 raise AudienceError(f"audience {audience!r}: no building {building!r}")
-            members = self.people.staff(school.id, building=building)
+            members = index.people.staff(school.id, building=building)
         elif not selector:
-            members = self.people.staff(school.id)
+            members = index.people.staff(school.id)
         else:
             raise AudienceError(f"audience {audience!r}: unknown filter {selector!r}")
-        return [self._people[m.id] for m in members]
+        return [index.targets[m.id] for m in members]

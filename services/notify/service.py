@@ -37,18 +37,14 @@ from safehub.kernel.envelope import caused_by, new_event
 from safehub.kernel.errors import BusError, HandlerError
 from safehub.kernel.http_server import ServerThread
 from safehub.kernel.lifecycle import write_port_file
+from safehub.kernel.live_people import LivePeople
 from safehub.kernel.people import People
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import INCIDENTS, NOTIFICATIONS
-from services.notify import templates
-from services.notify.approvals import DECIDED, Approvals
-from services.notify.audiences import AudienceError, Audiences, Target
-from services.notify.auth import ApiAuth, OperatorsFile
-from services.notify.cap import (
+from safehub.standards.cap import (
     CapAlert,
     CapError,
     CapInfo,
-    CapText,
     Category,
     MsgType,
     Reference,
@@ -57,9 +53,12 @@ from services.notify.cap import (
     Status,
     Urgency,
     build_alert,
-    school_area,
-    srp_alert,
 )
+from services.notify import templates
+from services.notify.approvals import DECIDED, Approvals
+from services.notify.audiences import AudienceError, Audiences, Target
+from services.notify.auth import ApiAuth, OperatorsFile
+from services.notify.cap import CapText, school_area, srp_alert
 from services.notify.cap_endpoint import CapDeliveryError, post_cap
 from services.notify.channels.announce import AnnouncementAdapter, AnnouncementContext
 from services.notify.channels.base import ChannelAdapter
@@ -387,6 +386,26 @@ class AnnouncementContextFn:
         )
 
 
+#: How long start-up waits for the people topic to be read to its end.
+PEOPLE_READY_S = 30.0
+
+
+def _live_people(runtime: Runtime[NotifySettings]) -> LivePeople:
+    """The seed file's people, then the live directory's changes: a guardian a roster adds is
+    reached by the next message, without a restart."""
+    live = LivePeople(
+        People.load(runtime.settings.notify.directory_file),
+        runtime.settings.kafka,
+        runtime.catalog,
+        runtime.codec,
+        name="notify-people",
+    ).start()
+    runtime.on_close(live.close)
+    if not live.wait_ready(PEOPLE_READY_S):
+        log.warning("people topic not read to its end yet; following it", waited_s=PEOPLE_READY_S)
+    return live
+
+
 def setup(runtime: Runtime[NotifySettings]) -> None:
     """Store, web endpoint, channels, dispatcher, then the two consumers."""
     config = runtime.settings.notify
@@ -395,8 +414,9 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
     for name in AIOHTTP_LOGGERS:
         logging.getLogger(name).addFilter(_without_exception)
     directory = Directory.load(config.directory_file)
-    people = People.load(config.directory_file)
-    audiences = Audiences(directory, people)
+    live = _live_people(runtime)
+    people = live.current()
+    audiences = Audiences(directory, live.current)
     operators = OperatorsFile.load(config.operators_file) if config.operators_file else None
     auth = ApiAuth(people, operators.operators if operators else [], config.status_token)
     if not auth.configured:

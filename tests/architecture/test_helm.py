@@ -38,12 +38,14 @@ KUBE_VERSION = "1.30.0"
 
 #: Deployables the chart runs in production, and the simulators it may run on test clusters.
 PRODUCTION = {
+    "services.directory",
     "services.gateway",
     "services.incidents",
     "services.doorstate",
     "services.notify",
     "services.timeline",
     "connectors.psap_cad",
+    "connectors.sis_roster",
 }
 #: Vendor programs the chart runs as demo stand-ins (a real vendor runs its own).
 VENDORS = {"vendors.access_control_sim", "vendors.pa_signage_sim"}

@@ -1,0 +1,1 @@
+"""The directory service: every person's versions in a store; a read API without contacts."""

@@ -1,0 +1,5 @@
+"""``python -m services.directory``."""
+
+from services.directory.service import main
+
+main()
