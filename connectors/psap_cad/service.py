@@ -49,7 +49,6 @@ from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import event_id_for, new_event
 from safehub.kernel.errors import BusError, ConfigError, HandlerError, SafeHubError
 from safehub.kernel.http_server import ServerThread, server_ssl_context
-from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import ALERTS, INCIDENTS
 from safehub.standards.eido import EidoValidator
@@ -126,8 +125,7 @@ class PsapCadConnector:
         app = web.Application()
         app.router.add_post(STATUS_PATH, self._status_endpoint)
         self.inbound = ServerThread(
-            host=config.listen_host,
-            port=config.listen_port,
+            config.listen,
             ssl_context=server_ssl_context(
                 config.listen_cert, config.listen_key, config.listen_client_ca
             ),
@@ -135,8 +133,6 @@ class PsapCadConnector:
         )
         port = self.inbound.start(app)
         self.runtime.on_close(self.inbound.close)
-        if config.port_file is not None:
-            write_port_file(config.port_file, port)
         log.info("inbound endpoint listening", host=config.listen_host, port=port)
         self.dispatcher.start()
         fast = {"max.poll.interval.ms": MAX_POLL_INTERVAL_MS}

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from safehub import standards
-from safehub.kernel.settings import HubSettings
+from safehub.kernel.settings import HubSettings, ListenSettings
 
 #: The repository root (connectors/psap_cad/settings.py → three levels up).
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +89,13 @@ class PsapCadConfig(BaseModel):
     def endpoint_for(self, psap_id: str) -> str:
         """The EIDO intake URL of ``psap_id``'s CAD."""
         return self.cad_endpoints.get(psap_id, self.cad_url)
+
+    @property
+    def listen(self) -> ListenSettings:
+        """Where its HTTP server listens (``listen_host``, ``listen_port``, ``port_file``)."""
+        return ListenSettings(
+            host=self.listen_host, port=self.listen_port, port_file=self.port_file
+        )
 
 
 class PsapCadSettings(HubSettings):

@@ -19,7 +19,8 @@ from pathlib import Path
 from aiohttp import web
 
 from safehub.kernel.errors import ConfigError, SafeHubError
-from safehub.kernel.lifecycle import Closing
+from safehub.kernel.lifecycle import Closing, write_port_file
+from safehub.kernel.settings import ListenSettings
 
 
 def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
@@ -36,19 +37,23 @@ def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> 
 
 
 class ServerThread(Closing):
-    """Serves an aiohttp app on ``host:port`` (TLS optional) until :meth:`close`."""
+    """Serves an aiohttp app where ``listen`` says (TLS optional) until :meth:`close`.
+
+    Takes the same :class:`ListenSettings` as every server of the kernel; the bound port is
+    written to ``listen.port_file`` once it is listening (servers on port 0).
+    """
 
     def __init__(
         self,
+        listen: ListenSettings,
         *,
-        host: str,
-        port: int,
         name: str,
         ssl_context: ssl.SSLContext | None = None,
         shutdown_timeout_s: float = 5.0,
     ) -> None:
-        self._host = host
-        self._requested_port = port
+        self._listen = listen
+        self._host = listen.host
+        self._requested_port = listen.port
         self._ssl = ssl_context
         self._shutdown_timeout_s = shutdown_timeout_s
         self._name = name
@@ -82,6 +87,8 @@ class ServerThread(Closing):
             raise SafeHubError(f"{self._name} did not start in {timeout} s")
         if self._error is not None:
             raise SafeHubError(f"{self._name} could not serve: {self._error}") from self._error
+        if self._listen.port_file is not None:
+            write_port_file(self._listen.port_file, self.port)
         return self.port
 
     def _serve(self, app: web.Application) -> None:

@@ -24,7 +24,6 @@ from aiohttp import web
 from safehub.kernel.bus import H_EVENT_TYPE, ConsumedEvent, Headers, header
 from safehub.kernel.errors import HandlerError
 from safehub.kernel.http_server import ServerThread
-from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.live_people import LISTS, PERSON_CHANGED, InvalidPersonError
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import PEOPLE
@@ -101,11 +100,9 @@ def setup(runtime: Runtime[DirectorySettings]) -> None:
     token = config.api_token.get_secret_value() if config.api_token else None
     if token is None:
         log.warning("no SAFEHUB_DIRECTORY__API_TOKEN: the read API refuses everyone")
-    server = ServerThread(host=config.http_host, port=config.http_port, name="directory-api")
+    server = ServerThread(config.listen, name="directory-api")
     server.start(DirectoryApi(store, token).app())
     runtime.on_close(server.close)
-    if config.port_file is not None:
-        write_port_file(config.port_file, server.port)
     log.info("directory listening", port=server.port)
 
     def handle(consumed: ConsumedEvent) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 
-from safehub.kernel.settings import HubSettings
+from safehub.kernel.settings import HubSettings, ListenSettings
 
 
 class DirectorySection(BaseModel):
@@ -27,6 +27,11 @@ class DirectorySection(BaseModel):
     )
     group: str = Field(default="directory-people", pattern=r"^[A-Za-z0-9._-]+$")
     fetch_wait_max_ms: int = Field(default=100, ge=1, le=5000)
+
+    @property
+    def listen(self) -> ListenSettings:
+        """Where its HTTP server listens (``http_host``, ``http_port``, ``port_file``)."""
+        return ListenSettings(host=self.http_host, port=self.http_port, port_file=self.port_file)
 
 
 class DirectorySettings(HubSettings):

@@ -36,7 +36,6 @@ from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import caused_by, new_event
 from safehub.kernel.errors import BusError, HandlerError
 from safehub.kernel.http_server import ServerThread
-from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.live_people import LivePeople
 from safehub.kernel.people import People
 from safehub.kernel.runtime import Runtime, run
@@ -428,7 +427,7 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
     store = Store(config.database_url)
     runtime.on_close(store.close)
     links = AckLinks(config.ack_secret)
-    server = ServerThread(host=config.listen_host, port=config.http_port, name="notify-web")
+    server = ServerThread(config.listen, name="notify-web")
     server.bind()  # the public URL (in messages and callbacks) needs the port first
     public_url = (config.public_url or f"http://{config.listen_host}:{server.port}").rstrip("/")
     links.base_url = public_url
@@ -463,8 +462,6 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
     )
     server.start(web.app())
     runtime.on_close(server.close)
-    if config.port_file is not None:
-        write_port_file(config.port_file, server.port)
     log.info("notify listening", port=server.port, channels=sorted(adapters), public_url=public_url)
     started = time.monotonic()
     try:

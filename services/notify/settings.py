@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from safehub.kernel.directory import default_directory_file
-from safehub.kernel.settings import HubSettings
+from safehub.kernel.settings import HubSettings, ListenSettings
 from safehub.standards.cap import DEFAULT_CAP_XSD
 from services.notify.channels.sms import TwilioConfig
 
@@ -110,6 +110,11 @@ class NotifySection(BaseModel):
         if (self.smtp_username is None) != (self.smtp_password is None):
             raise ValueError("smtp_username and smtp_password go together")
         return self
+
+    @property
+    def listen(self) -> ListenSettings:
+        """Where its HTTP server listens (``listen_host``, ``http_port``, ``port_file``)."""
+        return ListenSettings(host=self.listen_host, port=self.http_port, port_file=self.port_file)
 
 
 class NotifySettings(HubSettings):

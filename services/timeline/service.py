@@ -19,7 +19,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from safehub.kernel.batch import BatchConsumer
 from safehub.kernel.directory import Directory
 from safehub.kernel.http_server import ServerThread
-from safehub.kernel.lifecycle import write_port_file
 from safehub.kernel.people import People
 from safehub.kernel.runtime import Runtime, run
 from services.timeline.grpc_api import grpc_server
@@ -63,15 +62,10 @@ def setup(runtime: Runtime[TimelineSettings]) -> None:
     people = People.load(section.directory_file)  # recipients' names for the people view
     queries = Queries(store, directory, people=people, chain_cache_s=section.chain_cache_s)
     http = ServerThread(
-        host=section.http_host,
-        port=section.http_port,
-        name="timeline-http",
-        shutdown_timeout_s=section.grace_s,
+        section.http_listen, name="timeline-http", shutdown_timeout_s=section.grace_s
     )
     port = http.start(HttpApi(queries).app())
     runtime.on_close(http.close)
-    if section.port_file is not None:
-        write_port_file(section.port_file, port)
     log.info("timeline HTTP listening", host=section.http_host, port=port)
     if section.grpc_enabled:
         api = grpc_server(queries, section)

@@ -52,6 +52,11 @@ class TimelineSection(TlsFileSettings):
         return self
 
     @property
+    def http_listen(self) -> ListenSettings:
+        """Where the HTTP API and the reviewer's pages listen (``http_host``, ``http_port``)."""
+        return ListenSettings(host=self.http_host, port=self.http_port, port_file=self.port_file)
+
+    @property
     def grpc_listen(self) -> ListenSettings:
         """Where the gRPC API listens (``grpc_host``, ``grpc_port``, ``grpc_port_file``)."""
         return ListenSettings(

@@ -70,6 +70,7 @@ from aiohttp import web
 from safehub.kernel.http_server import ServerThread, server_ssl_context
 from safehub.kernel.lifecycle import Closing, write_port_file
 from safehub.kernel.logging import configure_logging
+from safehub.kernel.settings import ListenSettings
 from safehub.standards import EIDO_RULES
 from safehub.standards.eido import EidoValidator
 
@@ -554,8 +555,7 @@ class SimulatorServer(Closing):
     ) -> None:
         self.simulator = CadSimulator(config)
         self._server = ServerThread(
-            host=host,
-            port=port,
+            ListenSettings(host=host, port=port),
             ssl_context=server_ssl_context(cert, key, client_ca),
             name="cad-simulator",
         )

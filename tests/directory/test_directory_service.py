@@ -125,7 +125,7 @@ def test_the_service_consumes_the_topic_and_serves_no_contact_detail(
     monkeypatch.setenv("SAFEHUB_DIRECTORY_TOKEN", TOKEN)
     as_json = CliRunner().invoke(directory_cli, ["people", "--school", LINCOLN, "--json"])
     assert as_json.exit_code == 0, as_json.output
-    assert len(json.loads(as_json.output)) == 61
+    assert len(json.loads(as_json.stdout)) == 61  # stdout only: logs go to stderr
     table = CliRunner().invoke(directory_cli, ["people", "--school", LINCOLN, "--kind", "STAFF"])
     assert table.exit_code == 0 and "stf-lincoln-047" in table.output
 

@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from safehub.devstack.pki import DevPki
 from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.http_server import ServerThread, server_ssl_context
+from safehub.kernel.settings import ListenSettings
 from safehub.standards import cap as cap_xml
 from services.notify import cap
 from services.notify.cap_endpoint import (
@@ -758,8 +759,7 @@ def endpoint(pki: DevPki) -> Iterator[tuple[str, CapReceiver]]:
     receiver = CapReceiver()
     pair = pki.server("cap-endpoint")
     server = ServerThread(
-        host="127.0.0.1",
-        port=0,  # a free port
+        ListenSettings(port=0),  # a free port
         ssl_context=server_ssl_context(pair.cert, pair.key),
         name="cap-endpoint",
     )

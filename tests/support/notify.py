@@ -41,7 +41,7 @@ from safehub.kernel.directory import Directory, default_directory_file
 from safehub.kernel.envelope import new_event
 from safehub.kernel.http_server import ServerThread
 from safehub.kernel.people import People
-from safehub.kernel.settings import KafkaSettings
+from safehub.kernel.settings import KafkaSettings, ListenSettings
 from safehub.kernel.topics import TopicCatalog
 from safehub.standards.cap import CapAlert, parse
 from services.notify.cap_endpoint import ATOM_NAMESPACE
@@ -152,7 +152,7 @@ class CapSink:
     def __init__(self) -> None:
         self.alerts: list[CapAlert] = []
         self._lock = threading.Lock()
-        self._server = ServerThread(host="127.0.0.1", port=0, name="cap-sink")
+        self._server = ServerThread(ListenSettings(port=0), name="cap-sink")
         self.url = ""
 
     async def _intake(self, request: web.Request) -> web.Response:
@@ -461,7 +461,7 @@ class PushGateway:
 
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
-        self._server = ServerThread(host="127.0.0.1", port=0, name="push-gateway")
+        self._server = ServerThread(ListenSettings(port=0), name="push-gateway")
 
     async def _post(self, request: web.Request) -> web.Response:
         payload = await request.json()
