@@ -33,14 +33,8 @@ RUN groupadd --system --gid 10001 safehub \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /opt/safehub
 COPY deploy/directory/ deploy/directory/
-# Installed packages cannot find a checkout's deploy/ folder: name the files here (the
-# Helm chart mounts the real directory and sets these again).
-ENV SAFEHUB_GATEWAY__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
-    SAFEHUB_INCIDENTS__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
-    SAFEHUB_DOORSTATE__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
-    SAFEHUB_PSAP_CAD__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
-    SAFEHUB_ACCESS_CONTROL_SIM__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
-    SAFEHUB_NOTIFY__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json \
-    SAFEHUB_TIMELINE__DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json
+# Installed packages cannot find a checkout's deploy/ folder: name the file here, once for
+# every deployable (the Helm chart mounts the real directory and sets it again).
+ENV SAFEHUB_DIRECTORY_FILE=/opt/safehub/deploy/directory/demo.json
 USER 10001:10001
 CMD ["safehub", "--help"]

@@ -54,7 +54,9 @@ SINGLE_WRITERS = {"services.notify", "services.timeline", "services.incidents"}
 
 #: SAFEHUB_* variables that are not settings fields: read by the kernel itself.
 RUNTIME_VARIABLES = {
-    "SAFEHUB_READY_FILE": ["safehub/kernel/runtime.py", "safehub/kernel/streams.py"]
+    "SAFEHUB_READY_FILE": ["safehub/kernel/runtime.py", "safehub/kernel/streams.py"],
+    # One directory file for every deployable at once (each section's default).
+    "SAFEHUB_DIRECTORY_FILE": ["safehub/kernel/directory.py"],
 }
 
 VALUES_PATH = re.compile(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
@@ -705,7 +707,11 @@ def test_topics_job_is_a_hook_on_hub_settings(
     assert container["command"] == ["safehub", "topics", "create"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     env = _env(container)
-    assert not [v for v in env if v.startswith("SAFEHUB_") and not _is_field(HubSettings, v)]
+    assert not [
+        v
+        for v in env
+        if v.startswith("SAFEHUB_") and v not in RUNTIME_VARIABLES and not _is_field(HubSettings, v)
+    ]
     for name in list(os.environ):
         if name.startswith(("SAFEHUB_", "KAFKA_")):
             monkeypatch.delenv(name)

@@ -117,6 +117,8 @@ Environment every deployable gets: downward API, Kafka, logging, tracing.
   value: /tmp
 - name: TMPDIR
   value: /tmp
+- name: SAFEHUB_DIRECTORY_FILE
+  value: {{ include "safehub.directoryFile" $root | quote }}
 - name: KAFKA_BOOTSTRAP_SERVERS
   value: {{ required "kafka.bootstrapServers is required" $root.Values.kafka.bootstrapServers | quote }}
 - name: SAFEHUB_KAFKA__TOPIC_PREFIX
