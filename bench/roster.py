@@ -9,7 +9,9 @@ OneRoster 1.1 bulk CSV package. *bulk*: package → RosterChange and PersonChang
 every one confirmed by the broker, state checkpointed (SQLite). *raw*: a plain idempotent
 confluent-kafka producer sending the same number of records of the same mean size,
 pre-encoded, until flushed. *delta*: a delta package changing 1% of the users (half of them
-moving school), imported after the bulk.
+moving school), imported after the bulk. *notify view*: a LivePeople (what notify's audiences
+read) catching up on the whole people topic, as a starting notify does, then how long a new
+guardian published on the topic takes to be in its snapshot.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ from bench.common import broker, raw_throughput, report
 from connectors.sis_roster.importer import Importer
 from connectors.sis_roster.settings import RosterSource, SisRosterConfig
 from connectors.sis_roster.state import RosterState
+from safehub.contracts.names import EventType
 from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
+from safehub.kernel.envelope import new_event
+from safehub.kernel.live_people import LivePeople
 from safehub.kernel.logging import configure_logging
+from safehub.kernel.people import People
 from safehub.kernel.settings import KafkaSettings, LogSettings
 from safehub.kernel.topics import TopicCatalog
 from safehub.standards.oneroster import load_facts
@@ -173,6 +179,38 @@ def generate(root: Path, users: int) -> tuple[Path, Path, int]:
     return bulk, delta, rows
 
 
+def _new_guardian(person_id: str) -> dict[str, Any]:
+    """A guardian a roster delta adds: the change whose visibility to notify is measured."""
+    return new_event(
+        EventType.PERSON_CHANGED,
+        source="bench",
+        tenant={"state": "US-TX", "district": "dist-bench", "school": "sch-bench-0"},
+        classification=("INTERNAL", "STUDENT_RECORD"),
+        payload={
+            "person_id": person_id,
+            "version": 1,
+            "change": "UPSERTED",
+            "kind": "GUARDIAN",
+            "roster_source": "bench",
+            "school_ids": ["sch-bench-0"],
+            "name": "New Guardian",
+            "staff_role": None,
+            "buildings": [],
+            "agency": None,
+            "grade": None,
+            "class_ids": [],
+            "student_ids": ["stu-bench-0"],
+            "guardianship": None,
+            "contact": {
+                "email": f"{person_id}@bench.example.org",
+                "phone": None,
+                "push_token": None,
+                "language": "en",
+            },
+        },
+    )
+
+
 def run(users: int) -> dict[str, Any]:
     configure_logging(LogSettings(level="WARNING"))
     with broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
@@ -213,6 +251,25 @@ def run(users: int) -> dict[str, Any]:
             delta_s = time.perf_counter() - start
             delta_events = len(sizes) - events
             codec.encode = encode  # type: ignore[method-assign]
+            # What notify sees: a LivePeople reading the people topic from its start (what a
+            # notify process does when it starts), then one new guardian published.
+            live = LivePeople(People(), kafka, catalog, codec, name="bench-live").start()
+            with live:
+                start = time.perf_counter()
+                live.wait_ready(300)
+                catch_up_s = time.perf_counter() - start
+                people_held = sum(
+                    len(s.staff) + len(s.guardians) + len(s.students)
+                    for s in live.current().schools
+                )
+                visible = []
+                for n in range(5):
+                    person = f"bench-new-guardian-{n}"
+                    start = time.perf_counter()
+                    producer.publish(_new_guardian(person))
+                    while live.version_of(person) is None:
+                        time.sleep(0.001)
+                    visible.append((time.perf_counter() - start) * 1000)
         mean_size = round(sum(sizes[:events]) / max(1, events))
         raw = raw_throughput(bootstrap, count=events, size=mean_size)
         raw_s = events / raw["produce_msg_s"]
@@ -237,6 +294,11 @@ def run(users: int) -> dict[str, Any]:
             "records_s": raw["produce_msg_s"],
         },
         "bulk_vs_raw": round(bulk_s / raw_s, 1),
+        "notify_view": {
+            "catch_up_s": round(catch_up_s, 2),
+            "people_entries_by_school": people_held,  # a guardian of two schools counts twice
+            "change_visible_ms": sorted(round(v, 1) for v in visible),
+        },
         "delta_1pct": {
             "users_changed": delta_report.rows,
             "seconds": round(delta_s, 2),
