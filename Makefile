@@ -78,6 +78,7 @@ bench: $(STAMP) ## Run the benchmarks (JSON on stdout)
 	$(BIN)/python bench/emergency.py --json
 	$(BIN)/python bench/notify.py --json
 	$(BIN)/python bench/timeline.py --json
+	$(BIN)/python bench/roster.py --json
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches
