@@ -51,8 +51,8 @@ chromium: ## Make sure Debian's headless Chromium is installed (browser tests)
 	@$(CHROMIUM) --version
 
 .PHONY: test
-test: lint chromium ## Lint, then run the whole test suite against real parts
-	$(BIN)/pytest -q
+test: lint chromium ## Lint, then run the whole test suite against real parts (both cores, by file)
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## The tests that need no broker and no PostgreSQL (under a minute, both cores)
