@@ -36,7 +36,7 @@ from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
 from safehub.kernel.envelope import new_event
-from safehub.kernel.live_people import LivePeople
+from safehub.kernel.live_people import LivePeople, person_fields
 from safehub.kernel.logging import configure_logging
 from safehub.kernel.people import People
 from safehub.kernel.settings import KafkaSettings, LogSettings
@@ -186,28 +186,21 @@ def _new_guardian(person_id: str) -> dict[str, Any]:
         source="bench",
         tenant={"state": "US-TX", "district": "dist-bench", "school": "sch-bench-0"},
         classification=("INTERNAL", "STUDENT_RECORD"),
-        payload={
-            "person_id": person_id,
-            "version": 1,
-            "change": "UPSERTED",
-            "kind": "GUARDIAN",
-            "roster_source": "bench",
-            "school_ids": ["sch-bench-0"],
-            "name": "New Guardian",
-            "staff_role": None,
-            "buildings": [],
-            "agency": None,
-            "grade": None,
-            "class_ids": [],
-            "student_ids": ["stu-bench-0"],
-            "guardianship": None,
-            "contact": {
+        payload=person_fields(
+            person_id,
+            kind="GUARDIAN",
+            version=1,
+            roster_source="bench",
+            school_ids=["sch-bench-0"],
+            name="New Guardian",
+            student_ids=["stu-bench-0"],
+            contact={
                 "email": f"{person_id}@bench.example.org",
                 "phone": None,
                 "push_token": None,
                 "language": "en",
             },
-        },
+        ),
     )
 
 

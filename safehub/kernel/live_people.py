@@ -371,6 +371,37 @@ def seed_event_id(person_id: str, version: int = 1) -> str:
     return stable_id(SEED_NAMESPACE, person_id, version)
 
 
+def person_fields(
+    person_id: str,
+    *,
+    kind: str,
+    version: int,
+    roster_source: str,
+    school_ids: list[str],
+    change: str = "UPSERTED",
+    **fields: Any,
+) -> dict[str, Any]:
+    """A ``PersonChanged`` payload: what is given, the contract's empty value for the rest."""
+    return {
+        "person_id": person_id,
+        "version": version,
+        "change": change,
+        "kind": kind,
+        "roster_source": roster_source,
+        "school_ids": school_ids,
+        "name": None,
+        "staff_role": None,
+        "buildings": [],
+        "agency": None,
+        "grade": None,
+        "class_ids": [],
+        "student_ids": [],
+        "guardianship": None,
+        "contact": None,
+        **fields,
+    }
+
+
 def seed_events(path: Path) -> list[Event]:
     """One PersonChanged (UPSERTED, version 1, roster source ``seed``) per person of a seed
     file; a person of several schools is one event naming them all."""
@@ -384,23 +415,14 @@ def seed_events(path: Path) -> list[Event]:
                 found[1].append(school.id)
     events: list[Event] = []
     for person_id, (kind, schools, person) in merged.items():
-        payload: dict[str, Any] = {
-            "person_id": person_id,
-            "version": 1,
-            "change": "UPSERTED",
-            "kind": kind,
-            "roster_source": SEED_SOURCE,
-            "school_ids": schools,
-            "name": person.name,
-            "staff_role": None,
-            "buildings": [],
-            "agency": None,
-            "grade": None,
-            "class_ids": [],
-            "student_ids": [],
-            "guardianship": None,
-            "contact": None,
-        }
+        payload = person_fields(
+            person_id,
+            kind=kind,
+            version=1,
+            roster_source=SEED_SOURCE,
+            school_ids=schools,
+            name=person.name,
+        )
         if isinstance(person, StaffMember):
             payload |= {
                 "staff_role": person.role.value,
