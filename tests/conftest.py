@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from safehub.kernel.admin import ensure_topics
+from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
@@ -138,6 +139,13 @@ def make_catalog(kafka: KafkaSettings) -> Callable[..., TopicCatalog]:
         return catalog
 
     return make
+
+
+@pytest.fixture
+def producer(kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog) -> Iterator[EventProducer]:
+    """The kernel producer on this test's topics."""
+    with EventProducer(kafka, codec, catalog) as running:
+        yield running
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -428,9 +429,9 @@ class GroupConsumer(Closing):
                 log.warning("consumer error", group=self._group_id, error=error.str())
         return good
 
+    @abstractmethod
     def poll_once(self, timeout: float = 0.1) -> int:
         """Handle what one poll brings; returns how many records."""
-        raise NotImplementedError
 
     def wait_for_assignment(self, timeout: float = 30.0) -> None:
         """Poll until this member holds partitions (joins take ~session.timeout/2 on tansu)."""

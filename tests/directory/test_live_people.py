@@ -3,7 +3,6 @@ bad records; the seed import is idempotent."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,6 @@ from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import PEOPLE, TopicCatalog
 from tests.directory.helpers import LINCOLN, SEED, WASHINGTON, person_changed, seed_contacts
 from tests.support.waiting import wait_until
-
-
-@pytest.fixture
-def producer(kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog) -> Iterator[EventProducer]:
-    with EventProducer(kafka, codec, catalog) as p:
-        yield p
 
 
 def live(kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec) -> LivePeople:

@@ -55,25 +55,6 @@ NOTIFICATIONS = "safehub.notifications.v1"
 ANNOUNCEMENTS = "safehub.announcements.v1"
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[ProviderSimProcess]:
-    (tmp_path / "sim").mkdir()
-    with ProviderSimProcess(tmp_path / "sim") as process:
-        yield process
-
-
-@pytest.fixture
-def producer(kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog) -> Iterator[EventProducer]:
-    with EventProducer(kafka, codec, catalog) as p:
-        yield p
-
-
 def new_notify(
     kafka: KafkaSettings,
     catalog: TopicCatalog,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +46,6 @@ LINCOLN = "sch-lincoln-hs"
 WASHINGTON = "sch-washington-ms"
 NOTIFICATIONS = "safehub.notifications.v1"
 TOPICS = (NOTIFICATIONS, "safehub.announcements.v1", "safehub.deadletter.v1")
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[ProviderSimProcess]:
-    (tmp_path / "sim").mkdir()
-    with ProviderSimProcess(tmp_path / "sim") as process:
-        yield process
-
-
-@pytest.fixture
-def producer(kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog) -> Iterator[EventProducer]:
-    with EventProducer(kafka, codec, catalog) as p:
-        yield p
 
 
 def staff_with(school: str, role: str, index: int = 0) -> str:

@@ -49,12 +49,6 @@ def store_url(database_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def producer(kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog) -> Iterator[EventProducer]:
-    with EventProducer(kafka, codec, catalog) as running:
-        yield running
-
-
-@pytest.fixture
 def timeline(
     kafka: KafkaSettings, catalog: TopicCatalog, tmp_path: Path, store_url: str
 ) -> Iterator[TimelineProcess]:
