@@ -11,9 +11,11 @@ and :meth:`close` stops accepting and gives requests in flight a grace period.
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -122,3 +124,33 @@ class ServerThread(Closing):
             self._thread.join(timeout=self._shutdown_timeout_s + 5.0)
         if self._socket is not None:
             self._socket.close()
+
+
+async def serve_until_signalled(
+    app: web.Application,
+    listen: ListenSettings,
+    *,
+    on_listening: Callable[[int], None] | None = None,
+    shutdown_timeout_s: float = 2.0,
+) -> None:
+    """Serve ``app`` on this event loop until SIGTERM or SIGINT (a stand-in's whole life).
+
+    The bound port goes to ``listen.port_file`` and to ``on_listening`` once it listens.
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, listen.host, listen.port)
+        await site.start()
+        bound = int(runner.addresses[0][1])
+        if listen.port_file is not None:
+            write_port_file(listen.port_file, bound)
+        if on_listening is not None:
+            on_listening(bound)
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -59,7 +59,6 @@ import hmac
 import os
 import re
 import secrets
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -74,8 +73,9 @@ from oauthlib.common import Request as OAuthRequest
 from oauthlib.oauth1.rfc5849 import signature as oauth1
 
 from safehub.kernel.errors import SafeHubError
-from safehub.kernel.lifecycle import write_port_file
+from safehub.kernel.http_server import serve_until_signalled
 from safehub.kernel.logging import configure_logging
+from safehub.kernel.settings import ListenSettings
 
 log = structlog.get_logger(__name__)
 
@@ -1073,18 +1073,8 @@ async def serve(
     simulator: OneRosterSimulator, *, host: str, port: int, port_file: Path | None
 ) -> None:
     """Serve until SIGTERM or SIGINT; the bound port goes to ``port_file`` once listening."""
-    runner = web.AppRunner(simulator.app(), access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = int(runner.addresses[0][1])
-        if port_file is not None:
-            write_port_file(port_file, bound)
+
+    def listening(bound: int) -> None:
         data = simulator.state.data
         log.info(
             "OneRoster simulator listening",
@@ -1092,9 +1082,12 @@ async def serve(
             data=str(simulator.data_folder),
             counts={name: len(rows) for name, rows in data.files.items() if rows},
         )
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+
+    await serve_until_signalled(
+        simulator.app(),
+        ListenSettings(host=host, port=port, port_file=port_file),
+        on_listening=listening,
+    )
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -59,7 +59,6 @@ import hashlib
 import hmac
 import os
 import re
-import signal
 import ssl
 import time
 import uuid
@@ -77,8 +76,9 @@ import structlog
 from aiohttp import web
 
 from safehub.kernel.errors import SafeHubError
-from safehub.kernel.lifecycle import write_port_file
+from safehub.kernel.http_server import serve_until_signalled
 from safehub.kernel.logging import configure_logging
+from safehub.kernel.settings import ListenSettings
 
 log = structlog.get_logger(__name__)
 
@@ -906,26 +906,19 @@ async def serve(
     simulator: ProviderSimulator, *, host: str, port: int, port_file: Path | None
 ) -> None:
     """Serve until SIGTERM or SIGINT; the bound port goes to ``port_file`` once listening."""
-    runner = web.AppRunner(simulator.app(), access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = int(runner.addresses[0][1])
-        if port_file is not None:
-            write_port_file(port_file, bound)
+
+    def listening(bound: int) -> None:
         log.info(
             "provider simulator listening",
             url=f"http://{host}:{bound}",
             accounts=sorted(simulator.accounts),
         )
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+
+    await serve_until_signalled(
+        simulator.app(),
+        ListenSettings(host=host, port=port, port_file=port_file),
+        on_listening=listening,
+    )
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
