@@ -17,9 +17,10 @@ from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
 from safehub.kernel.live_people import publish_seed, seed_events
 from safehub.kernel.settings import KafkaSettings
-from safehub.kernel.topics import TopicCatalog
+from safehub.kernel.topics import DEAD_LETTER, TopicCatalog
 from services.directory.store import DirectoryStore
 from tests.directory.helpers import LINCOLN, SEED, WASHINGTON, person_changed, seed_contacts
+from tests.support.kafka import read_all
 from tests.support.processes import Component
 from tests.support.waiting import wait_until
 
@@ -142,3 +143,26 @@ def test_the_service_consumes_the_topic_and_serves_no_contact_detail(
     )
     leaked = [c for c in [*seed_contacts(), "new.guardian@families.example.org"] if c in answers]
     assert not leaked, f"{len(leaked)} contact details served"
+
+
+def test_an_invalid_person_is_dead_lettered_with_its_reason_and_the_next_one_recorded(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+    directory_service: httpx.Client,
+) -> None:
+    secret = "bad.version@families.example.org"
+    with EventProducer(kafka, codec, catalog) as producer:
+        producer.publish(person_changed("grd-bad", version=0, email=secret))
+        producer.publish(person_changed("grd-after", version=1))
+
+    wait_until(
+        lambda: directory_service.get("/api/v1/people/grd-after/versions").status_code == 200,
+        what="the person after the bad one recorded",
+    )
+    assert directory_service.get("/api/v1/people/grd-bad/versions").status_code == 404
+    (letter,) = read_all(kafka, catalog.name(DEAD_LETTER))
+    headers = {k: (v or b"").decode() for k, v in letter.headers() or []}
+    reason = headers["safehub-dlq-reason"]
+    assert "version is not a positive integer" in reason
+    assert secret not in reason and "grd-bad" not in reason
