@@ -12,7 +12,7 @@ address (contact details, PII) never appears in a result or an error.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -38,28 +38,23 @@ def outbound(address: str, text: str = "", *, exercise: bool = False) -> Outboun
     )
 
 
-class ChannelContract:
-    """Inherit and provide the fixtures below; pytest collects the tests of each subclass."""
+class ChannelContract(ABC):
+    """Inherit, set ``refused_address``, implement the two methods, and define two fixtures.
+
+    ``adapter``: the adapter, configured against its running stand-in; ``unreachable``: the
+    same adapter pointed at an address where nothing listens. (pytest collects the tests of
+    each subclass; a subclass without the fixtures fails naming the missing one.)
+    """
 
     refused_address: str
 
-    @pytest.fixture
-    def adapter(self) -> Iterator[ChannelAdapter]:
-        """The adapter, configured against its running stand-in."""
-        raise NotImplementedError
-
-    @pytest.fixture
-    def unreachable(self) -> Iterator[ChannelAdapter]:
-        """The same adapter pointed at an address where nothing listens."""
-        raise NotImplementedError
-
+    @abstractmethod
     def new_address(self) -> str:
         """An address no other test has used (tests share the stand-in)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def received(self, address: str) -> list[str]:
         """The texts the stand-in has taken for ``address``, oldest first."""
-        raise NotImplementedError
 
     def test_an_accepted_message_reaches_its_recipient_once(self, adapter: ChannelAdapter) -> None:
         address = self.new_address()

@@ -8,6 +8,7 @@ metadata and its error class; it then gets these tests on both back ends (the
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,7 +33,7 @@ def versions(url: str, table: str) -> list[str]:
         engine.dispose()
 
 
-class StoreContract:
+class StoreContract(ABC):
     """Inherit, set the class attributes and implement ``database`` and ``open``."""
 
     name: str  # how its errors name it ("notify store", "psap_cad ledger", "timeline")
@@ -45,17 +46,17 @@ class StoreContract:
         """A URL where this store can be created afresh (default: the fixture's own)."""
         yield database_url
 
+    @abstractmethod
     def open(self, url: str) -> Any:
         """Open (and migrate) the store on ``url``; the result has ``close()``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def engine_of(self, store: Any) -> Engine:
         """The store's engine."""
-        raise NotImplementedError
 
+    @abstractmethod
     def metadata_of(self, store: Any) -> MetaData:
         """The tables the store declares."""
-        raise NotImplementedError
 
     def test_its_errors_are_kernel_store_errors(self) -> None:
         assert issubclass(self.error, StoreError) and issubclass(self.error, SafeHubError)
