@@ -36,9 +36,10 @@ from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
 from safehub.kernel.envelope import new_event
-from safehub.kernel.live_people import LivePeople, person_fields
+from safehub.kernel.live_people import LivePeople
 from safehub.kernel.logging import configure_logging
 from safehub.kernel.people import People
+from safehub.kernel.person_events import person_fields
 from safehub.kernel.settings import KafkaSettings, LogSettings
 from safehub.kernel.topics import TopicCatalog
 from safehub.standards.oneroster import load_facts

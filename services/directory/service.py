@@ -24,7 +24,7 @@ from aiohttp import web
 from safehub.kernel.bus import H_EVENT_TYPE, ConsumedEvent, Headers, header
 from safehub.kernel.errors import HandlerError
 from safehub.kernel.http_server import ServerThread
-from safehub.kernel.live_people import LISTS, PERSON_CHANGED, InvalidPersonError
+from safehub.kernel.person_events import LISTS, PERSON_CHANGED, InvalidPersonError
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import PEOPLE
 from services.directory.settings import DirectorySettings

@@ -38,7 +38,7 @@ from sqlalchemy import (
 
 from safehub.kernel import store as kernel_store
 from safehub.kernel.lifecycle import Closing
-from safehub.kernel.live_people import person_from_event
+from safehub.kernel.person_events import person_from_event
 from safehub.kernel.store import insert_for, make_engine, migrate, upsert, wrap_errors
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -107,7 +107,7 @@ class DirectoryStore(Closing):
 
         Idempotent: a version (or event id) already stored changes nothing; an older version
         is kept in the history but does not replace the current one. Raises
-        :class:`~safehub.kernel.live_people.InvalidPersonError` for an invalid record.
+        :class:`~safehub.kernel.person_events.InvalidPersonError` for an invalid record.
         """
         person_id, version, change, kind, schools, _ = person_from_event(event)
         event_id = str(event["envelope"]["event_id"])

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from safehub.cli.directory import app as directory_cli
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
-from safehub.kernel.live_people import publish_seed, seed_events
+from safehub.kernel.live_people import publish_seed
+from safehub.kernel.person_events import seed_events
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import DEAD_LETTER, TopicCatalog
 from services.directory.store import DirectoryStore

@@ -9,8 +9,9 @@ import pytest
 
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
-from safehub.kernel.live_people import LivePeople, publish_seed, seed_event_id, seed_events
+from safehub.kernel.live_people import LivePeople, publish_seed
 from safehub.kernel.people import People, StaffRole
+from safehub.kernel.person_events import seed_event_id, seed_events
 from safehub.kernel.reader import TopicReader
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import PEOPLE, TopicCatalog
