@@ -44,10 +44,12 @@ def seed(
     ] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Import a seed file's people into the people topic (idempotent)."""
+    """Import a seed file into the live directory: its places, systems and call trees into the
+    directory topic and its people into the people topic (idempotent)."""
     from safehub.kernel.bus import EventProducer
     from safehub.kernel.codec import Codec
     from safehub.kernel.directory import default_directory_file
+    from safehub.kernel.live_directory import publish_directory_seed
     from safehub.kernel.live_people import publish_seed
     from safehub.kernel.logging import configure_logging
     from safehub.kernel.settings import HubSettings, load_settings
@@ -59,6 +61,9 @@ def seed(
     catalog = TopicCatalog(settings.kafka.topic_prefix)
     path = file or default_directory_file()
     with EventProducer(settings.kafka, codec, catalog, client_id="directory-seed") as producer:
+        places = publish_directory_seed(
+            producer, path, kafka=settings.kafka, catalog=catalog, codec=codec
+        )
         report = publish_seed(producer, path, kafka=settings.kafka, catalog=catalog, codec=codec)
     if as_json:
         console.print_json(
@@ -68,10 +73,19 @@ def seed(
                     "people": report.people,
                     "published": report.published,
                     "already": report.already,
+                    "directory": {
+                        "entries": places.entries,
+                        "published": places.published,
+                        "already": places.already,
+                    },
                 }
             )
         )
     else:
+        console.print(
+            f"{places.entries} directory entries in {path}: {places.published} published, "
+            f"{places.already} already on the topic"
+        )
         console.print(
             f"{report.people} people in {path}: {report.published} published, "
             f"{report.already} already on the topic"

@@ -22,6 +22,7 @@ class EventType(StrEnum):
     CAD_STATUS_UPDATE = "safehub.events.CadStatusUpdate"
     CAMERA_ALERT = "safehub.events.CameraAlert"
     DELIVERY_RECEIPT = "safehub.events.DeliveryReceipt"
+    DIRECTORY_CHANGED = "safehub.events.DirectoryChanged"
     DOOR_LOCK_STATE = "safehub.events.DoorLockState"
     INCIDENT_CHANGED = "safehub.events.IncidentChanged"
     INCIDENT_CLEARED = "safehub.events.IncidentCleared"

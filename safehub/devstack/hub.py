@@ -52,6 +52,7 @@ from safehub.kernel.codec import Codec
 from safehub.kernel.directory import DIRECTORY_FILE_VARIABLE, default_directory_file
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.lifecycle import Closing
+from safehub.kernel.live_directory import publish_directory_seed
 from safehub.kernel.live_people import publish_seed
 from safehub.kernel.people import People
 from safehub.kernel.settings import HubSettings
@@ -235,7 +236,7 @@ class Hub(Closing):
                 self._broker = broker
                 self.settings.kafka.bootstrap_servers = broker.bootstrap_servers
             ensure_topics(self.settings.kafka, self.catalog)
-            self._seed_people()
+            self._seed_directory()
             if self._cad_simulator:
                 self._start_stand_ins()
             if "services.notify" in self._components:
@@ -333,22 +334,23 @@ class Hub(Closing):
             if port is not None:
                 self._wait_for_port(manifest.module, getattr(self.ports, port))
 
-    def _seed_people(self) -> None:
-        """Import the seed file's people into the people topic (once: re-seeding publishes
-        nothing), so every service's people come from the live directory."""
+    def _seed_directory(self) -> None:
+        """Import the seed file into the directory and people topics (once: re-seeding
+        publishes nothing), so every service's places and people come from the live directory."""
         env = self.base_env()
         named = env.get(DIRECTORY_FILE_VARIABLE)
         codec = Codec.from_contracts()
         with EventProducer(
             self.settings.kafka, codec, self.catalog, client_id="hub-seed"
         ) as producer:
-            publish_seed(
-                producer,
-                Path(named) if named else default_directory_file(),
-                kafka=self.settings.kafka,
-                catalog=self.catalog,
-                codec=codec,
-            )
+            for publish in (publish_directory_seed, publish_seed):
+                publish(
+                    producer,
+                    Path(named) if named else default_directory_file(),
+                    kafka=self.settings.kafka,
+                    catalog=self.catalog,
+                    codec=codec,
+                )
 
     def _issue_notify_credentials(self) -> None:
         """A new random token per administrator in notify's people file (dev hub only)."""

@@ -1,7 +1,10 @@
 """The hub's directory: tenancy (state → district → school → building → room), doors, the
-client systems allowed to call the gateway with their scopes, and the incident reviewers.
+client systems allowed to call the gateway with their scopes, the incident reviewers, and the
+call trees (who is called, in order, with on-duty rotations, when something needs a human).
 
-Loaded from one JSON file (``SAFEHUB_DIRECTORY_FILE`` for every deployable at once, else
+At run time services read it live (:class:`~safehub.kernel.live_directory.LiveDirectory`,
+following ``safehub.directory.v1``); this model is its snapshot, and the seed. The seed is
+one JSON file (``SAFEHUB_DIRECTORY_FILE`` for every deployable at once, else
 ``SAFEHUB_<SECTION>__DIRECTORY_FILE``). The gateway uses it to refuse unknown places and to
 authorise callers, the incidents service to name places, the timeline to scope reviewers.
 A client belongs to one district and may be limited to some schools: a district-A door
@@ -19,8 +22,11 @@ import hashlib
 import hmac
 import json
 import os
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -47,6 +53,7 @@ class Scope(StrEnum):
     DOORS = "doors"
     SRP = "srp"
     CONNECTOR = "connector"
+    TIPS = "tips"
 
 
 class Door(BaseModel):
@@ -121,6 +128,110 @@ class Reviewer(BaseModel):
     token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
+
+
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+class OnDuty(BaseModel):
+    """A person on duty on some weekdays between two local times.
+
+    ``weekdays`` are the days a shift *starts* on (0 = Monday); an ``end`` not after
+    ``start`` runs past midnight into the next day (a night shift from 18:00 to 07:00).
+    """
+
+    person_id: str
+    weekdays: list[int] = Field(default_factory=lambda: list(range(7)))
+    start: str = Field(default="00:00", pattern=_HHMM)
+    end: str = Field(default="24:00", pattern=_HHMM)
+
+    @model_validator(mode="after")
+    def _days(self) -> OnDuty:
+        if any(day not in range(7) for day in self.weekdays):
+            raise ValueError("weekdays must be 0 (Monday) … 6 (Sunday)")
+        return self
+
+    def covers(self, local: datetime) -> bool:
+        """True if this shift covers the local (zone-aware or naive local) time."""
+        start, end = _minutes(self.start), _minutes(self.end)
+        now = local.hour * 60 + local.minute
+        today = local.weekday()
+        if start < end:
+            return today in self.weekdays and start <= now < end
+        yesterday = (today - 1) % 7
+        return (today in self.weekdays and now >= start) or (
+            yesterday in self.weekdays and now < end
+        )
+
+
+class CallTreeStep(BaseModel):
+    """One step of a call tree: who is called, and how long they have to acknowledge."""
+
+    name: str
+    ack_within_seconds: int = Field(default=60, ge=5, le=3600)
+    person_ids: list[str] = Field(default_factory=list)
+    rotation: list[OnDuty] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _someone(self) -> CallTreeStep:
+        if not self.person_ids and not self.rotation:
+            raise ValueError(f"call tree step {self.name!r} names nobody")
+        return self
+
+    def on_duty(self, local: datetime) -> list[str]:
+        """Who this step calls at a local time: the first rotation entry covering it, else
+        everyone in ``person_ids`` (a rotation with a gap falls back to them, never nobody)."""
+        for shift in self.rotation:
+            if shift.covers(local):
+                return [shift.person_id]
+        return list(self.person_ids) or [self.rotation[0].person_id]
+
+
+class CallTreeScope(StrEnum):
+    """Whose call tree it is."""
+
+    SCHOOL = "SCHOOL"
+    DISTRICT = "DISTRICT"
+    STATE = "STATE"
+
+
+class CallTree(BaseModel):
+    """The ordered steps called when something needs a human now, with on-duty rotations."""
+
+    id: str
+    scope: CallTreeScope
+    scope_id: str
+    timezone: str = "UTC"
+    steps: list[CallTreeStep] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _zone(self) -> CallTree:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone") from None
+        return self
+
+    def local(self, at: datetime) -> datetime:
+        """``at`` (aware) in the tree's time zone."""
+        return at.astimezone(ZoneInfo(self.timezone))
+
+
+@dataclass(frozen=True)
+class CallStep:
+    """One step of a school's whole call chain: whose tree, which step, who is on duty."""
+
+    tree_id: str
+    scope: CallTreeScope
+    step: int
+    name: str
+    ack_within_seconds: int
+    person_ids: tuple[str, ...]
+
+
 class UnknownPlaceError(SafeHubError):
     """A school, building or room that is not in the directory."""
 
@@ -136,6 +247,7 @@ class Directory(BaseModel):
     districts: list[District]
     clients: list[Client] = Field(default_factory=list)
     reviewers: list[Reviewer] = Field(default_factory=list)
+    call_trees: list[CallTree] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Directory:
@@ -155,6 +267,40 @@ class Directory(BaseModel):
             return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, ValidationError) as exc:
             raise ConfigError(f"directory file {path} is invalid: {exc}") from exc
+
+    def current(self) -> Directory:
+        """This directory: a loaded file is a fixed view of itself, so code written against
+        :class:`~safehub.kernel.live_directory.LiveDirectory` (``current()`` per decision)
+        also takes a plain ``Directory``."""
+        return self
+
+    def call_chain(self, school_id: str, at: datetime) -> list[CallStep]:
+        """Everyone called, in order, for something at a school that needs a human now: the
+        school's tree, then its district's, then the state centre's, each step with who is
+        on duty at ``at`` (aware). UnknownPlaceError for an unknown school."""
+        district = self.district_of(school_id)
+        chain: list[CallStep] = []
+        for scope, scope_id in (
+            (CallTreeScope.SCHOOL, school_id),
+            (CallTreeScope.DISTRICT, district.id),
+            (CallTreeScope.STATE, self.state),
+        ):
+            for tree in self.call_trees:
+                if tree.scope != scope or tree.scope_id != scope_id:
+                    continue
+                local = tree.local(at)
+                for step in tree.steps:
+                    chain.append(
+                        CallStep(
+                            tree.id,
+                            scope,
+                            len(chain),
+                            step.name,
+                            step.ack_within_seconds,
+                            tuple(step.on_duty(local)),
+                        )
+                    )
+        return chain
 
     def district_of(self, school_id: str) -> District:
         """The district a school belongs to."""

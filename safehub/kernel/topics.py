@@ -25,6 +25,7 @@ class KeyBy(StrEnum):
     INCIDENT = "incident"
     CASE = "case"
     INCIDENT_OR_SCHOOL = "incident_or_school"
+    DISTRICT = "district"
     TRACE = "trace"  # not an envelope field: the spans topic carries OTLP, keyed by trace id
     DEPLOYABLE = "deployable"  # not an envelope field: the metrics topic, keyed by deployable
 
@@ -57,6 +58,7 @@ REFERRALS = "safehub.referrals.v1"
 DISCLOSURES = "safehub.disclosures.v1"
 ROSTER = "safehub.roster.v1"
 PEOPLE = "safehub.people.v1"
+DIRECTORY = "safehub.directory.v1"
 DEAD_LETTER = "safehub.deadletter.v1"
 SPANS = "safehub.spans.v1"
 METRICS = "safehub.metrics.v1"
@@ -176,6 +178,15 @@ TOPICS: tuple[TopicSpec, ...] = (
         "timeline), the source every service's people view follows.",
     ),
     TopicSpec(
+        DIRECTORY,
+        3,
+        KeyBy.DISTRICT,
+        (_E.DIRECTORY_CHANGED,),
+        "The live directory's places and systems (districts, schools with buildings, rooms "
+        "and doors, client systems, reviewers, call trees), each change the full entry at its "
+        "version; no contact details. The source every service's directory view follows.",
+    ),
+    TopicSpec(
         SPANS,
         6,
         KeyBy.TRACE,
@@ -253,6 +264,8 @@ class TopicCatalog:
                 key = envelope.get("case_id")
             case KeyBy.INCIDENT_OR_SCHOOL:
                 key = envelope.get("incident_id") or school
+            case KeyBy.DISTRICT:
+                key = (envelope.get("tenant") or {}).get("district")
             case KeyBy.TRACE | KeyBy.DEPLOYABLE:
                 key = None
         if not key:

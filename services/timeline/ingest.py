@@ -38,7 +38,7 @@ from safehub.kernel.codec import Codec, Event
 from safehub.kernel.envelope import EVENT_NAMESPACE
 from safehub.kernel.errors import HandlerError
 from safehub.kernel.settings import KafkaSettings
-from safehub.kernel.topics import DEAD_LETTER, METRICS, PEOPLE, SPANS, TopicCatalog
+from safehub.kernel.topics import DEAD_LETTER, DIRECTORY, METRICS, PEOPLE, SPANS, TopicCatalog
 from services.timeline.store import Draft, SpanRow, Store, StoreError
 
 log = structlog.get_logger(__name__)
@@ -49,9 +49,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (StoreError, SQLAlchemyError)
 #: at once (a bad event does not get better), store retries back off from 0.1 s to 5 s.
 POLICY = PoisonPolicy(max_attempts=1, backoff_s=0.1, backoff_max_s=5.0)
 
-#: Event topics the timeline reads: every declared topic but the spans, metrics and dead-letter
+#: Event topics the timeline reads: every declared topic but the spans, metrics, dead-letter and
 #: ones, and the people topic (contact details never reach the timeline).
-EXCLUDED_TOPICS = frozenset({SPANS, METRICS, DEAD_LETTER, PEOPLE})
+EXCLUDED_TOPICS = frozenset({SPANS, METRICS, DEAD_LETTER, PEOPLE, DIRECTORY})
 
 LANES: dict[str, str] = {
     EventType.PANIC_ALERT: "gateway",
