@@ -312,14 +312,28 @@ class Importer:
         run.finish()
         return run.report
 
-    def sync_rest(self, client: OneRosterRestClient) -> SyncReport:
-        """One sync from the provider: bulk the first time, then changes since the high-water
-        ``dateLastModified`` of the last finished sync; an interrupted sync is resumed."""
+    def sync_rest(self, client: OneRosterRestClient, *, full: bool = False) -> SyncReport:
+        """One sync from the provider: full (bulk) the first time or when ``full`` is asked,
+        else the changes since the high-water ``dateLastModified`` of the last finished sync;
+        an interrupted sync is resumed (an interrupted delta is dropped when a full sync is
+        asked: the full one reads everything it would have).
+
+        A full sync is a complete listing: what an earlier import of this source delivered and
+        a collection no longer lists is removed (:meth:`_Run.absent`), but only from the
+        collections read to their end with every object accepted. A page that fails (after
+        the client's retries) raises :class:`OneRosterRestError` before anything is removed;
+        the sync is resumed from its cursor next time and removes then, if it completes.
+        """
         name = self.source.name
         fingerprint = self.state.open_sync(name)
+        if fingerprint is not None and full:
+            previous = self.state.progress_of(name, fingerprint)
+            if previous is not None and previous.position.get("since", "bulk") != "bulk":
+                self.state.abandon(name, fingerprint)
+                fingerprint = None
         since_text = "bulk"
         if fingerprint is None:
-            since = self.state.high_water(name)
+            since = None if full else self.state.high_water(name)
             since_text = since.isoformat() if since else "bulk"
             fingerprint = f"rest:{datetime.now(UTC).isoformat()}"
         run = _Run(self, "rest", fingerprint, total=None)
@@ -328,6 +342,11 @@ class Importer:
         since = None if since_text == "bulk" else datetime.fromisoformat(since_text)
         high = position.get("high_water")
         run.high_water = None if high is None else datetime.fromisoformat(high)
+        if since is None:  # a full listing: every collection lists everything
+            run.bulk = set(COLLECTIONS)
+        #: Collections whose listing cannot be trusted to be whole (a rejected object, fewer
+        #: objects than the provider's X-Total-Count); kept in the position across a resume.
+        incomplete: set[str] = set(position.get("incomplete") or ())
         done_index = int(position.get("collection_index", -1))
         for index, collection in enumerate(COLLECTIONS):
             if index < done_index:
@@ -338,13 +357,14 @@ class Importer:
             reader = client.iter_collection(
                 collection, since=None if resume else since, resume=resume
             )
-            position_base = {"since": since_text}
             file = _file_of(collection)
             for obj in reader:
                 ordinal = reader.cursor.offset
                 item = to_record(collection, obj, ordinal)
                 if isinstance(item, Defect):
                     run.defect(item)
+                    if item.severity is Severity.ERROR:
+                        incomplete.add(collection)
                 else:
                     run.record(file, item)
                     if item.date_last_modified is not None and (
@@ -353,12 +373,28 @@ class Importer:
                         run.high_water = item.date_last_modified
                 run.row_done(
                     {
-                        **position_base,
+                        "since": since_text,
+                        "incomplete": sorted(incomplete),
                         "collection_index": index,
                         "cursor": reader.cursor.to_json(),
                     }
                 )
-            run.position = {**position_base, "collection_index": index + 1}
+            if reader.total is not None and reader.cursor.offset < reader.total:
+                # The provider ended the listing short of its own count.
+                incomplete.add(collection)
+            run.position = {
+                "since": since_text,
+                "incomplete": sorted(incomplete),
+                "collection_index": index + 1,
+            }
+        if since is None:
+            if incomplete:
+                log.warning(
+                    "full sync incomplete: nothing removed from these collections",
+                    source=name,
+                    collections=sorted(incomplete),
+                )
+            run.absent(run.bulk - incomplete)
         if run.high_water is None:
             run.high_water = since  # nothing changed: the next delta starts where this one did
         run.finish()

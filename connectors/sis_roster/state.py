@@ -4,9 +4,18 @@ Per source it keeps each entity's last applied version and content digest (a row
 digest is unchanged publishes nothing), each person's assembled record with the version and
 digest last published as ``PersonChanged``, the progress of the import in hand (package
 fingerprint → last file and line applied, or the REST cursor; the report so far) and, per
-REST source, the high-water ``dateLastModified`` of the last finished sync. A checkpoint
-writes all of it in one transaction, after the events it accounts for were confirmed by the
-broker: a crash repeats at most the rows since the last checkpoint, under the same event ids.
+REST source, the high-water ``dateLastModified`` of the last finished sync and when the last
+full sync finished. A checkpoint writes all of it in one transaction, after the events it
+accounts for were confirmed by the broker: a crash repeats at most the rows since the last
+checkpoint, under the same event ids.
+
+One run per source at a time: a run (a CLI import or sync, a scheduled sync) takes the
+source's row of ``leases`` (holder, since, expiry) in one atomic statement —
+:meth:`RosterState.acquire` succeeds only if nobody holds it or the holder's lease expired —,
+renews it while it works (:meth:`RosterState.renew`, and every checkpoint checks it is still
+the holder in the checkpoint's own transaction) and deletes it at the end
+(:meth:`RosterState.release`). A process that dies holds the source only until its lease
+expires. A second caller gets :class:`SourceBusyError` naming the holder and since when.
 
 SQLite file by default, PostgreSQL by URL; schema from ``migrations/`` (applied at open).
 """
@@ -16,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +39,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     select,
+    update,
 )
 
+from safehub.kernel.errors import SafeHubError
 from safehub.kernel.lifecycle import Closing
 from safehub.kernel.store import (
     StoreError,
@@ -50,6 +62,50 @@ class StateError(StoreError):
     """The sync state could not be opened, read or written."""
 
     store = "sis_roster state"
+
+
+class SourceBusyError(SafeHubError):
+    """Another run holds the source's lease: the message names the source, the holder, since
+    when and until when, and what to do."""
+
+    def __init__(self, source: str, lease: Lease) -> None:
+        super().__init__(
+            f"source {source!r} is busy: {lease.holder} has been running it since "
+            f"{_stamp(lease.since)} (lease renewed until {_stamp(lease.expires_at)}); "
+            f"try again after it finishes, or after {_stamp(lease.expires_at)} if that "
+            "process died"
+        )
+        self.source = source
+        self.lease = lease
+
+
+class LeaseLostError(SafeHubError):
+    """The run's lease expired and another run took the source: this one stops unrecorded."""
+
+    def __init__(self, source: str, holder: str) -> None:
+        super().__init__(
+            f"source {source!r}: the lease of {holder} expired and another run took it; "
+            "this run stopped without recording more (the other run goes on)"
+        )
+        self.source = source
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who runs a source, since when, and until when the lease holds unless renewed."""
+
+    holder: str
+    since: datetime
+    expires_at: datetime
+
+
+def _stamp(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite gives naive datetimes back; every stored time is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -126,6 +182,15 @@ class RosterState(Closing):
             Column("source", String(64), primary_key=True),
             Column("high_water", DateTime(timezone=True)),
             Column("finished_at", DateTime(timezone=True), nullable=False),
+            Column("full_at", DateTime(timezone=True)),
+        )
+        self.leases = Table(
+            f"{p}leases",
+            metadata,
+            Column("source", String(64), primary_key=True),
+            Column("holder", String(200), nullable=False),
+            Column("since", DateTime(timezone=True), nullable=False),
+            Column("expires_at", DateTime(timezone=True), nullable=False),
         )
         migrate(self._engine, MIGRATIONS, error=StateError, table_prefix=table_prefix)
 
@@ -188,7 +253,85 @@ class RosterState(Closing):
             return None
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
+    def last_full_sync(self, source: str) -> datetime | None:
+        """When the last full (bulk) REST sync of ``source`` finished (None: never)."""
+        t = self.syncs
+        with wrap_errors(StateError, "cannot read syncs"), self._engine.connect() as conn:
+            value = conn.execute(select(t.c.full_at).where(t.c.source == source)).scalar()
+        return _aware(value) if isinstance(value, datetime) else None
+
+    # -- the lease -------------------------------------------------------------------------
+
+    def lease_of(self, source: str) -> Lease | None:
+        """The lease on ``source`` as stored (possibly expired), None if nobody holds it."""
+        t = self.leases
+        with wrap_errors(StateError, "cannot read leases"), self._engine.connect() as conn:
+            row = conn.execute(select(t).where(t.c.source == source)).first()
+        if row is None:
+            return None
+        return Lease(row.holder, _aware(row.since), _aware(row.expires_at))
+
+    def acquire(self, source: str, holder: str, ttl: timedelta) -> Lease:
+        """Take the source for ``holder`` until ``ttl`` from now, in one statement: only if
+        nobody holds it, its lease expired, or ``holder`` holds it already.
+        :class:`SourceBusyError` (naming the holder) otherwise."""
+        t = self.leases
+        now = datetime.now(UTC)
+        values = {"source": source, "holder": holder, "since": now, "expires_at": now + ttl}
+        with wrap_errors(StateError, "cannot take the lease"), self._engine.begin() as conn:
+            taken = conn.execute(
+                upsert(
+                    conn,
+                    t,
+                    values,
+                    keys=("source",),
+                    where=(t.c.expires_at < now) | (t.c.holder == holder),
+                ).returning(t.c.holder)  # rowcount of an upsert is -1 on psycopg
+            ).first()
+            if taken is None:
+                row = conn.execute(select(t).where(t.c.source == source)).first()
+        if taken is not None:
+            return Lease(holder, now, now + ttl)
+        if row is None:  # released between the two statements: try once more
+            return self.acquire(source, holder, ttl)
+        raise SourceBusyError(
+            source, Lease(row.holder, _aware(row.since), _aware(row.expires_at))
+        )
+
+    def renew(self, source: str, holder: str, ttl: timedelta) -> None:
+        """Extend ``holder``'s lease to ``ttl`` from now; :class:`LeaseLostError` if it no
+        longer holds it (it expired and another run took the source)."""
+        with wrap_errors(StateError, "cannot renew the lease"), self._engine.begin() as conn:
+            self._renew(conn, source, holder, ttl)
+
+    def _renew(self, conn: Any, source: str, holder: str, ttl: timedelta) -> None:
+        t = self.leases
+        renewed = conn.execute(
+            update(t)
+            .where(t.c.source == source, t.c.holder == holder)
+            .values(expires_at=datetime.now(UTC) + ttl)
+            .returning(t.c.source)
+        ).first()
+        if renewed is None:
+            raise LeaseLostError(source, holder)
+
+    def release(self, source: str, holder: str) -> None:
+        """Give the source up (nothing if ``holder`` no longer holds it)."""
+        t = self.leases
+        with wrap_errors(StateError, "cannot release the lease"), self._engine.begin() as conn:
+            conn.execute(delete(t).where(t.c.source == source, t.c.holder == holder))
+
     # -- writing ---------------------------------------------------------------------------
+
+    def abandon(self, source: str, fingerprint: str) -> None:
+        """Close an unfinished run without finishing it (a full sync replaces a delta)."""
+        t = self.progress
+        with wrap_errors(StateError, "cannot write progress"), self._engine.begin() as conn:
+            conn.execute(
+                update(t)
+                .where(t.c.source == source, t.c.fingerprint == fingerprint)
+                .values(done=True, updated_at=datetime.now(UTC))
+            )
 
     def checkpoint(
         self,
@@ -201,8 +344,15 @@ class RosterState(Closing):
         report: dict[str, Any],
         done: bool = False,
         high_water: datetime | None = None,
+        full: bool = False,
+        lease: tuple[str, timedelta] | None = None,
     ) -> None:
-        """One transaction: changed records and people, the position reached, the report."""
+        """One transaction: changed records and people, the position reached, the report.
+
+        ``full``: a finished REST sync was a full one. ``lease``: (holder, ttl) — the
+        transaction first renews that holder's lease and is rolled back with
+        :class:`LeaseLostError` if another run took the source meanwhile.
+        """
         now = datetime.now(UTC)
         record_rows = [
             {
@@ -228,6 +378,8 @@ class RosterState(Closing):
             for pid, row in people
         ]
         with wrap_errors(StateError, "cannot write a checkpoint"), self._engine.begin() as conn:
+            if lease is not None:
+                self._renew(conn, source, lease[0], lease[1])
             for chunk in _chunks(record_rows):
                 conn.execute(
                     _bulk_upsert(conn, self.records, ("source", "entity", "sourced_id")), chunk
@@ -244,7 +396,13 @@ class RosterState(Closing):
             }
             conn.execute(upsert(conn, self.progress, values, keys=("source", "fingerprint")))
             if done and fingerprint.startswith("rest:"):
-                sync = {"source": source, "high_water": high_water, "finished_at": now}
+                sync: dict[str, Any] = {
+                    "source": source,
+                    "high_water": high_water,
+                    "finished_at": now,
+                }
+                if full:
+                    sync["full_at"] = now
                 conn.execute(upsert(conn, self.syncs, sync, keys=("source",)))
 
 

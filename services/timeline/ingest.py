@@ -49,8 +49,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (StoreError, SQLAlchemyError)
 #: at once (a bad event does not get better), store retries back off from 0.1 s to 5 s.
 POLICY = PoisonPolicy(max_attempts=1, backoff_s=0.1, backoff_max_s=5.0)
 
-#: Event topics the timeline reads: every declared topic but the spans, metrics, dead-letter and
-#: ones, and the people topic (contact details never reach the timeline).
+#: Event topics the timeline reads: every declared topic but the spans, metrics and dead-letter
+#: ones and the live directory's (contact details and token hashes never reach the timeline).
 EXCLUDED_TOPICS = frozenset({SPANS, METRICS, DEAD_LETTER, PEOPLE, DIRECTORY})
 
 LANES: dict[str, str] = {
