@@ -44,6 +44,7 @@ from typing import Any
 import structlog
 
 from connectors.sis_roster import custody as custody_feed
+from connectors.sis_roster.lease import SourceLease
 from connectors.sis_roster.people import (
     apply_custody,
     apply_record,
@@ -52,7 +53,7 @@ from connectors.sis_roster.people import (
     person_fields,
     person_of,
 )
-from connectors.sis_roster.rest_client import Cursor, OneRosterRestClient
+from connectors.sis_roster.rest_client import CollectionReader, Cursor, OneRosterRestClient
 from connectors.sis_roster.rest_records import COLLECTIONS, to_record
 from connectors.sis_roster.settings import RosterSource, SisRosterConfig
 from connectors.sis_roster.state import Applied, PersonRow, RosterState
@@ -235,6 +236,7 @@ class Importer:
         state: RosterState,
         *,
         on_progress: Progress | None = None,
+        lease: SourceLease | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -242,6 +244,8 @@ class Importer:
         self.catalog = catalog
         self.state = state
         self.on_progress = on_progress
+        #: The source's run lease (:mod:`.lease`): checked every row, renewed by checkpoints.
+        self.lease = lease
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -325,20 +329,10 @@ class Importer:
         the sync is resumed from its cursor next time and removes then, if it completes.
         """
         name = self.source.name
-        fingerprint = self.state.open_sync(name)
-        if fingerprint is not None and full:
-            previous = self.state.progress_of(name, fingerprint)
-            if previous is not None and previous.position.get("since", "bulk") != "bulk":
-                self.state.abandon(name, fingerprint)
-                fingerprint = None
-        since_text = "bulk"
-        if fingerprint is None:
-            since = None if full else self.state.high_water(name)
-            since_text = since.isoformat() if since else "bulk"
-            fingerprint = f"rest:{datetime.now(UTC).isoformat()}"
+        fingerprint, new_since = self._rest_fingerprint(full)
         run = _Run(self, "rest", fingerprint, total=None)
         position = run.position
-        since_text = position.get("since") or since_text
+        since_text = position.get("since") or new_since
         since = None if since_text == "bulk" else datetime.fromisoformat(since_text)
         high = position.get("high_water")
         run.high_water = None if high is None else datetime.fromisoformat(high)
@@ -357,30 +351,8 @@ class Importer:
             reader = client.iter_collection(
                 collection, since=None if resume else since, resume=resume
             )
-            file = _file_of(collection)
-            for obj in reader:
-                ordinal = reader.cursor.offset
-                item = to_record(collection, obj, ordinal)
-                if isinstance(item, Defect):
-                    run.defect(item)
-                    if item.severity is Severity.ERROR:
-                        incomplete.add(collection)
-                else:
-                    run.record(file, item)
-                    if item.date_last_modified is not None and (
-                        run.high_water is None or item.date_last_modified > run.high_water
-                    ):
-                        run.high_water = item.date_last_modified
-                run.row_done(
-                    {
-                        "since": since_text,
-                        "incomplete": sorted(incomplete),
-                        "collection_index": index,
-                        "cursor": reader.cursor.to_json(),
-                    }
-                )
-            if reader.total is not None and reader.cursor.offset < reader.total:
-                # The provider ended the listing short of its own count.
+            base = {"since": since_text, "collection_index": index}
+            if not self._rest_collection(run, reader, collection, base, incomplete):
                 incomplete.add(collection)
             run.position = {
                 "since": since_text,
@@ -399,6 +371,50 @@ class Importer:
             run.high_water = since  # nothing changed: the next delta starts where this one did
         run.finish()
         return run.report
+
+    def _rest_fingerprint(self, full: bool) -> tuple[str, str]:
+        """The sync to run — the interrupted one (unless it is a delta and ``full`` is asked),
+        else a new one — and, for a new one, what it reads: ``bulk`` or changes since when."""
+        name = self.source.name
+        fingerprint = self.state.open_sync(name)
+        if fingerprint is not None and full:
+            previous = self.state.progress_of(name, fingerprint)
+            if previous is not None and previous.position.get("since", "bulk") != "bulk":
+                self.state.abandon(name, fingerprint)
+                fingerprint = None
+        if fingerprint is not None:
+            return fingerprint, "bulk"  # the position says what it reads
+        since = None if full else self.state.high_water(name)
+        return f"rest:{datetime.now(UTC).isoformat()}", since.isoformat() if since else "bulk"
+
+    def _rest_collection(
+        self,
+        run: _Run,
+        reader: CollectionReader,
+        collection: str,
+        base: dict[str, Any],
+        incomplete: set[str],
+    ) -> bool:
+        """Apply one collection's objects; False if its listing was not whole (an object
+        rejected, or fewer objects than the provider's own count)."""
+        whole = collection not in incomplete
+        file = _file_of(collection)
+        for obj in reader:
+            item = to_record(collection, obj, reader.cursor.offset)
+            if isinstance(item, Defect):
+                run.defect(item)
+                if item.severity is Severity.ERROR:
+                    whole = False
+                    incomplete.add(collection)
+            else:
+                run.record(file, item)
+                dlm = item.date_last_modified
+                if dlm is not None and (run.high_water is None or dlm > run.high_water):
+                    run.high_water = dlm
+            run.row_done(
+                {**base, "incomplete": sorted(incomplete), "cursor": reader.cursor.to_json()}
+            )
+        return whole and (reader.total is None or reader.cursor.offset >= reader.total)
 
 
 def _line(item: Record | Defect) -> int:
@@ -635,6 +651,9 @@ class _Run:
         self.report.dead_lettered += 1
 
     def row_done(self, position: dict[str, Any]) -> None:
+        lease = self.importer.lease
+        if lease is not None:
+            lease.check()
         self.report.rows += 1
         self.rows_this_run += 1
         self.rows_since_checkpoint += 1
@@ -665,6 +684,7 @@ class _Run:
 
     def checkpoint(self, *, done: bool = False) -> None:
         self._confirm()
+        lease = self.importer.lease
         self.state.checkpoint(
             self.name,
             self.fingerprint,
@@ -674,6 +694,8 @@ class _Run:
             report=self.report.to_json(),
             done=done,
             high_water=self.high_water,
+            full=self.report.what == "rest" and self.position.get("since") == "bulk",
+            lease=None if lease is None else (lease.holder, lease.ttl),
         )
         self.dirty_records.clear()
         self.dirty_people.clear()

@@ -1,24 +1,29 @@
 """The SIS roster connector: each configured source synced on its own schedule.
 
-One thread per source: sync (a CSV package at ``path``, or the REST provider; then the
-custody feed if the source has one), wait ``interval_s``, again. A source's sync never
-overlaps itself (one thread, sequential); different sources run side by side. A failed sync
-(the provider down, a refused package) is logged by its reason and tried again at the next
-interval; it never stops the connector. The same imports run once from the CLI
-(``safehub roster import`` / ``sync``). See :mod:`.importer` for what becomes which event.
+One thread per source: sync (a CSV package at ``path``, or the REST provider — a full sync
+every ``full_sync_interval_s``, deltas in between —; then the custody feed if the source has
+one), wait ``interval_s``, again. A source's sync never overlaps itself (one thread,
+sequential), nor an import of it from the CLI (``safehub roster import`` / ``sync``): every
+run holds the source's lease (:mod:`.lease`) and a scheduled sync that finds the source
+taken skips this interval, logging who holds it. Different sources run side by side. A
+failed sync (the provider down, a refused package) is logged by its reason and tried again at
+the next interval; it never stops the connector. See :mod:`.importer` for what becomes which
+event.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import structlog
 
 from connectors.sis_roster.custody import is_custody_feed
 from connectors.sis_roster.importer import NAME, Importer, Progress, SyncReport
+from connectors.sis_roster.lease import SourceLease, holder_name
 from connectors.sis_roster.rest_client import OneRosterRestClient
 from connectors.sis_roster.settings import RosterSource, SisRosterConfig, SisRosterSettings
-from connectors.sis_roster.state import RosterState
+from connectors.sis_roster.state import RosterState, SourceBusyError
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.runtime import Runtime, run
@@ -34,23 +39,78 @@ def sync_source(
     catalog: TopicCatalog,
     state: RosterState,
     *,
+    holder: str,
     on_progress: Progress | None = None,
+    full: bool = False,
 ) -> list[SyncReport]:
-    """One sync of ``source``: its package or REST provider, then its custody feed."""
-    importer = Importer(config, source, producer, catalog, state, on_progress=on_progress)
-    reports: list[SyncReport] = []
-    if source.kind == "rest":
-        assert source.rest is not None  # the settings validator says so
-        with OneRosterRestClient(source.rest) as client:
-            reports.append(importer.sync_rest(client))
-    elif source.path is not None:
-        if is_custody_feed(source.path):
-            reports.append(importer.import_custody(source.path))
-        else:
-            reports.append(importer.import_package(source.path))
-    if source.custody_path is not None and source.custody_path.exists():
-        reports.append(importer.import_custody(source.custody_path))
-    return reports
+    """One sync of ``source`` holding its lease: its package or REST provider (``full``: a
+    full listing, removing what it no longer lists), then its custody feed.
+
+    :class:`~connectors.sis_roster.state.SourceBusyError` (nothing done) if another run
+    holds the source.
+    """
+    with SourceLease(state, source.name, holder, config.lease_ttl_s) as lease:
+        importer = Importer(
+            config, source, producer, catalog, state, on_progress=on_progress, lease=lease
+        )
+        reports: list[SyncReport] = []
+        if source.kind == "rest":
+            assert source.rest is not None  # the settings validator says so
+            with OneRosterRestClient(source.rest) as client:
+                reports.append(importer.sync_rest(client, full=full))
+        elif source.path is not None:
+            if is_custody_feed(source.path):
+                reports.append(importer.import_custody(source.path))
+            else:
+                reports.append(importer.import_package(source.path))
+        if source.custody_path is not None and source.custody_path.exists():
+            reports.append(importer.import_custody(source.custody_path))
+        return reports
+
+
+def full_sync_due(source: RosterSource, state: RosterState, *, now: datetime | None = None) -> bool:
+    """Whether the scheduled REST sync of ``source`` should be a full one at ``now`` (default:
+    the current time): ``full_sync_interval_s`` after the last full one finished, or if none
+    is on record (a new source's first sync is a full one anyway; a source synced before full
+    syncs were recorded gets one)."""
+    interval = source.full_sync_interval_s
+    if source.kind != "rest" or interval is None:
+        return False
+    last = state.last_full_sync(source.name)
+    if last is None:
+        return True
+    return ((now or datetime.now(UTC)) - last).total_seconds() >= interval
+
+
+def scheduled_sync(
+    config: SisRosterConfig,
+    source: RosterSource,
+    producer: EventProducer,
+    catalog: TopicCatalog,
+    state: RosterState,
+) -> list[SyncReport] | None:
+    """One scheduled sync of ``source``; None (logged, nothing done) if another run, such as
+    a ``safehub roster import``, holds the source: the next interval tries again."""
+    try:
+        return sync_source(
+            config,
+            source,
+            producer,
+            catalog,
+            state,
+            holder=holder_name("scheduled sync of sis_roster"),
+            full=full_sync_due(source, state),
+        )
+    except SourceBusyError as busy:
+        log.warning(
+            "roster sync skipped: source busy",
+            source=source.name,
+            holder=busy.lease.holder,
+            since=busy.lease.since.isoformat(),
+            lease_expires_at=busy.lease.expires_at.isoformat(),
+            next_try_in_s=source.interval_s,
+        )
+        return None
 
 
 def _schedule(
@@ -60,7 +120,8 @@ def _schedule(
     while not runtime.stop.is_set():
         started = time.monotonic()
         try:
-            for report in sync_source(config, source, runtime.producer, runtime.catalog, state):
+            reports = scheduled_sync(config, source, runtime.producer, runtime.catalog, state)
+            for report in reports or []:
                 log.info(
                     "roster sync done",
                     source=source.name,
@@ -94,4 +155,4 @@ def main() -> None:
     run(NAME, SisRosterSettings, setup)
 
 
-__all__ = ["main", "setup", "sync_source"]
+__all__ = ["full_sync_due", "main", "scheduled_sync", "setup", "sync_source"]

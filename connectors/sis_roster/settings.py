@@ -28,6 +28,14 @@ class RosterSource(BaseModel):
     rest: OneRosterRestSettings | None = Field(default=None, description="rest: the provider")
     custody_path: Path | None = Field(default=None, description="emergency-contact feed CSV")
     interval_s: float = Field(default=8 * 3600.0, gt=0, description="schedule interval")
+    full_sync_interval_s: float | None = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description=(
+            "rest: a scheduled sync is a full listing (removing what the provider no longer "
+            "lists) once this long after the last full one; deltas in between; null: never"
+        ),
+    )
     schools: dict[str, str] = Field(
         default_factory=dict,
         description="OneRoster org sourcedId → directory school id (absent: the sourcedId)",
@@ -54,6 +62,14 @@ class SisRosterConfig(BaseModel):
         default=1000, ge=1, le=100_000, description="rows between state checkpoints"
     )
     progress_every: int = Field(default=10_000, ge=1, description="log counts every N rows")
+    lease_ttl_s: float = Field(
+        default=120.0,
+        ge=0.5,
+        description=(
+            "a run's lease on its source lasts this long unless renewed (every third of it); "
+            "after a crash the source is free again within this time"
+        ),
+    )
     #: Test hook: exit the process (as a crash would) right after this many rows were applied.
     crash_after_rows: int | None = Field(default=None, ge=1)
 

@@ -15,7 +15,9 @@ source's row of ``leases`` (holder, since, expiry) in one atomic statement —
 renews it while it works (:meth:`RosterState.renew`, and every checkpoint checks it is still
 the holder in the checkpoint's own transaction) and deletes it at the end
 (:meth:`RosterState.release`). A process that dies holds the source only until its lease
-expires. A second caller gets :class:`SourceBusyError` naming the holder and since when.
+expires (or until a run on the same host sees that process is gone:
+:meth:`RosterState.take_over`). A second caller gets :class:`SourceBusyError` naming the
+holder, since when and until when.
 
 SQLite file by default, PostgreSQL by URL; schema from ``migrations/`` (applied at open).
 """
@@ -35,6 +37,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Integer,
     MetaData,
     String,
     Table,
@@ -92,11 +95,14 @@ class LeaseLostError(SafeHubError):
 
 @dataclass(frozen=True)
 class Lease:
-    """Who runs a source, since when, and until when the lease holds unless renewed."""
+    """Who runs a source, since when, and until when the lease holds unless renewed; the
+    holder's host and process id, if it gave them (a run on that host can tell it died)."""
 
     holder: str
     since: datetime
     expires_at: datetime
+    host: str | None = None
+    pid: int | None = None
 
 
 def _stamp(value: datetime) -> str:
@@ -106,6 +112,16 @@ def _stamp(value: datetime) -> str:
 def _aware(value: datetime) -> datetime:
     # SQLite gives naive datetimes back; every stored time is UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _utc(value: datetime | None) -> datetime:
+    # Stored (and compared, as text on SQLite) in UTC.
+    return datetime.now(UTC) if value is None else _aware(value).astimezone(UTC)
+
+
+def _lease(row: Any) -> Lease:
+    pid = None if row.pid is None else int(row.pid)
+    return Lease(row.holder, _aware(row.since), _aware(row.expires_at), row.host, pid)
 
 
 @dataclass(slots=True)
@@ -191,6 +207,8 @@ class RosterState(Closing):
             Column("holder", String(200), nullable=False),
             Column("since", DateTime(timezone=True), nullable=False),
             Column("expires_at", DateTime(timezone=True), nullable=False),
+            Column("host", String(255)),
+            Column("pid", Integer),
         )
         migrate(self._engine, MIGRATIONS, error=StateError, table_prefix=table_prefix)
 
@@ -267,17 +285,32 @@ class RosterState(Closing):
         t = self.leases
         with wrap_errors(StateError, "cannot read leases"), self._engine.connect() as conn:
             row = conn.execute(select(t).where(t.c.source == source)).first()
-        if row is None:
-            return None
-        return Lease(row.holder, _aware(row.since), _aware(row.expires_at))
+        return None if row is None else _lease(row)
 
-    def acquire(self, source: str, holder: str, ttl: timedelta) -> Lease:
-        """Take the source for ``holder`` until ``ttl`` from now, in one statement: only if
-        nobody holds it, its lease expired, or ``holder`` holds it already.
-        :class:`SourceBusyError` (naming the holder) otherwise."""
+    def acquire(
+        self,
+        source: str,
+        holder: str,
+        ttl: timedelta,
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+        now: datetime | None = None,
+    ) -> Lease:
+        """Take the source for ``holder`` (on ``host``, process ``pid``) until ``ttl`` from
+        ``now`` (default: the current time), in one statement: only if nobody holds it, its
+        lease expired by ``now``, or ``holder`` holds it already. :class:`SourceBusyError`
+        (naming the holder and its lease) otherwise."""
         t = self.leases
-        now = datetime.now(UTC)
-        values = {"source": source, "holder": holder, "since": now, "expires_at": now + ttl}
+        now = _utc(now)
+        values = {
+            "source": source,
+            "holder": holder,
+            "since": now,
+            "expires_at": now + ttl,
+            "host": host,
+            "pid": pid,
+        }
         with wrap_errors(StateError, "cannot take the lease"), self._engine.begin() as conn:
             taken = conn.execute(
                 upsert(
@@ -291,12 +324,35 @@ class RosterState(Closing):
             if taken is None:
                 row = conn.execute(select(t).where(t.c.source == source)).first()
         if taken is not None:
-            return Lease(holder, now, now + ttl)
+            return Lease(holder, now, now + ttl, host, pid)
         if row is None:  # released between the two statements: try once more
-            return self.acquire(source, holder, ttl)
-        raise SourceBusyError(
-            source, Lease(row.holder, _aware(row.since), _aware(row.expires_at))
-        )
+            return self.acquire(source, holder, ttl, host=host, pid=pid, now=now)
+        raise SourceBusyError(source, _lease(row))
+
+    def take_over(
+        self,
+        source: str,
+        stale: Lease,
+        holder: str,
+        ttl: timedelta,
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+        now: datetime | None = None,
+    ) -> Lease | None:
+        """Take the source from ``stale`` (a holder known to be dead) for ``holder``, in one
+        statement that succeeds only while ``stale``'s holder still holds it; None if it no
+        longer does (released, or another run was first)."""
+        t = self.leases
+        now = _utc(now)
+        with wrap_errors(StateError, "cannot take the lease"), self._engine.begin() as conn:
+            taken = conn.execute(
+                update(t)
+                .where(t.c.source == source, t.c.holder == stale.holder)
+                .values(holder=holder, since=now, expires_at=now + ttl, host=host, pid=pid)
+                .returning(t.c.source)
+            ).first()
+        return None if taken is None else Lease(holder, now, now + ttl, host, pid)
 
     def renew(self, source: str, holder: str, ttl: timedelta) -> None:
         """Extend ``holder``'s lease to ``ttl`` from now; :class:`LeaseLostError` if it no

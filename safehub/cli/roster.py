@@ -6,14 +6,16 @@ the sync report: added / changed / removed / unchanged / rejected per entity, pe
 published, and the defects by file, line and column (never a value); ``--json`` prints the
 same as JSON. Exit codes: 0 done (defects included), 2 package or feed refused (its manifest
 or header is wrong: the message names them), 3 anything else that stopped the import
-(settings, broker, provider).
+(settings, broker, provider), 4 the source is busy: another run of it (the connector's
+scheduled sync, another import) holds its lease — the message names the holder, since when,
+and when to try again.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,12 +25,16 @@ from rich.table import Table
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.logging import configure_logging
 
+if TYPE_CHECKING:
+    from connectors.sis_roster.settings import RosterSource
+
 app = typer.Typer(help="Rosters from the SIS (OneRoster CSV and REST).", no_args_is_help=True)
 console = Console(width=None if Console().is_terminal else 160)
 err_console = Console(stderr=True)
 
 EXIT_REFUSED = 2
 EXIT_FAILED = 3
+EXIT_BUSY = 4
 #: Defects shown in the human report (all are in ``--json`` up to the report's cap).
 SHOWN_DEFECTS = 50
 
@@ -73,10 +79,45 @@ def _print_report(data: dict[str, object], as_json: bool) -> None:
             console.print(f"… and {len(defects) - SHOWN_DEFECTS} more (--json lists them)")
 
 
-def _run(source_name: str | None, district: str | None, path: Path | None, as_json: bool) -> None:
+def _source(
+    sources: list[RosterSource], source_name: str | None, district: str | None, path: Path | None
+) -> RosterSource:
+    """The source to run: as configured (sync), or a configured one pointed at ``path``, or a
+    new one for ``path`` (import)."""
+    from connectors.sis_roster.settings import RosterSource
+
+    configured = {s.name: s for s in sources}
+    if path is None:  # sync: the source as configured
+        if source_name not in configured:
+            raise SafeHubError(f"no source {source_name!r} in SAFEHUB_SIS_ROSTER__SOURCES")
+        return configured[source_name]
+    if source_name in configured:
+        base = configured[source_name]
+        return base.model_copy(
+            update={
+                "kind": "csv",
+                "path": path,
+                "custody_path": None,  # only what was named is imported
+                "district": district or base.district,
+            }
+        )
+    if not district:
+        raise SafeHubError("--district is required for a source not in the settings")
+    return RosterSource(name=source_name or "cli", district=district, path=path)
+
+
+def _run(
+    source_name: str | None,
+    district: str | None,
+    path: Path | None,
+    as_json: bool,
+    *,
+    full: bool = False,
+) -> None:
+    from connectors.sis_roster.lease import holder_name
     from connectors.sis_roster.service import sync_source
-    from connectors.sis_roster.settings import RosterSource, SisRosterSettings
-    from connectors.sis_roster.state import RosterState
+    from connectors.sis_roster.settings import SisRosterSettings
+    from connectors.sis_roster.state import RosterState, SourceBusyError
     from safehub.kernel.bus import EventProducer
     from safehub.kernel.codec import Codec
     from safehub.kernel.settings import load_settings
@@ -87,25 +128,7 @@ def _run(source_name: str | None, district: str | None, path: Path | None, as_js
         settings = load_settings(SisRosterSettings)
         configure_logging(settings.log)
         config = settings.sis_roster
-        configured = {s.name: s for s in config.sources}
-        if path is None:  # sync: the source as configured
-            if source_name not in configured:
-                raise SafeHubError(f"no source {source_name!r} in SAFEHUB_SIS_ROSTER__SOURCES")
-            source = configured[source_name]
-        elif source_name in configured:
-            base = configured[source_name]
-            source = base.model_copy(
-                update={
-                    "kind": "csv",
-                    "path": path,
-                    "custody_path": None,  # only what was named is imported
-                    "district": district or base.district,
-                }
-            )
-        else:
-            if not district:
-                raise SafeHubError("--district is required for a source not in the settings")
-            source = RosterSource(name=source_name or "cli", district=district, path=path)
+        source = _source(config.sources, source_name, district, path)
     except SafeHubError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(EXIT_FAILED) from None
@@ -136,7 +159,20 @@ def _run(source_name: str | None, district: str | None, path: Path | None, as_js
             ) as producer,
             RosterState(config.state_url) as state,
         ):
-            reports = sync_source(config, source, producer, catalog, state, on_progress=advance)
+            command = "safehub roster " + ("sync" if path is None else "import")
+            reports = sync_source(
+                config,
+                source,
+                producer,
+                catalog,
+                state,
+                holder=holder_name(command),
+                on_progress=advance,
+                full=full,
+            )
+    except SourceBusyError as exc:
+        err_console.print(f"[red]busy:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BUSY) from None
     except OneRosterPackageError as exc:
         err_console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(EXIT_REFUSED) from None
@@ -166,6 +202,12 @@ def roster_import(
 def roster_sync(
     source: Annotated[str, typer.Option(help="a source of SAFEHUB_SIS_ROSTER__SOURCES")],
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full", help="REST: a full listing, removing what the provider no longer lists"
+        ),
+    ] = False,
 ) -> None:
-    """Sync one configured source now (REST: changes since the last sync), then report."""
-    _run(source, None, None, as_json)
+    """Sync one configured source now (REST: changes since the last sync, or ``--full``)."""
+    _run(source, None, None, as_json, full=full)

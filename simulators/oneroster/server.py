@@ -38,7 +38,13 @@ Control API (no auth; for tests and the demo)::
                         requests fail (before authentication, as a proxy in front would)
     POST /_sim/revoke  forget every issued bearer token
     POST /_sim/config  {"token_ttl_s": N}
-    POST /_sim/reset   reload the data, forget tokens, failures and the request log
+    POST /_sim/load    {"data": FOLDER}  serve another CSV set from now on (as a SIS whose
+                        records were added, changed or hard-deleted since: a record it lacks is
+                        simply no longer listed, a record left as it was keeps its
+                        dateLastModified, one changed without one gets the load time); tokens,
+                        failures and the log are kept
+    POST /_sim/reset   reload the data the simulator started with, forget tokens, failures
+                        and the request log
     GET  /_sim/requests  every API and token request: method, path, query, status, auth, at
 
 Passwords in users.csv and userProfiles.csv are never served.
@@ -182,31 +188,37 @@ class Row:
 class Dataset:
     """The CSV set as the SIS holds it: file name → sourcedId → row, in file order."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, previous: Dataset | None = None) -> None:
         self.folder = folder
         self.loaded_at = datetime.now(UTC)
         self.files: dict[str, dict[str, Row]] = {}
         for name in CSV_FILES:
             path = folder / f"{name}.csv"
             rows = _read_csv(path) if path.is_file() else []
+            before = previous.files.get(name, {}) if previous is not None else {}
             table: dict[str, Row] = {}
             for values in rows:
                 sourced_id = values.get("sourcedId", "")
                 if not sourced_id:
                     continue
-                table[sourced_id] = Row(values, self._modified(values.get("dateLastModified")))
+                table[sourced_id] = Row(values, self._modified(values, before.get(sourced_id)))
             self.files[name] = table
         if not self.files["users"] and not self.files["orgs"]:
             raise SafeHubError(f"{folder}: no users.csv or orgs.csv: not a OneRoster CSV set")
 
-    def _modified(self, text: str | None) -> datetime:
-        # A bulk file may leave dateLastModified blank; a SIS always has one, so the load time.
-        if not text:
-            return self.loaded_at
-        try:
-            return _parse_instant(text)
-        except ValueError:
-            return self.loaded_at
+    def _modified(self, values: dict[str, str], before: Row | None) -> datetime:
+        text = values.get("dateLastModified")
+        if text:
+            try:
+                return _parse_instant(text)
+            except ValueError:
+                pass
+        # A bulk file may leave dateLastModified blank; a SIS always has one: the instant the
+        # record was last seen to change (a reloaded set keeps it for a record it left alone),
+        # else the load time.
+        if before is not None and before.values == values:
+            return before.modified
+        return self.loaded_at
 
     def roles_of(self, user: Row) -> list[dict[str, str]]:
         """The user's roles as 1.2 models them (from roles.csv, else the 1.1 columns)."""
@@ -698,6 +710,7 @@ class OneRosterSimulator:
         app.router.add_post("/_sim/fail", self.fail)
         app.router.add_post("/_sim/revoke", self.revoke)
         app.router.add_post("/_sim/config", self.configure)
+        app.router.add_post("/_sim/load", self.load)
         app.router.add_post("/_sim/reset", self.reset)
         app.router.add_get("/_sim/requests", self.list_requests)
         return app
@@ -972,6 +985,26 @@ class OneRosterSimulator:
                 raise web.HTTPBadRequest(text="'token_ttl_s' must be an integer from 1 to 86400")
             self.token_ttl_s = ttl
         return web.json_response({"token_ttl_s": self.token_ttl_s})
+
+    async def load(self, request: web.Request) -> web.Response:
+        """POST /_sim/load: serve the CSV set in ``data`` (a folder) from now on."""
+        body = await _json_object(request)
+        folder = body.get("data")
+        if not isinstance(folder, str):
+            raise web.HTTPBadRequest(text="'data' must name a folder of OneRoster CSV files")
+
+        def read() -> Dataset:
+            if not Path(folder).is_dir():
+                raise SafeHubError(f"{folder}: not a folder")
+            return Dataset(Path(folder), previous=self.state.data)
+
+        try:
+            self.state.data = await asyncio.to_thread(read)
+        except SafeHubError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        counts = {name: len(rows) for name, rows in self.state.data.files.items() if rows}
+        log.info("data set loaded", records=sum(counts.values()))
+        return web.json_response({"loaded": counts})
 
     async def reset(self, _request: web.Request) -> web.Response:
         """POST /_sim/reset: the data as loaded from disk, no tokens, failures or log."""

@@ -8,6 +8,7 @@ authlib, so neither side's mistake is mirrored by the other.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -109,6 +110,42 @@ def test_delta_returns_exactly_the_touched_users(fresh: OneRosterSimProcess, ver
     assert len(filters) == 1
     (sent,) = filters
     assert sent is not None and sent.startswith("dateLastModified>'") and sent.endswith("Z'")
+
+
+def test_load_serves_another_data_set_as_a_sis_that_changed_since(
+    fresh: OneRosterSimProcess, tmp_path: Path
+) -> None:
+    undated = "usr-222-66778899"  # its CSV row has no dateLastModified: served as of the load
+    gone = "usr-222-567891"
+    with OneRosterRestClient(fresh.settings("1.2", page_size=10)) as client:
+        before = {u["sourcedId"]: u for u in client.iter_collection("users")}
+        since = datetime.now(UTC)
+        shutil.copytree(FULL_V1P1, tmp_path / "now")
+        users = tmp_path / "now" / "users.csv"
+        kept = [line for line in users.read_text().splitlines(True) if not line.startswith(gone)]
+        users.write_text("".join(kept))
+        answer = fresh.post("/_sim/load", {"data": str(tmp_path / "now")})
+        after = {u["sourcedId"]: u for u in client.iter_collection("users")}
+        unchanged_since = list(client.iter_collection("users", since=since))
+
+        # A record it lacks is no longer listed; one left as it was keeps its
+        # dateLastModified, so a delta sees nothing.
+        assert answer["loaded"]["users"] == 5
+        assert set(after) == set(before) - {gone}
+        assert after[undated]["dateLastModified"] == before[undated]["dateLastModified"]
+        assert unchanged_since == []
+
+        # Changed without a dateLastModified of its own: changed as of this load.
+        users.write_text(users.read_text().replace(",Mary,Jones,", ",Marie,Jones,"))
+        fresh.post("/_sim/load", {"data": str(tmp_path / "now")})
+        changed = list(client.iter_collection("users", since=since))
+    assert [(u["sourcedId"], u["givenName"]) for u in changed] == [(undated, "Marie")]
+
+    refused = fresh.control.post("/_sim/load", json={"data": str(tmp_path / "nowhere")})
+    assert refused.status_code == 400 and "not a folder" in refused.text
+    fresh.reset()  # back to the set it started with
+    with OneRosterRestClient(fresh.settings("1.2", page_size=10)) as client:
+        assert gone in _ids(client.iter_collection("users"))
 
 
 def test_v11_signature_with_hmac_sha1_is_accepted(fresh: OneRosterSimProcess) -> None:
