@@ -1,0 +1,1 @@
+"""The anonymous tips service: intake, sealed tipster identity, two-way thread, duplicates."""

@@ -1,0 +1,5 @@
+"""``python -m services.tips``."""
+
+from services.tips.service import main
+
+main()

@@ -1,0 +1,1 @@
+"""Tests of the tips service's building blocks (pure, no broker)."""

@@ -1,0 +1,545 @@
+"""The tips service end to end on the real broker: each channel creates a tip, the thread
+works both ways without revealing the tipster, life-safety tips escalate until someone
+acknowledges, duplicates fold, bad input is refused naming the field, and no contact string
+reaches any topic, header or log line."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status
+from PIL import Image
+
+from safehub.gen.safehub.tips.v1 import tips_pb2
+from safehub.kernel.codec import Codec
+from safehub.kernel.envelope import new_event
+from safehub.kernel.settings import KafkaSettings
+from safehub.kernel.topics import NOTIFICATIONS, TIPS, TopicCatalog
+from services.tips.escalation import frozen_chain
+from tests.support.kafka import read_all
+from tests.support.tips import CONTACTS, STATE_ANALYST_TOKEN, TipsHandle, running_tips
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.kafka
+
+LINCOLN = "sch-lincoln-hs"
+RIVERSIDE = "sch-riverside-es"
+
+
+@pytest.fixture
+def tips(kafka: KafkaSettings, catalog: TopicCatalog, tmp_path: Path) -> Iterator[TipsHandle]:
+    with running_tips(kafka, catalog.prefix, tmp_path) as handle:
+        yield handle
+
+
+def _events(kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec, topic: str) -> list[Any]:
+    return [codec.decode(r.value()) for r in read_all(kafka, catalog.name(topic))]
+
+
+def _tip_events(
+    kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec, tip_id: str
+) -> list[Any]:
+    return [e for e in _events(kafka, catalog, codec, TIPS) if e["tip_id"] == tip_id]
+
+
+def _requests(kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec, tip_id: str) -> list[Any]:
+    return [
+        e
+        for e in _events(kafka, catalog, codec, NOTIFICATIONS)
+        if e["envelope"]["event_type"].endswith("NotificationRequested")
+        and e["envelope"]["case_id"] == tip_id
+    ]
+
+
+def _app_tip(tips: TipsHandle, text: str, **fields: Any) -> tips_pb2.SubmitTipResponse:
+    request = tips_pb2.SubmitTipRequest(
+        client_tip_id=fields.pop("client_tip_id", f"app-{time.monotonic_ns()}"),
+        school_id=fields.pop("school_id", LINCOLN),
+        category=fields.pop("category", tips_pb2.TIP_CATEGORY_OTHER),
+        text=text,
+        anonymous=fields.pop("anonymous", True),
+        **fields,
+    )
+    return tips.stub_for("tips-app-north").SubmitTip(request, timeout=20)
+
+
+def _tip_id(tips: TipsHandle, code: str) -> str:
+    listing = tips.api(STATE_ANALYST_TOKEN).get("/api/tips").json()["tips"]
+    return next(t["tip_id"] for t in listing if t["tip_code"] == code)
+
+
+def _violation(error: grpc.RpcError) -> list[tuple[str, str]]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    out = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out
+
+
+# -- channels ---------------------------------------------------------------------------
+
+
+def test_a_web_form_tip_gets_a_code_and_passcode_and_its_event_names_the_tip(
+    tips: TipsHandle, kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec
+) -> None:
+    form = tips.http.get("/")
+    assert form.status_code == 200 and 'name="nonce"' in form.text
+    nonce = form.text.split('name="nonce" value="')[1].split('"')[0]
+    fields = {
+        "nonce": nonce,
+        "lang": "en",
+        "school_id": LINCOLN,
+        "category": "BULLYING",
+        "text": "A group keeps pushing a sixth grader into lockers after lunch.",
+        "name": CONTACTS["name"],
+        "email": CONTACTS["email"],
+    }
+    answer = tips.http.post(
+        "/tip", data=fields, files={"photo": ("", b"", "application/octet-stream")}
+    )
+    assert answer.status_code == 200, answer.text
+    code = answer.text.split('id="tip-code">')[1].split("<")[0]
+    passcode = answer.text.split('id="passcode">')[1].split("<")[0]
+    assert len(code.replace("-", "")) == 10 and len(passcode) >= 12
+    # The same form sent twice (a double tap) is one tip with the same receipt.
+    again = tips.http.post(
+        "/tip", data=fields, files={"photo": ("", b"", "application/octet-stream")}
+    )
+    assert code in again.text and passcode in again.text
+    tip_id = _tip_id(tips, code)
+    submitted = wait_until(
+        lambda: [e for e in _tip_events(kafka, catalog, codec, tip_id) if "channel" in e],
+        what="TipSubmitted",
+    )
+    assert len(submitted) == 1
+    event = submitted[0]
+    assert event["channel"] == "WEB" and event["category"] == "BULLYING"
+    assert event["life_safety"] is False
+    assert event["envelope"]["case_id"] == tip_id
+    assert "STUDENT_RECORD" in event["envelope"]["classification"]
+    assert event["tipster_contact_sealed"] is None
+    # Not life-safety: the school's inbox (its first call-tree step) is told by e-mail.
+    [inbox] = wait_until(lambda: _requests(kafka, catalog, codec, tip_id), what="inbox message")
+    assert inbox["priority"] == "ROUTINE" and inbox["require_ack"] is False
+    assert all(r["channels"] == ["EMAIL"] for r in inbox["recipients"])
+    assert "lockers" not in inbox["body"]  # notifications never carry the tip's words
+
+
+def test_spanish_form_and_a_bad_field_named_in_the_page(tips: TipsHandle) -> None:
+    page = tips.http.get("/?lang=es")
+    assert 'lang="es"' in page.text and "Enviar el reporte" in page.text
+    answer = tips.http.post(
+        "/tip",
+        data={
+            "lang": "es",
+            "school_id": LINCOLN,
+            "category": "OTHER",
+            "text": "mira <script>alert(1)</script>",
+        },
+        files={"photo": ("", b"", "application/octet-stream")},
+    )
+    assert answer.status_code == 400
+    assert "text" in answer.text and "script" in answer.text
+    assert "<script>alert" not in answer.text  # escaped, never echoed as markup
+    unknown = tips.http.post(
+        "/tip",
+        data={"school_id": "sch-nowhere", "category": "OTHER", "text": "something odd"},
+        files={"photo": ("", b"", "application/octet-stream")},
+    )
+    assert unknown.status_code == 404 and "school_id" in unknown.text
+
+
+def test_an_app_tip_over_mtls_and_the_callers_that_are_refused(tips: TipsHandle) -> None:
+    answer = _app_tip(
+        tips,
+        "Someone posted a picture of a rifle with our school's name",
+        category=tips_pb2.TIP_CATEGORY_WEAPON,
+    )
+    assert answer.life_safety and answer.tip_code and answer.passcode
+    # A retry of the same client tip id: the same code and passcode, no second tip.
+    request_id = "retry-1"
+    first = _app_tip(tips, "a student said he has a knife in his bag", client_tip_id=request_id)
+    second = _app_tip(tips, "a student said he has a knife in his bag", client_tip_id=request_id)
+    assert (first.tip_code, first.passcode) == (second.tip_code, second.passcode)
+    # The south district's app may not file tips for a north school: unknown to it.
+    with pytest.raises(grpc.RpcError) as other:
+        tips.stub_for("tips-app-south").SubmitTip(
+            tips_pb2.SubmitTipRequest(school_id=LINCOLN, category=1, text="x" * 20), timeout=10
+        )
+    assert other.value.code() == grpc.StatusCode.NOT_FOUND
+    # A panic-button vendor has no tips scope; an unregistered certificate is nobody.
+    with pytest.raises(grpc.RpcError) as scope:
+        tips.stub_for("panic-badges-north").SubmitTip(
+            tips_pb2.SubmitTipRequest(school_id=LINCOLN, category=1, text="x" * 20), timeout=10
+        )
+    assert scope.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as stranger:
+        tips.stub_for("not-registered").SubmitTip(tips_pb2.SubmitTipRequest(), timeout=10)
+    assert stranger.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_bad_app_input_names_the_field(tips: TipsHandle) -> None:
+    cases = [
+        ({"text": ""}, "text"),
+        ({"text": "y" * 6000}, "text"),
+        ({"text": "see javascript:alert(1) now"}, "text"),
+        ({"text": "fine words here", "category": tips_pb2.TIP_CATEGORY_UNSPECIFIED}, "category"),
+        (
+            {
+                "text": "a photo of it",
+                "attachments": [tips_pb2.Attachment(mime_type="image/png", data=b"not an image")],
+            },
+            "attachments[0].data",
+        ),
+    ]
+    for fields, field in cases:
+        fields.setdefault("category", tips_pb2.TIP_CATEGORY_OTHER)
+        text = fields.pop("text")
+        with pytest.raises(grpc.RpcError) as refused:
+            _app_tip(tips, text, **fields)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert [f for f, _ in _violation(refused.value)] == [field]
+
+
+def test_sms_tips_and_replies_continue_the_thread(tips: TipsHandle) -> None:
+    first = tips.sms(CONTACTS["sms"], "there is a fight planned at the bus loop friday")
+    assert first.status_code == 200 and "<Message>" in first.text
+    assert "Tip received" in first.text and "passcode" in first.text
+    code = first.text.split("Code ")[1].split(",")[0]
+    tip_id = _tip_id(tips, code)
+    analyst = tips.api()
+    asked = analyst.post(f"/api/tips/{tip_id}/messages", json={"text": "Which bus loop?"})
+    assert asked.status_code == 201, asked.text
+    reply = tips.sms(CONTACTS["sms"], "the one behind the gym")
+    assert "Added to your tip" in reply.text and "Which bus loop?" in reply.text
+    thread = analyst.get(f"/api/tips/{tip_id}").json()["thread"]
+    assert [(m["author"], m["text"]) for m in thread] == [
+        ("ANALYST", "Which bus loop?"),
+        ("TIPSTER", "the one behind the gym"),
+    ]
+    # A webhook not signed by the provider's token is refused, and creates nothing.
+    forged = tips.sms("+15550000000", "forged tip", token="wrong-token")
+    assert forged.status_code == 403
+    # A text to a number that is no school's tip line is answered, not taken.
+    stray = tips.sms("+15550000001", "hello", to="+15550009999")
+    assert "not a school's tip line" in stray.text
+
+
+# -- the thread ---------------------------------------------------------------------------
+
+
+def test_the_thread_both_ways_and_wrong_codes_look_alike(tips: TipsHandle) -> None:
+    answer = _app_tip(
+        tips,
+        "my friend keeps talking about not wanting to be here anymore",
+        category=tips_pb2.TIP_CATEGORY_BULLYING,
+    )
+    stub = tips.stub_for("tips-app-north")
+    tip_id = _tip_id(tips, answer.tip_code)
+    analyst = tips.api()
+    assert (
+        analyst.post(
+            f"/api/tips/{tip_id}/messages", json={"text": "Thank you. Is your friend safe tonight?"}
+        ).status_code
+        == 201
+    )
+    read = stub.ReadThread(
+        tips_pb2.ReadThreadRequest(tip_code=answer.tip_code, passcode=answer.passcode), timeout=10
+    )
+    assert [(m.author, m.text) for m in read.messages] == [
+        (tips_pb2.AUTHOR_ANALYST, "Thank you. Is your friend safe tonight?")
+    ]
+    stub.PostMessage(
+        tips_pb2.PostMessageRequest(
+            tip_code=answer.tip_code, passcode=answer.passcode, text="yes, with their mom"
+        ),
+        timeout=10,
+    )
+    detail = analyst.get(f"/api/tips/{tip_id}").json()
+    assert detail["thread"][-1]["author"] == "TIPSTER"
+    assert "contact" not in detail and CONTACTS["phone"] not in str(detail)
+    # The web page opens the same thread with the code typed with spaces, lower case.
+    page = tips.http.post(
+        "/thread",
+        data={"code": answer.tip_code.lower().replace("-", " "), "passcode": answer.passcode},
+    )
+    assert page.status_code == 200 and "yes, with their mom" in page.text
+    # Wrong passcode and unknown code: the same answer.
+    wrong = tips.http.post("/thread", data={"code": answer.tip_code, "passcode": "nope"})
+    unknown = tips.http.post("/thread", data={"code": "ZZZZ-ZZZZ-ZZ", "passcode": "nope"})
+    assert wrong.status_code == unknown.status_code == 403
+    assert wrong.text.replace(answer.tip_code, "") == unknown.text.replace(answer.tip_code, "")
+    # Guessing is throttled (the code's attempts, whatever the passcode).
+    statuses = [
+        tips.http.post(
+            "/thread", data={"code": answer.tip_code, "passcode": f"guess{i}"}
+        ).status_code
+        for i in range(6)
+    ]
+    assert statuses[-1] == 429
+    # ...and the right passcode from the app is throttled too while the code is locked.
+    with pytest.raises(grpc.RpcError) as locked:
+        stub.ReadThread(
+            tips_pb2.ReadThreadRequest(tip_code=answer.tip_code, passcode=answer.passcode),
+            timeout=10,
+        )
+    assert locked.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# -- escalation ---------------------------------------------------------------------------
+
+
+def _chain(tips: TipsHandle, school: str) -> list[dict[str, Any]]:
+    return frozen_chain(tips.directory, school, time.time())
+
+
+def _ack(
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+    producer: Any,
+    notification_id: str,
+    person: str,
+    tips: TipsHandle,
+) -> None:
+    event = new_event(
+        "NotificationAcknowledged",
+        source="notify",
+        tenant=tips.directory.tenant(LINCOLN),
+        payload={
+            "notification_id": notification_id,
+            "recipient_id": person,
+            "channel": "SMS",
+            "response": "ACKNOWLEDGED",
+            "message": None,
+        },
+    )
+    producer.publish(event)
+
+
+def test_escalation_reaches_the_second_step_when_the_first_does_not_answer(
+    tips: TipsHandle, kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec, producer: Any
+) -> None:
+    chain = _chain(tips, LINCOLN)
+    assert len(chain) >= 3  # school on duty, second administrator, district desk
+    answer = _app_tip(
+        tips,
+        "he said he'll bring a gun tomorrow",
+        category=tips_pb2.TIP_CATEGORY_THREAT_OF_VIOLENCE,
+    )
+    assert answer.life_safety
+    tip_id = _tip_id(tips, answer.tip_code)
+    calls = wait_until(
+        lambda: (
+            len(_requests(kafka, catalog, codec, tip_id)) >= 2
+            and _requests(kafka, catalog, codec, tip_id)
+        ),
+        what="two calls",
+        timeout=30,
+    )
+    by_id = {c["notification_id"]: c for c in calls}
+    first, second = by_id[f"tip-{tip_id}-0"], by_id[f"tip-{tip_id}-1"]
+    assert [r["recipient_id"] for r in first["recipients"]] == chain[0]["person_ids"]
+    assert [r["recipient_id"] for r in second["recipients"]] == chain[1]["person_ids"]
+    assert first["priority"] == "LIFE_SAFETY" and first["require_ack"]
+    assert "gun" not in first["body"] and "gun" not in second["body"]
+    # The second person confirms: the tip is theirs and nobody else is called.
+    person = chain[1]["person_ids"][0]
+    _ack(kafka, catalog, codec, producer, f"tip-{tip_id}-1", person, tips)
+    detail = wait_until(
+        lambda: (
+            (d := tips.api().get(f"/api/tips/{tip_id}").json())["escalation"]["acknowledged_by"]
+            and d["assigned_to"]  # the tip and its escalation are read one after the other
+            and d
+        ),
+        what="acknowledgement recorded",
+    )
+    assert detail["assigned_to"] == person and detail["status"] == "ASSIGNED"
+    assert detail["first_human_at"] is not None
+    store_calls = detail["escalation"]["call"]
+
+    def reported() -> list[Any] | None:
+        found = _tip_events(kafka, catalog, codec, tip_id)
+        called = {e["escalation_level"] for e in found if e.get("activity") == "ESCALATION_CALLED"}
+        acked = [e for e in found if e.get("activity") == "ESCALATION_ACKNOWLEDGED"]
+        return acked if acked and called == set(range(store_calls + 1)) else None
+
+    acked = wait_until(reported, what="every call and the acknowledgement on the tips topic")
+    assert [e["notified_person_ids"] for e in acked] == [[person]]
+
+
+def test_nobody_answering_reaches_the_district_and_keeps_calling_its_last_step(
+    tips: TipsHandle, kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec
+) -> None:
+    chain = _chain(tips, LINCOLN)
+    answer = _app_tip(
+        tips,
+        "there is a bomb threat written in the boys bathroom",
+        category=tips_pb2.TIP_CATEGORY_OTHER,
+    )
+    assert answer.life_safety  # the words make it so, whatever category was picked
+    tip_id = _tip_id(tips, answer.tip_code)
+    wanted = len(chain) + 1  # every step once, then the last one again
+    calls = wait_until(
+        lambda: len(r := _requests(kafka, catalog, codec, tip_id)) >= wanted and r,
+        what="the whole chain and a repeat",
+        timeout=40,
+    )
+    ordered = sorted(calls, key=lambda c: int(c["notification_id"].rsplit("-", 1)[1]))
+    recipients = [[r["recipient_id"] for r in c["recipients"]] for c in ordered[:wanted]]
+    assert recipients == [s["person_ids"] for s in chain] + [chain[-1]["person_ids"]]
+    assert chain[-1]["scope"] == "DISTRICT"
+    exhausted = wait_until(
+        lambda: [
+            e
+            for e in _tip_events(kafka, catalog, codec, tip_id)
+            if e.get("activity") == "ESCALATION_EXHAUSTED"
+        ],
+        what="ESCALATION_EXHAUSTED",
+    )
+    assert len(exhausted) == 1
+
+
+# -- duplicates, photos, privacy ----------------------------------------------------------
+
+
+def test_duplicates_fold_into_the_first_tip_and_can_be_split(
+    tips: TipsHandle, kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec
+) -> None:
+    first = _app_tip(
+        tips,
+        "Kids are saying there will be a fight at the homecoming game",
+        category=tips_pb2.TIP_CATEGORY_BULLYING,
+    )
+    second = _app_tip(
+        tips,
+        "kids are saying there'll be a FIGHT at the homecoming game!!",
+        category=tips_pb2.TIP_CATEGORY_BULLYING,
+    )
+    other = _app_tip(
+        tips,
+        "Someone is selling vapes in the second floor restroom",
+        category=tips_pb2.TIP_CATEGORY_DRUGS,
+    )
+    assert not first.duplicate and second.duplicate and not other.duplicate
+    primary, copy = _tip_id(tips, first.tip_code), _tip_id(tips, second.tip_code)
+    analyst = tips.api()
+    assert analyst.get(f"/api/tips/{copy}").json()["folded_into"] == primary
+    folded = wait_until(
+        lambda: [
+            e for e in _tip_events(kafka, catalog, codec, copy) if e.get("activity") == "FOLDED"
+        ],
+        what="FOLDED event",
+    )
+    assert folded[0]["merged_into_tip_id"] == primary
+    split = analyst.post(f"/api/tips/{copy}/split", json={"reason": "different game"})
+    assert split.status_code == 200 and split.json()["folded_into"] is None
+    assert split.json()["status"] == "TRIAGED"
+
+
+def _photo_with_gps() -> tuple[bytes, bytes]:
+    image = Image.new("RGB", (64, 48), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    exif[0xA431] = "SERIAL-77A9X"  # BodySerialNumber
+    gps = {1: "N", 2: (32.0, 46.0, 52.3), 3: "W", 4: (96.0, 48.0, 4.1)}
+    exif[0x8825] = gps
+    out = io.BytesIO()
+    image.save(out, "JPEG", exif=exif.tobytes())
+    return out.getvalue(), b"SERIAL-77A9X"
+
+
+def test_photo_metadata_is_stripped_and_no_contact_string_leaves_the_service(
+    tips: TipsHandle,
+    kafka: KafkaSettings,
+    catalog: TopicCatalog,
+    codec: Codec,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    photo, serial = _photo_with_gps()
+    caplog.set_level(logging.DEBUG)  # what the service logs at its most verbose
+    assert serial in photo and Image.open(io.BytesIO(photo)).getexif().get_ifd(0x8825)
+    answer = _app_tip(
+        tips,
+        "photo of the note in the locker room",
+        anonymous=False,
+        contact=tips_pb2.TipsterContact(
+            name=CONTACTS["name"], phone=CONTACTS["phone"], email=CONTACTS["email"]
+        ),
+        attachments=[tips_pb2.Attachment(mime_type="image/jpeg", data=photo, file_name="x.jpg")],
+    )
+    tip_id = _tip_id(tips, answer.tip_code)
+    analyst = tips.api()
+    [link] = analyst.get(f"/api/tips/{tip_id}").json()["attachments"]
+    cleaned = analyst.get(link)
+    assert cleaned.status_code == 200 and cleaned.headers["content-type"] == "image/jpeg"
+    assert serial not in cleaned.content
+    assert not Image.open(io.BytesIO(cleaned.content)).getexif()
+    tips.sms(CONTACTS["sms"], "another tip from my phone about a threat list")
+    wait_until(lambda: _tip_events(kafka, catalog, codec, tip_id), what="tip events")
+    needles = [c.encode() for c in CONTACTS.values()] + [serial]
+    for topic in {catalog.name(base) for base in catalog.specs} | {catalog.dead_letter}:
+        for record in read_all(kafka, topic):
+            blob = (record.value() or b"") + b"".join(
+                (k.encode() + (v or b"")) for k, v in (record.headers() or [])
+            )
+            for needle in needles:
+                assert needle not in blob, f"{needle!r} found on {topic}"
+    logged = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    for needle in needles:
+        assert needle.decode() not in logged
+
+
+def test_analyst_changes_follow_the_lifecycle(tips: TipsHandle) -> None:
+    answer = _app_tip(
+        tips, "someone wrote threats on the wall of the gym", category=tips_pb2.TIP_CATEGORY_OTHER
+    )
+    tip_id = _tip_id(tips, answer.tip_code)
+    analyst = tips.api()
+    south = tips.api(STATE_ANALYST_TOKEN)
+    assert (
+        analyst.post(f"/api/tips/{tip_id}/close", json={"disposition": "MAYBE"}).status_code == 400
+    )
+    cleared = analyst.post(f"/api/tips/{tip_id}/life-safety", json={"life_safety": False})
+    assert cleared.status_code == 400 and cleared.json()["field"] == "note"
+    cleared = analyst.post(
+        f"/api/tips/{tip_id}/life-safety",
+        json={"life_safety": False, "reason": "old graffiti, painted over"},
+    )
+    assert cleared.json()["life_safety"] is False
+    moved = analyst.post(f"/api/tips/{tip_id}/status", json={"status": "ASSIGNED"})
+    assert moved.json()["assigned_to"] == "ana-north"
+    closed = south.post(
+        f"/api/tips/{tip_id}/close",
+        json={"disposition": "HANDLED_BY_SCHOOL", "note": "custodian cleaned it"},
+    )
+    assert closed.json()["status"] == "CLOSED_RESOLVED" and closed.json()["closed_at"]
+    again = analyst.post(f"/api/tips/{tip_id}/status", json={"status": "FOLLOW_UP"})
+    assert again.status_code == 400
+    assert tips.http.get("/api/tips").status_code == 401
+    riverside = _app_tip_south(tips)
+    assert analyst.get(f"/api/tips/{_tip_id(tips, riverside)}").status_code == 404
+
+
+def _app_tip_south(tips: TipsHandle) -> str:
+    answer = tips.stub_for("tips-app-south").SubmitTip(
+        tips_pb2.SubmitTipRequest(
+            school_id=RIVERSIDE,
+            category=tips_pb2.TIP_CATEGORY_DRUGS,
+            text="vapes sold at recess by older kids",
+            anonymous=True,
+        ),
+        timeout=10,
+    )
+    return str(answer.tip_code)
