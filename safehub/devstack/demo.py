@@ -39,6 +39,7 @@ from rich.table import Table
 from safehub.contracts.names import EventType
 from safehub.devstack import demo_timeline
 from safehub.devstack.demo_people import PeopleDemo
+from safehub.devstack.demo_tips import TipsDemo
 from safehub.devstack.hub import Hub
 from safehub.gen.safehub.common.v1 import place_pb2, srp_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -171,6 +172,8 @@ def run_demo(settings: HubSettings, console: Console, *, keep: bool = False) -> 
             f"(Maildir {hub.maildir}), SMS provider simulator {hub.sms_simulator_url}, "
             f"timeline {hub.timeline_url}"
         )
+        tips = TipsDemo(hub, codec, console)
+        tips.prepare()
         journal = Journal(hub, codec)
         clients = Clients(hub)
         people = PeopleDemo(hub, SCHOOL)
@@ -182,6 +185,8 @@ def run_demo(settings: HubSettings, console: Console, *, keep: bool = False) -> 
         cad = _cad_incidents(hub)
         console.rule("3. Review: the incident's timeline")
         checks |= demo_timeline.review(hub, incident_id, console)
+        console.rule("4. Tips: a life-safety tip by SMS, escalated until someone confirms")
+        checks |= tips.run()
         _report(journal, incident_id, cad, checks, console)
         console.print(f"[green]demo finished in {time.monotonic() - started:.1f} s[/green]")
         if keep:

@@ -72,6 +72,9 @@ DEFAULT_COMPONENTS: tuple[str, ...] = tuple(
 #: A component that exits within this long of its start is crash-looping: its next restart
 #: waits (doubling from RESTART_BACKOFF_S up to RESTART_BACKOFF_MAX_S) instead of spinning.
 CRASH_LOOP_S = 10.0
+#: The dev hub's tips analyst, and the phone number texts to Lincoln High School's tip line go to.
+TIPS_ANALYST = "ana-state-centre"
+TIP_LINE = "+15557770100"
 RESTART_BACKOFF_S = 0.5
 RESTART_BACKOFF_MAX_S = 10.0
 
@@ -154,6 +157,8 @@ class Hub(Closing):
         self.secrets = Secrets()
         #: Staff id → bearer token of notify's API, one per administrator of the directory.
         self.notify_tokens: dict[str, str] = {}
+        #: The state-centre analyst's bearer token of the tips service's API.
+        self.tips_analyst_token = ""
         self._restart = frozenset(self._components if restart is None else restart)
         #: How often the supervisor started each component again after it exited unasked.
         self.restarts: Counter[str] = Counter()
@@ -211,6 +216,16 @@ class Hub(Closing):
         return f"http://127.0.0.1:{self.ports.timeline_http}"
 
     @property
+    def tips_url(self) -> str:
+        """Base URL of the tips service (public form and thread, SMS webhook, analysts' API)."""
+        return f"http://127.0.0.1:{self.ports.tips_http}"
+
+    @property
+    def tips_analysts_file(self) -> Path:
+        """The tips service's analysts file (the SHA-256 of each analyst's token)."""
+        return self.run_dir / "tips" / "analysts.json"
+
+    @property
     def maildir(self) -> Path:
         """Where the demo's mail server keeps every message it received (a Maildir)."""
         return self.run_dir / "mail"
@@ -241,6 +256,8 @@ class Hub(Closing):
                 self._start_stand_ins()
             if "services.notify" in self._components:
                 self._issue_notify_credentials()
+            if "services.tips" in self._components:
+                self._issue_tips_analysts()
             for component in self._components:
                 self.start_component(component)
             if self._restart:
@@ -386,6 +403,19 @@ class Hub(Closing):
             administrators=len(tokens),
             file=str(self.notify_credentials_file),
         )
+
+    def _issue_tips_analysts(self) -> None:
+        """One state-centre analyst (every district) with a new random token (dev hub only)."""
+        self.tips_analyst_token = secrets.token_urlsafe(32)
+        self.tips_analysts_file.parent.mkdir(parents=True, exist_ok=True)
+        analyst = {
+            "id": TIPS_ANALYST,
+            "name": "State safety centre analyst",
+            "token_sha256": hashlib.sha256(self.tips_analyst_token.encode()).hexdigest(),
+            "districts": ["*"],
+        }
+        self.tips_analysts_file.write_text(json.dumps({"analysts": [analyst]}, indent=1))
+        log.info("tips analyst credentials issued", analyst=TIPS_ANALYST)
 
     def ready_file(self, module: str) -> Path:
         """The file ``module`` writes (its pid) once ready; removed when it is (re)started."""

@@ -32,7 +32,7 @@ from safehub.contracts.names import EventType
 from safehub.kernel.bus import ConsumedEvent
 from safehub.kernel.codec import Event
 from safehub.kernel.directory import CallTreeScope, Directory, DirectorySource, UnknownPlaceError
-from safehub.kernel.errors import SafeHubError
+from safehub.kernel.errors import HandlerError, SafeHubError
 from safehub.kernel.outbox import OutboxRelay
 from services.tips import events
 from services.tips.model import Status
@@ -340,11 +340,21 @@ class Escalator:
         self.acknowledged(tip_id, call, person, self._clock())
 
     def acknowledged(self, tip_id: str, call: int, person_id: str, at: float) -> bool:
-        """Record who confirmed; False if someone did already (or the tip is unknown)."""
+        """Record who confirmed; False if someone did already. HandlerError (dead-lettered)
+        for an unknown tip or call, or an answer from someone the chain did not call."""
         tip = self._store.tip(tip_id)
-        if tip is None:
-            log.warning("acknowledgement of an unknown tip", tip_id=tip_id)
-            return False
+        escalation = self._store.escalation(tip_id)
+        if tip is None or escalation is None:
+            # Not ours to decide on: whoever sent it must look (the dead letter says why).
+            raise HandlerError(
+                f"acknowledgement of call {call} of tip {tip_id}: no such escalation"
+            )
+        called = {p for step in escalation.chain[: call + 1] for p in step["person_ids"]}
+        if person_id not in called:
+            raise HandlerError(
+                f"acknowledgement of call {call} of tip {tip_id} by {person_id}, who was not "
+                "called: not recorded"
+            )
         directory = self._directory.current()
         try:
             tenant = directory.tenant(tip.school_id)

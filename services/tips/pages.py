@@ -90,6 +90,30 @@ TEXT: dict[str, dict[str, str]] = {
     },
 }
 
+#: What a tipster reads for each status (never the internal symbol).
+STATUS: dict[str, dict[str, str]] = {
+    "en": {
+        "NEW": "Received",
+        "TRIAGED": "Being reviewed",
+        "ESCALATED": "Sent to the people on duty",
+        "ASSIGNED": "Someone is working on it",
+        "FOLLOW_UP": "Being followed up",
+        "MERGED": "Joined with a report about the same thing",
+        "CLOSED_RESOLVED": "Closed",
+        "CLOSED_UNFOUNDED": "Closed",
+    },
+    "es": {
+        "NEW": "Recibido",
+        "TRIAGED": "En revisión",
+        "ESCALATED": "Enviado a las personas de turno",
+        "ASSIGNED": "Alguien lo está atendiendo",
+        "FOLLOW_UP": "En seguimiento",
+        "MERGED": "Unido a un reporte sobre lo mismo",
+        "CLOSED_RESOLVED": "Cerrado",
+        "CLOSED_UNFOUNDED": "Cerrado",
+    },
+}
+
 _STYLE = (
     "body{font-family:system-ui,sans-serif;margin:0 auto;max-width:40rem;padding:1rem;"
     "line-height:1.5}label{display:block;margin-top:1rem;font-weight:600}"
@@ -97,7 +121,7 @@ _STYLE = (
     "box-sizing:border-box;font-size:1rem;padding:.6rem}textarea{min-height:8rem}"
     "button{margin-top:1.2rem;font-size:1.1rem;padding:.8rem 1.4rem;width:100%}"
     ".error{border:2px solid #b00020;padding:.6rem;color:#b00020}"
-    ".code{font-size:1.6rem;font-family:monospace;letter-spacing:.1rem}"
+    ".code{font-size:1.6rem;font-family:monospace;letter-spacing:.1rem;white-space:nowrap}"
     ".msg{border-left:4px solid #888;padding:.4rem .8rem;margin:.6rem 0}"
     ".msg.analyst{border-color:#0b5}.check{display:flex;gap:.5rem;align-items:center}"
 )
@@ -239,7 +263,8 @@ def thread(
     body = (
         f"<h1>{html.escape(t['thread'])}</h1>"
         f'<p>{html.escape(t["code"])}: <span class="code">{html.escape(code)}</span> · '
-        f'{html.escape(t["status"])}: <span id="status">{html.escape(status)}</span></p>'
+        f'{html.escape(t["status"])}: <span id="status">'
+        f"{html.escape(STATUS[lang].get(status, status))}</span></p>"
         f'<div id="messages">{items}</div>{_error(lang, error)}'
         '<form method="post" action="/thread">'
         f'<input type="hidden" name="lang" value="{lang}">'

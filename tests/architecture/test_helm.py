@@ -44,6 +44,7 @@ PRODUCTION = {
     "services.doorstate",
     "services.notify",
     "services.timeline",
+    "services.tips",
     "connectors.psap_cad",
     "connectors.sis_roster",
 }
@@ -51,6 +52,8 @@ PRODUCTION = {
 VENDORS = {"vendors.access_control_sim", "vendors.pa_signage_sim"}
 #: Deployables that must run as exactly one pod, never two at once (see their templates).
 SINGLE_WRITERS = {"services.notify", "services.timeline", "services.incidents"}
+#: Deployables run as one pod by choice (what scaling out would need: see their templates).
+ONE_POD = {"services.tips"}
 
 #: SAFEHUB_* variables that are not settings fields: read by the kernel itself.
 RUNTIME_VARIABLES = {
@@ -356,12 +359,18 @@ def test_kafka_cad_and_notify_endpoints_must_be_named(helm: Any) -> None:
         ("connectors.psapCad.cadUrl", r"connectors\.psapCad\.cadUrl is required"),
         ("services.notify.publicUrl", r"services\.notify\.publicUrl is required"),
         ("services.notify.smtp.host", r"services\.notify\.smtp\.host is required"),
+        ("services.tips.publicUrl", r"services\.tips\.publicUrl is required"),
+        ("services.tips.secret", r"services\.tips\.secret is required"),
     ):
         with pytest.raises(helm.HelmRenderError, match=message):
             _render(helm, _with(required, path, ""))
     # Without notify nothing asks for its endpoints.
     off = _with(_with(required, "services.notify.publicUrl", ""), "services.notify.enabled", False)
     assert "services.notify" not in _deployments(_render(helm, off))
+    off = _with(_with(required, "services.tips.publicUrl", ""), "services.tips.enabled", False)
+    docs = _render(helm, off)
+    assert "services.tips" not in _deployments(docs)
+    assert not [d for d in docs if d["metadata"]["name"] == "hub-safehub-tips"]
 
 
 def test_incidents_refuses_a_second_replica(helm: Any) -> None:
@@ -419,12 +428,14 @@ def test_what_is_deployed(rendered: tuple[dict[str, Any], list[dict[str, Any]]])
     deployments = _deployments(docs)
     simulators = values.get("simulators", {}).get("enabled", False)
     assert set(deployments) == (PRODUCTION | VENDORS if simulators else PRODUCTION)
-    for component in ("gateway", "psap-cad", "notify", "timeline"):
+    for component in ("gateway", "psap-cad", "notify", "timeline", "tips"):
         assert ("Service", f"hub-safehub-{component}") in kinds
     ingress = values.get("services", {}).get("notify", {}).get("ingress", {}).get("enabled")
     assert (("Ingress", "hub-safehub-notify") in kinds) == bool(ingress)
     assert ("PodDisruptionBudget", "hub-safehub-gateway") in kinds
     assert ("PodDisruptionBudget", "hub-safehub-incidents") not in kinds  # a single writer
+    assert ("PodDisruptionBudget", "hub-safehub-tips") not in kinds  # one pod: would block drains
+    assert ("NetworkPolicy", "hub-safehub-tips") in kinds
     assert ("Job", "hub-safehub-topics") in kinds
     assert ("NetworkPolicy", "hub-safehub-default-deny") in kinds
     own_directory = not values.get("directory", {}).get("existingConfigMap")
@@ -506,6 +517,24 @@ def test_each_deployable_loads_its_rendered_settings(
                 assert settings.timeline.tls_cert_file and settings.timeline.tls_ca_file
             else:
                 assert "grpc" not in ports
+        if module == "services.tips":
+            tips = settings.tips
+            assert tips.http_port == ports["http"] and tips.http_host == "0.0.0.0"
+            assert tips.grpc_port == ports["grpc"] and tips.grpc_host == "0.0.0.0"
+            assert tips.public_url == env["SAFEHUB_TIPS__PUBLIC_URL"]["value"]
+            assert tips.tls_cert_file and tips.tls_key_file and tips.tls_ca_file
+            assert tips.seal_keys.get_secret_value() and tips.contact_key.get_secret_value()
+            assert env["SAFEHUB_TIPS__TWILIO_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"]
+            assert tips.analysts_file is not None
+            pod = deployment["spec"]["template"]["spec"]
+            mount = next(m for m in container["volumeMounts"] if m["name"] == "tips-analysts")
+            assert tips.analysts_file.parent == Path(mount["mountPath"]) and mount["readOnly"]
+            volume = next(v for v in pod["volumes"] if v["name"] == "tips-analysts")
+            assert volume["secret"]["items"] == [
+                {"key": "analysts.json", "path": tips.analysts_file.name}
+            ]
+            limits = container["resources"]["limits"]
+            assert "cpu" not in limits, "life-safety: no CPU limit (throttling delays a call)"
 
 
 def test_pods_are_locked_down_and_drain(
@@ -587,6 +616,8 @@ def test_services_and_network_policies_reach_the_listening_ports(
         ("psap-cad", "cad-callback"),
         ("notify", "http"),
         ("timeline", "http"),
+        ("tips", "http"),
+        ("tips", "grpc"),
     }
     assert public <= opened
     assert opened <= public | {("timeline", "grpc"), ("doorstate", "http")}
@@ -602,7 +633,7 @@ def test_single_writers_never_run_twice(
     """notify resumes every queued delivery at start; the timeline's pending claims race."""
     _, docs = rendered
     deployments = _deployments(docs)
-    for module in SINGLE_WRITERS:
+    for module in SINGLE_WRITERS | ONE_POD:
         spec = deployments[module]["spec"]
         assert spec["replicas"] == 1, module
         assert spec["strategy"] == {"type": "Recreate"}, f"{module}: no overlap in a rollout"
@@ -690,7 +721,13 @@ def test_every_secret_the_pods_need_is_documented_at_the_top_of_values(helm: Any
             ref = entry.get("valueFrom", {}).get("secretKeyRef")
             if ref:
                 secrets.setdefault(ref["name"], set()).add(ref["key"])
-    assert {"safehub-notify", "safehub-timeline-tls", "safehub-reviewer-ca"} <= set(secrets)
+    assert {
+        "safehub-notify",
+        "safehub-timeline-tls",
+        "safehub-reviewer-ca",
+        "safehub-tips",
+        "safehub-tips-tls",
+    } <= set(secrets)
     for name, keys in secrets.items():
         assert re.search(rf"\b{re.escape(name)}\b", header), f"values.yaml header: Secret {name}"
         for key in keys:

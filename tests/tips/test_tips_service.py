@@ -543,3 +543,35 @@ def _app_tip_south(tips: TipsHandle) -> str:
         timeout=10,
     )
     return str(answer.tip_code)
+
+
+def test_acknowledgements_nobody_asked_for_are_dead_lettered_with_the_reason(
+    tips: TipsHandle, kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec, producer: Any
+) -> None:
+    chain = _chain(tips, LINCOLN)
+    answer = _app_tip(
+        tips, "a kid said he has a gun in his car", category=tips_pb2.TIP_CATEGORY_WEAPON
+    )
+    tip_id = _tip_id(tips, answer.tip_code)
+    wait_until(lambda: _requests(kafka, catalog, codec, tip_id), what="call 0")
+    stranger = "stf-washington-000"  # staff of another school, never on this chain
+    assert all(stranger not in step["person_ids"] for step in chain)
+    _ack(kafka, catalog, codec, producer, f"tip-{tip_id}-0", stranger, tips)
+    _ack(kafka, catalog, codec, producer, "tip-0123456789abcdef0123456789abcdef-0", stranger, tips)
+    # The one who was called still confirms it after the bad answers.
+    person = chain[0]["person_ids"][0]
+    _ack(kafka, catalog, codec, producer, f"tip-{tip_id}-0", person, tips)
+    detail = wait_until(
+        lambda: (d := tips.api().get(f"/api/tips/{tip_id}").json())["assigned_to"] and d,
+        what="the real acknowledgement recorded",
+    )
+    assert detail["escalation"]["acknowledged_by"] == person
+    letters = wait_until(
+        lambda: len(r := read_all(kafka, catalog.dead_letter)) >= 2 and r, what="two dead letters"
+    )
+    reasons = sorted(
+        dict((k, (v or b"").decode()) for k, v in letter.headers() or [])["safehub-dlq-reason"]
+        for letter in letters
+    )
+    assert "no such escalation" in reasons[0]
+    assert "who was not called" in reasons[1] and stranger in reasons[1]
