@@ -35,6 +35,7 @@ from services.tips.analysts import token_sha256
 from services.tips.service import setup
 from services.tips.settings import TipsSection, TipsSettings
 from services.tips.web import SMS_PATH
+from tests.support.processes import Component
 
 HOST = "127.0.0.1"
 ANALYST_TOKEN = "analyst-token-north-0123456789"
@@ -50,7 +51,7 @@ CONTACTS = {
 }
 
 
-def test_directory(tmp_path: Path, ack_within_seconds: int = 5) -> Path:
+def short_call_trees(tmp_path: Path, ack_within_seconds: int = 5) -> Path:
     """The demo directory with every call-tree step answering within ``ack_within_seconds``."""
     data = json.loads(default_directory_file().read_text())
     for tree in data["call_trees"]:
@@ -65,7 +66,7 @@ def test_directory(tmp_path: Path, ack_within_seconds: int = 5) -> Path:
 class TipsHandle:
     """An in-process tips service and clients for each of its users."""
 
-    runtime: Runtime[TipsSettings]
+    runtime: Runtime[TipsSettings] | None
     http_port: int
     grpc_port: int
     pki: DevPki
@@ -161,17 +162,16 @@ def analysts_file(tmp_path: Path) -> Path:
     return path
 
 
-def tips_settings(
-    kafka: KafkaSettings, catalog_prefix: str, tmp_path: Path, **section: Any
-) -> TipsSettings:
-    """Settings of a test tips service (ports 0, a dev PKI, SQLite, 5 s call-tree steps)."""
+def tips_section(tmp_path: Path, **section: Any) -> dict[str, Any]:
+    """The tips section of a test service (ports 0, a dev PKI, SQLite, 5 s call-tree steps);
+    the key ring is made once per ``tmp_path``, so a restarted service opens what it sealed."""
     pki = DevPki(tmp_path / "pki")
     server = pki.server()
     values: dict[str, Any] = {
         "database_url": f"sqlite:///{tmp_path / 'tips.db'}",
-        "directory_file": test_directory(tmp_path),
+        "directory_file": short_call_trees(tmp_path),
         "directory_ready_s": 10.0,
-        "seal_keys": "t1:" + base64.b64encode(os.urandom(32)).decode(),
+        "seal_keys": _key_ring(tmp_path),
         "contact_key": "contact-key-for-tests",
         "grpc_port": 0,
         "grpc_port_file": tmp_path / "tips-grpc.port",
@@ -186,9 +186,44 @@ def tips_settings(
         "tick_s": 0.1,
         **section,
     }
+    return values
+
+
+def _key_ring(tmp_path: Path) -> str:
+    path = tmp_path / "seal-keys"
+    if not path.exists():
+        path.write_text("t1:" + base64.b64encode(os.urandom(32)).decode())
+    return path.read_text()
+
+
+def tips_settings(
+    kafka: KafkaSettings, catalog_prefix: str, tmp_path: Path, **section: Any
+) -> TipsSettings:
+    """Settings of an in-process test tips service (see :func:`tips_section`)."""
     return TipsSettings(
         kafka=kafka.model_copy(update={"topic_prefix": catalog_prefix}),
-        tips=TipsSection(**values),
+        tips=TipsSection(**tips_section(tmp_path, **section)),
+    )
+
+
+def tips_process(
+    kafka: KafkaSettings, catalog_prefix: str, tmp_path: Path, **section: Any
+) -> Component:
+    """``python -m services.tips`` with the same section as variables (not started)."""
+    env = {
+        f"SAFEHUB_TIPS__{name.upper()}": json.dumps(value)
+        if isinstance(value, dict)
+        else str(value)
+        for name, value in tips_section(tmp_path, **section).items()
+    }
+    return Component("services.tips", kafka, catalog_prefix, tmp_path, env=env)
+
+
+def ports(tmp_path: Path) -> tuple[int, int]:
+    """The (HTTP, gRPC) ports a test tips service wrote."""
+    return (
+        int((tmp_path / "tips-http.port").read_text().strip()),
+        int((tmp_path / "tips-grpc.port").read_text().strip()),
     )
 
 
@@ -202,8 +237,8 @@ def running_tips(
         setup(runtime)
         handle = TipsHandle(
             runtime=runtime,
-            http_port=int((tmp_path / "tips-http.port").read_text().strip()),
-            grpc_port=int((tmp_path / "tips-grpc.port").read_text().strip()),
+            http_port=ports(tmp_path)[0],
+            grpc_port=ports(tmp_path)[1],
             pki=DevPki(tmp_path / "pki"),
             directory=Directory.load(settings.tips.directory_file),
         )
