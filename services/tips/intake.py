@@ -17,8 +17,10 @@ again from the same phone or address (matched by an HMAC of it, never the contac
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -122,6 +124,9 @@ class TipRequest:
     subject_ids: Sequence[str] = ()
     #: Set for tips typed by an analyst (phone tips): who typed it.
     entered_by: str | None = None
+    #: Where it came from (an address, a number, an app): the per-source limit and flood
+    #: detection count it by an HMAC, never keep it.
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,7 @@ class Intake:
         self._contact_key = contact_key
         self._attachment_url = attachment_url
         self._clock = clock
+        self._routine = threading.BoundedSemaphore(section.routine_concurrency)
         self.code_throttle = AttemptThrottle(max_failures=5, backoff=60)
         self.source_throttle = AttemptThrottle(max_failures=20, backoff=60)
 
@@ -202,6 +208,44 @@ class Intake:
         text = self._text(request.text, "text")
         language = request.language if request.language in LANGUAGES else "en"
         screening = screen(request.category, text)
+        source_key = self.reply_key(request.source) if request.source else None
+        if source_key is not None and not screening.life_safety:
+            self._check_source(source_key)
+        # A life-safety tip never waits; the others take turns (Argon2, photos, the write),
+        # so a burst of them cannot hold the CPU the one that matters needs.
+        gate = contextlib.nullcontext() if screening.life_safety else self._routine
+        with gate:
+            return self._record(
+                request,
+                tenant=tenant,
+                text=text,
+                language=language,
+                screening=screening,
+                source_key=source_key,
+            )
+
+    def _check_source(self, source_key: str) -> None:
+        window = self._section.source_window_s
+        sent = self._store.count_from_source(source_key, self._clock() - window)
+        if sent >= self._section.source_limit:
+            raise IntakeError(
+                "throttled",
+                f"too many tips from this source in {window / 3600:g} h; try again later, or "
+                "call 911 if someone is in danger now",
+                retry_after=window,
+            )
+
+    def _record(
+        self,
+        request: TipRequest,
+        *,
+        tenant: Mapping[str, str | None],
+        text: str,
+        language: str,
+        screening: Screening,
+        source_key: str | None,
+    ) -> Receipt:
+        directory = self._directory.current()
         tip_id = uuid.uuid4().hex
         cleaned = [self._clean(upload, tip_id) for upload in request.attachments]
         now = self._clock()
@@ -280,6 +324,7 @@ class Intake:
                 sealed=sealed,
                 contact_key=reply_key,
                 outbox=[],
+                source_key=source_key,
             )
             if not inserted:  # a concurrent retry won the client key
                 conn.rollback()
@@ -316,7 +361,36 @@ class Intake:
             folded_into=row.primary_tip_id,
             attachments=len(attachments),
         )
+        if match is not None:
+            self._flood_check(match.primary_tip_id, tenant)
         return Receipt(tip_id, code, passcode, row.life_safety, row.imminent, row.primary_tip_id)
+
+    def _flood_check(self, primary_tip_id: str, tenant: Mapping[str, str | None]) -> None:
+        """Mark the primary once as a flood when many sources sent the same words (a
+        campaign or a hoax wave: the analysts see it on the tip, not as dozens of tips)."""
+        sources = self._store.sources_folded_into(primary_tip_id)
+        if sources != self._section.flood_sources:
+            return
+        primary = self._store.tip(primary_tip_id)
+        if primary is None:
+            return
+        event = events.updated(
+            tip_id=primary_tip_id,
+            tenant=tenant,
+            status=primary.status,
+            activity="FOLDED",
+            updated_by="tips:intake",
+            key="flood",
+            note=f"flood: {sources} sources sent the same words",
+            assigned_to=primary.assigned_to,
+            life_safety=primary.life_safety,
+        )
+        with self._store.transaction("cannot mark a flood") as conn:
+            self._store.update_tip(
+                conn, primary_tip_id, [self._relay.item(event)], updated_at=self._clock()
+            )
+        self._relay.publish([event])
+        log.warning("tip flood", tip_id=primary_tip_id, sources=sources)
 
     def _receipt_again(self, tip: TipRow) -> Receipt:
         blob = self._store.sealed_identity(tip.tip_id)

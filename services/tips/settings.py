@@ -76,6 +76,25 @@ class TipsSection(TlsFileSettings):
     max_text_chars: int = Field(default=5000, ge=100, le=100_000)
     max_attachments: int = Field(default=5, ge=0, le=20)
     max_attachment_bytes: int = Field(default=10_000_000, ge=10_000, le=100_000_000)
+    routine_concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="tips that are not life-safety checked and stored at once; the rest wait "
+        "their turn, while a life-safety tip never waits (a burst after a publicised threat "
+        "must not slow the one that matters)",
+    )
+    source_limit: int = Field(
+        default=30, ge=1, le=100_000, description="tips one source may send per source window"
+    )
+    source_window_s: float = Field(default=3600.0, gt=0, le=86400)
+    flood_sources: int = Field(
+        default=5,
+        ge=2,
+        le=10_000,
+        description="distinct sources sending the same words within the duplicate window "
+        "from which the primary tip is marked as a flood",
+    )
     max_request_bytes: int = Field(default=60_000_000, ge=100_000, le=500_000_000)
     duplicate_window_h: float = Field(default=72.0, gt=0, le=24 * 30)
     acks_group: str = Field(default="tips-acks", pattern=r"^[A-Za-z0-9._-]+$")

@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     select,
 )
 from sqlalchemy.engine import Connection
@@ -135,6 +136,7 @@ class TipStore(Closing):
             Column("subject_ids", Text, nullable=False),
             Column("sealed_identity", LargeBinary),
             Column("contact_key", String(100), index=True),
+            Column("source_key", String(100), index=True),
             Column("created_at", Double, nullable=False),
             Column("updated_at", Double, nullable=False),
             Column("first_human_at", Double),
@@ -203,14 +205,18 @@ class TipStore(Closing):
         sealed: bytes | None,
         contact_key: str | None,
         outbox: Sequence[OutboxItem],
+        source_key: str | None = None,
     ) -> bool:
-        """Insert a new tip with its events; False if ``client_key`` was taken (a retry)."""
+        """Insert a new tip with its events; False if ``client_key`` was taken (a retry).
+        ``contact_key``: who replies continue it; ``source_key``: where it came from (both
+        HMACs, never the contact or the address)."""
         values = {
             **{k: v for k, v in row.__dict__.items() if k != "subject_ids"},
             "subject_ids": json.dumps(row.subject_ids),
             "client_key": client_key,
             "sealed_identity": sealed,
             "contact_key": contact_key,
+            "source_key": source_key,
             "updated_at": row.created_at,
         }
         statement = self._insert(self.tips).values(**values)
@@ -276,6 +282,22 @@ class TipStore(Closing):
         )
         with wrap_errors(StoreError, "cannot list tips"), self._engine.connect() as conn:
             return [self._tip(r) for r in conn.execute(query)]
+
+    def count_from_source(self, source_key: str, since: float) -> int:
+        """How many tips one source sent since a time (the per-source limit)."""
+        t = self.tips.c
+        query = select(func.count()).where(t.source_key == source_key, t.created_at >= since)
+        with wrap_errors(StoreError, "cannot count tips"), self._engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def sources_folded_into(self, primary_tip_id: str) -> int:
+        """How many distinct sources sent a primary tip and the duplicates folded into it."""
+        t = self.tips.c
+        query = select(func.count(func.distinct(t.source_key))).where(
+            (t.primary_tip_id == primary_tip_id) | (t.tip_id == primary_tip_id)
+        )
+        with wrap_errors(StoreError, "cannot count tips"), self._engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def update_tip(
         self, conn: Connection, tip_id: str, outbox: Sequence[OutboxItem], **values: Any

@@ -204,6 +204,7 @@ class TipsWeb:
                 language=lang,
                 client_key=f"web:{fields['nonce']}" if fields.get("nonce") else None,
                 network=_network(request),
+                source=f"web:{_source(request)}",
             )
             receipt = await asyncio.to_thread(self.intake.submit, tip)
         except IntakeError as exc:
@@ -298,6 +299,7 @@ class TipsWeb:
                     client_key=f"sms:{inbound.provider_message_id}",
                     reply_address=inbound.from_number,
                     network={"provider_message_id": inbound.provider_message_id},
+                    source=f"sms:{inbound.from_number}",
                 )
             )
         except IntakeError as exc:

@@ -575,3 +575,48 @@ def test_acknowledgements_nobody_asked_for_are_dead_lettered_with_the_reason(
     )
     assert "no such escalation" in reasons[0]
     assert "who was not called" in reasons[1] and stranger in reasons[1]
+
+
+def _web_tip(tips: TipsHandle, text: str, category: str = "OTHER") -> Any:
+    return tips.http.post(
+        "/tip",
+        data={"school_id": LINCOLN, "category": category, "text": text},
+        files={"photo": ("", b"", "application/octet-stream")},
+    )
+
+
+def test_a_source_over_its_limit_is_refused_but_never_a_life_safety_tip(
+    kafka: KafkaSettings, catalog: TopicCatalog, tmp_path: Path
+) -> None:
+    with running_tips(kafka, catalog.prefix, tmp_path, source_limit=3) as tips:
+        sent = [
+            _web_tip(tips, f"someone keeps tagging lockers on floor {i}").status_code
+            for i in range(4)
+        ]
+        assert sent == [200, 200, 200, 429]
+        refused = _web_tip(tips, "and the vending machine on floor 9 is broken again")
+        assert refused.status_code == 429 and "too many tips from this source" in refused.text
+        urgent = _web_tip(tips, "he has a knife and says he will use it today")
+        assert urgent.status_code == 200 and 'id="tip-code"' in urgent.text
+
+
+def test_the_same_words_from_many_sources_mark_the_primary_as_a_flood(
+    kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec, tmp_path: Path
+) -> None:
+    with running_tips(kafka, catalog.prefix, tmp_path, flood_sources=3) as tips:
+        words = "everyone is saying the school will be shut down friday because of a threat post"
+        answers = [tips.sms(f"+1555010{i:04d}", words) for i in range(4)]
+        assert all(a.status_code == 200 for a in answers)
+        code = answers[0].text.split("Code ")[1].split(",")[0]
+        primary = _tip_id(tips, code)
+        floods = wait_until(
+            lambda: [
+                e
+                for e in _tip_events(kafka, catalog, codec, primary)
+                if (e.get("note") or "").startswith("flood")
+            ],
+            what="the flood mark",
+        )
+        assert len(floods) == 1 and floods[0]["note"] == "flood: 3 sources sent the same words"
+        listing = tips.api().get("/api/tips").json()["tips"]
+        assert sum(1 for t in listing if t["folded_into"] == primary) == 3
