@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connectors.psap_cad.signals import SignalFacts
-from safehub.kernel.directory import Directory, School, UnknownPlaceError
+from safehub.kernel.directory import Directory, DirectorySource, School, UnknownPlaceError
 from safehub.kernel.envelope import stable_id
 from safehub.kernel.errors import SafeHubError
 
@@ -388,28 +388,40 @@ UNKNOWN_PSAP = "unknown"
 
 
 class EidoBuilder:
-    """Builds EIDOs for one hub from its directory."""
+    """Builds EIDOs for one hub from its directory.
 
-    def __init__(self, directory: Directory, hub_id: str) -> None:
-        self.directory = directory
+    ``directory`` is a source (the live view, or a fixed :class:`Directory`): each
+    :meth:`build` and :meth:`psap_of` reads it once, so a school's address, PSAP or buildings
+    changed at run time are in the next EIDO.
+    """
+
+    def __init__(self, directory: DirectorySource, hub_id: str) -> None:
+        self._directory = directory
         self.hub_id = hub_id
+
+    @property
+    def directory(self) -> Directory:
+        """The directory now (a snapshot)."""
+        return self._directory.current()
 
     def _urn(self, kind: str, *parts: object) -> str:
         name = stable_id(_ID_NAMESPACE, *parts)
         return f"urn:emergency:uid:{kind}:{name}:{self.hub_id}"
 
-    def school(self, snapshot: IncidentSnapshot) -> School | None:
-        """The incident's school in the directory, if it is there."""
+    def school(
+        self, snapshot: IncidentSnapshot, directory: Directory | None = None
+    ) -> School | None:
+        """The incident's school in ``directory`` (default: the directory now), if it is there."""
         school_id = snapshot.tenant.get("school")
         if not school_id:
             return None
         try:
-            return self.directory.school(school_id)
+            return (directory or self._directory.current()).school(school_id)
         except UnknownPlaceError:
             return None
 
     def psap_of(self, snapshot: IncidentSnapshot) -> str:
-        """The PSAP serving the incident's school (``unknown`` if the school is not listed)."""
+        """The PSAP serving the incident's school now (``unknown`` if the school is not listed)."""
         school = self.school(snapshot)
         return school.psap_id if school else UNKNOWN_PSAP
 
@@ -424,17 +436,22 @@ class EidoBuilder:
             )
         # Earliest first on the hub's clock (facts from before hub time was kept sort first).
         ordered = sorted(signals, key=lambda s: (s.recorded_at or "", s.event_id))
-        built = self._build(snapshot, ordered, DETAIL_LEVELS[0])
+        directory = self._directory.current()  # one snapshot for every detail level
+        built = self._build(directory, snapshot, ordered, DETAIL_LEVELS[0])
         for detail in DETAIL_LEVELS[1:]:
             if len(built.body()) <= EIDO_MAX_BYTES:
                 break
-            built = self._build(snapshot, ordered, detail)
+            built = self._build(directory, snapshot, ordered, detail)
         return built
 
     def _build(
-        self, snapshot: IncidentSnapshot, signals: Sequence[SignalFacts], detail: Detail
+        self,
+        directory: Directory,
+        snapshot: IncidentSnapshot,
+        signals: Sequence[SignalFacts],
+        detail: Detail,
     ) -> BuiltEido:
-        school = self.school(snapshot)
+        school = self.school(snapshot, directory)
         psap_id = school.psap_id if school else UNKNOWN_PSAP
         district_id = snapshot.tenant.get("district") or "unknown"
         stamp = _timestamp(snapshot.updated_at)
@@ -453,7 +470,7 @@ class EidoBuilder:
                 "updatedByAgencyReference": {"$ref": hub_agency},
             }
 
-        district_name = self._district_name(district_id)
+        district_name = _district_name(directory, district_id)
         agencies = [
             {
                 **prologue(hub_agency),
@@ -490,7 +507,7 @@ class EidoBuilder:
                     **prologue(location_id),
                     "locationTypeDescriptionRegistryText": "CurrentIncident",
                     "locationDescriptionText": self._place_text(snapshot, school, signals),
-                    "locationByValue": self._pidf(snapshot, school, signals, detail),
+                    "locationByValue": self._pidf(directory, snapshot, school, signals, detail),
                 }
             ],
             "notesComponent": [
@@ -535,12 +552,6 @@ class EidoBuilder:
         document["alarmsSensorsComponent"] = alarms
         return BuiltEido(document, eido_id, psap_id, code, snapshot.status)
 
-    def _district_name(self, district_id: str) -> str:
-        for district in self.directory.districts:
-            if district.id == district_id:
-                return district.name
-        return district_id
-
     def _place_text(
         self, snapshot: IncidentSnapshot, school: School | None, signals: Sequence[SignalFacts]
     ) -> str:
@@ -562,12 +573,13 @@ class EidoBuilder:
 
     def _pidf(
         self,
+        directory: Directory,
         snapshot: IncidentSnapshot,
         school: School | None,
         signals: Sequence[SignalFacts],
         detail: Detail,
     ) -> str:
-        state = snapshot.tenant.get("state") or self.directory.state
+        state = snapshot.tenant.get("state") or directory.state
         civic = civic_address(_clip(school.address, MAX_FIELD) if school else "", state)
         civic["NAM"] = _school_name(snapshot, school)
         if snapshot.building:
@@ -591,6 +603,13 @@ class EidoBuilder:
             points,
             retention_expiry=snapshot.updated_at + timedelta(days=1),
         )
+
+
+def _district_name(directory: Directory, district_id: str) -> str:
+    for district in directory.districts:
+        if district.id == district_id:
+            return district.name
+    return district_id
 
 
 def _jcard(name: str) -> list[Any]:

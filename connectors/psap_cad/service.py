@@ -45,12 +45,12 @@ from connectors.psap_cad.signals import facts_of
 from safehub.contracts.names import EventType
 from safehub.kernel import tracing
 from safehub.kernel.bus import ConsumedEvent, EventConsumer
-from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import event_id_for, new_event
 from safehub.kernel.errors import BusError, ConfigError, HandlerError, SafeHubError
 from safehub.kernel.http_server import ServerThread, server_ssl_context
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import ALERTS, INCIDENTS
+from safehub.kernel.views import follow_directory
 from safehub.standards.eido import EidoValidator
 
 log = structlog.get_logger(__name__)
@@ -89,7 +89,17 @@ class PsapCadConnector:
     def __init__(self, runtime: Runtime[PsapCadSettings]) -> None:
         self.runtime = runtime
         self.config = runtime.settings.psap_cad
-        self.directory = Directory.load(self.config.directory_file)
+        # Schools (address, coordinates, PSAP, buildings) from the live directory, read once per
+        # EIDO built and per routing decision: a change counts from the next one.
+        self.directory = follow_directory(
+            runtime.settings.kafka,
+            runtime.catalog,
+            runtime.codec,
+            self.config.directory_file,
+            name="psap-cad-directory",
+            ready_timeout=self.config.directory_ready_s,
+        )
+        runtime.on_close(self.directory.close)
         self.validator = EidoValidator.from_file(self.config.eido_rules_file)
         self.builder = EidoBuilder(self.directory, self.config.hub_id)
         self.ledger = Ledger(self.config.ledger_url)

@@ -74,6 +74,13 @@ class PsapCadConfig(BaseModel):
         description="SQLAlchemy URL of the delivery ledger (SQLite file or PostgreSQL)",
     )
     directory_file: Path = Field(default=_REPO_ROOT / "deploy/directory/demo.json")
+    directory_ready_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="how long start waits for the live directory's topics to be read to "
+        "their end; then it serves the seed file (and what it read) and keeps following",
+    )
     eido_rules_file: Path = Field(default=DEFAULT_EIDO_RULES)
 
     @model_validator(mode="after")

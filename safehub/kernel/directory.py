@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -359,3 +360,14 @@ class Directory(BaseModel):
             "district": self.district_of(school_id).id,
             "school": school_id,
         }
+
+
+class DirectorySource(Protocol):
+    """Where a service reads the directory: a
+    :class:`~safehub.kernel.live_directory.LiveDirectory` (the live view) or a plain
+    :class:`Directory` (a fixed one). Call :meth:`current` once per decision (per request, per
+    event) and use that snapshot throughout it; never keep one across decisions."""
+
+    def current(self) -> Directory:
+        """The directory now (an immutable snapshot)."""
+        ...

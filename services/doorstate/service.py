@@ -19,6 +19,11 @@ producer first), and events after them are read again and are no-ops (same event
 newer). Outcome records written by the timer are confirmed before the next check; a crash
 between publishing and recording an outcome repeats it with the same event id.
 
+Which doors a command covers, and whether a school exists, come from the live directory
+(:func:`~safehub.kernel.views.follow_directory`, read to its end before the worker starts,
+closed at shutdown), read once per command and per query: a door or a school added or
+removed at run time counts from the next one, without a restart.
+
 Query API (faust web): ``GET /doors/{school}`` (routed to the worker that owns the school's
 partition), ``GET /stats``.
 """
@@ -37,7 +42,7 @@ from safehub.contracts.names import EventType
 from safehub.kernel import tracing
 from safehub.kernel.bus import ConsumedEvent
 from safehub.kernel.codec import Codec
-from safehub.kernel.directory import Directory, UnknownPlaceError
+from safehub.kernel.directory import Directory, DirectorySource, UnknownPlaceError
 from safehub.kernel.settings import load_settings
 from safehub.kernel.streams import (
     StreamIO,
@@ -47,13 +52,21 @@ from safehub.kernel.streams import (
     run_worker,
     set_table_key,
 )
-from safehub.kernel.topics import DEAD_LETTER, DOOR_COMMANDS, DOORS, INCIDENTS, TopicCatalog
+from safehub.kernel.topics import (
+    DEAD_LETTER,
+    DIRECTORY,
+    DOOR_COMMANDS,
+    DOORS,
+    INCIDENTS,
+    TopicCatalog,
+)
+from safehub.kernel.views import follow_directory
 from services.doorstate import model
 from services.doorstate.settings import DoorstateSettings
 
 log = structlog.get_logger(__name__)
 
-TOPICS = (DOORS, DOOR_COMMANDS, INCIDENTS, DEAD_LETTER)
+TOPICS = (DOORS, DOOR_COMMANDS, INCIDENTS, DEAD_LETTER, DIRECTORY)
 
 DOOR_STATE = EventType.DOOR_LOCK_STATE
 LOCK_COMMAND = EventType.LOCK_COMMAND
@@ -66,13 +79,13 @@ class Doorstate:
         self,
         app: faust.App,
         io: StreamIO,
-        directory: Directory,
+        directory: DirectorySource,
         settings: DoorstateSettings,
     ) -> None:
         section = settings.doorstate
         self.app = app
         self.io = io
-        self.directory = directory
+        self._directory = directory
         self.deadline_s = section.confirm_deadline_s
         self.retention = timedelta(seconds=section.retention_s)
         self.commands_topic = io.catalog.name(DOOR_COMMANDS)
@@ -135,7 +148,9 @@ class Doorstate:
             # Progress is reported on the incident; without one there is nobody to tell.
             log.info("lock command not tracked", command_id=command_id, reason="no incident")
             return
-        expected = model.expected_doors(event, self.directory)
+        # The doors the directory lists now: a door added or removed at run time counts for
+        # the next command.
+        expected = model.expected_doors(event, self._directory.current())
         if not expected:
             log.warning("lock command covers no known door", command_id=command_id)
             return
@@ -235,6 +250,11 @@ class Doorstate:
 
     # -- queries -----------------------------------------------------------------------
 
+    @property
+    def directory(self) -> Directory:
+        """The directory now (a snapshot)."""
+        return self._directory.current()
+
     def doors_of(self, school: str) -> dict[str, Any]:
         """The latest report of every door of ``school`` known to this worker."""
         if self._indexed != len(self.door_states):
@@ -291,8 +311,25 @@ def build_app(settings: DoorstateSettings) -> Any:
         web_host=section.web_host,
         data_dir=section.data_dir,
     )
-    io = StreamIO(app, Codec.from_contracts(), catalog, max_bytes=settings.kafka.max_message_bytes)
-    service = Doorstate(app, io, Directory.load(section.directory_file), settings)
+    codec = Codec.from_contracts()
+    io = StreamIO(app, codec, catalog, max_bytes=settings.kafka.max_message_bytes)
+    # Schools, buildings and doors from the live directory, read once per lock command and
+    # per query: what changes at run time counts from the next one, without a restart.
+    directory = follow_directory(
+        settings.kafka,
+        catalog,
+        codec,
+        section.directory_file,
+        name="doorstate-directory",
+        ready_timeout=section.directory_ready_s,
+    )
+
+    def stop_following(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        directory.close()  # the follower polls 0.2 s at a time: a short join at shutdown
+
+    app.on_before_shutdown.connect(stop_following)
+
+    service = Doorstate(app, io, directory, settings)
 
     @app.agent(raw_topic(app, catalog, DOORS, DOOR_COMMANDS), name="doorstate")
     async def process(stream: Any) -> None:

@@ -14,6 +14,13 @@ class DoorstateSection(BaseModel):
     """Lockdown confirmation policy and the query API."""
 
     directory_file: Path = Field(default_factory=default_directory_file)
+    directory_ready_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="how long start waits for the live directory's topics to be read to "
+        "their end; then it serves the seed file (and what it read) and keeps following",
+    )
     confirm_deadline_s: float = Field(
         default=30.0, gt=0, le=3600, description="time doors have to confirm a lock command"
     )

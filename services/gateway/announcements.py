@@ -36,7 +36,7 @@ from safehub.gen.safehub.connector.v1 import connector_pb2
 from safehub.kernel import tracing
 from safehub.kernel.bus import ConsumedEvent, Delivered
 from safehub.kernel.codec import Event
-from safehub.kernel.directory import Directory, UnknownPlaceError
+from safehub.kernel.directory import DirectorySource, UnknownPlaceError
 from safehub.kernel.envelope import event_id_for, new_event
 from safehub.kernel.errors import HandlerError
 from services.gateway import mapping
@@ -126,7 +126,7 @@ class Announcements:
 
     def __init__(
         self,
-        directory: Directory,
+        directory: DirectorySource,
         intake: Intake,
         settings: GatewaySection,
         sessions_for: Callable[[str], list[Session]],
@@ -214,7 +214,7 @@ class Announcements:
         if not school:
             raise HandlerError("AnnouncementCommand without envelope tenant.school")
         try:
-            district = self._directory.district_of(school).id
+            district = self._directory.current().district_of(school).id
         except UnknownPlaceError as exc:
             raise HandlerError(f"AnnouncementCommand for unknown school {school!r}") from exc
         if tenant.get("district") != district:

@@ -36,7 +36,7 @@ from safehub.gen.safehub.connector.v1 import connector_pb2, connector_pb2_grpc
 from safehub.kernel import tracing
 from safehub.kernel.bus import ConsumedEvent, Delivered
 from safehub.kernel.codec import Event
-from safehub.kernel.directory import Client, Directory, Scope, UnknownPlaceError
+from safehub.kernel.directory import Client, Directory, DirectorySource, Scope, UnknownPlaceError
 from safehub.kernel.envelope import event_id_for, new_event
 from services.gateway import mapping
 from services.gateway.announcements import Announcements
@@ -99,7 +99,7 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
 
     def __init__(
         self,
-        directory: Directory,
+        directory: DirectorySource,
         intake: Intake,
         ingest: IngestServicer,
         settings: GatewaySection,
@@ -223,7 +223,7 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
         if event["scope"] == "DOORS":
             return [str(d) for d in event["door_ids"]]
         try:
-            doors = self._directory.doors(
+            doors = self._directory.current().doors(
                 school, building, exterior_only=event["scope"] == "EXTERIOR"
             )
         except UnknownPlaceError:
@@ -306,7 +306,8 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
             log.info("connector detached", session=session.id, connector=session.connector_id)
 
     def _open(self, request_iterator: Iterator[Any], context: Any) -> Session | None:
-        client = authorised_caller(context, self._directory, Scope.CONNECTOR)
+        directory = self._directory.current()  # one snapshot for the session's opening
+        client = authorised_caller(context, directory, Scope.CONNECTOR)
         # A caller that never says Hello must not hold a worker thread forever.
         hello_timer = threading.Timer(self._settings.hello_timeout_s, context.cancel)
         hello_timer.daemon = True
@@ -340,7 +341,7 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
             )
         for school in schools:
             assert school is not None
-            authorize(self._directory, client, Scope.CONNECTOR, school)
+            authorize(directory, client, Scope.CONNECTOR, school)
         session = Session(
             client=client,
             connector_id=client.id,
@@ -413,7 +414,16 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"school {report.place.school_id!r} was not declared in the session's hello",
             )
-        event = self._ingest.door_event(session.client, DoorReport(report), Scope.DOORS)
+        # The session's client as the directory has it now: a connector removed (or whose
+        # scopes or schools changed) at run time is judged on that from its next report.
+        directory = self._directory.current()
+        client = directory.client(session.client.id)
+        if client is None:
+            raise RejectionError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"client {session.client.id!r} is no longer registered in the directory",
+            )
+        event = self._ingest.door_event(client, DoorReport(report), Scope.DOORS, directory)
         envelope = event["envelope"]
         pending = self._confirm_door(
             session, str(envelope["tenant"]["school"]), event["door_id"], event["state"], None
@@ -449,7 +459,8 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
         )
         if confirmed is None:
             return  # already confirmed by a door state report, or not this session's door
-        door, building = self._door(confirmed.school, result.door_id, confirmed.building)
+        directory = self._directory.current()
+        door, building = self._door(directory, confirmed.school, result.door_id, confirmed.building)
         observed = (
             result.observed_at.ToDatetime(tzinfo=UTC)
             if result.HasField("observed_at")
@@ -458,7 +469,7 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
         event = new_event(
             EventType.DOOR_LOCK_STATE,
             source=session.client.id,
-            tenant=self._directory.tenant(confirmed.school),
+            tenant=directory.tenant(confirmed.school),
             building=building,
             incident_id=confirmed.incident_id,
             causation_id=confirmed.event_id,
@@ -477,8 +488,10 @@ class ConnectorHub(connector_pb2_grpc.ConnectorServiceServicer):
         )
         self._publish(session, event, fingerprint(result), confirmed)
 
-    def _door(self, school_id: str, door_id: str, building: str | None) -> tuple[Any, str | None]:
-        school = self._directory.school(school_id)
+    def _door(
+        self, directory: Directory, school_id: str, door_id: str, building: str | None
+    ) -> tuple[Any, str | None]:
+        school = directory.school(school_id)
         for candidate in school.buildings:
             for door in candidate.doors:
                 if door.id == door_id:

@@ -19,7 +19,7 @@ import structlog
 from safehub.contracts.names import EventType
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.kernel.codec import Event
-from safehub.kernel.directory import Client, Directory, Scope
+from safehub.kernel.directory import Client, Directory, DirectorySource, Scope
 from safehub.kernel.envelope import event_id_for, new_event
 from services.gateway import mapping
 from services.gateway.decisions import Decisions, Outcome, answer
@@ -90,7 +90,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     def __init__(
         self,
-        directory: Directory,
+        directory: DirectorySource,
         intake: Intake,
         settings: GatewaySection,
         decisions: Decisions | None = None,
@@ -108,7 +108,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.ReportPanicRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.ReportPanicResponse:
         """A panic alert becomes a PanicAlert on the alerts topic."""
-        client = authorised_caller(context, self._directory, Scope.PANIC)
+        directory = self._directory.current()  # one snapshot for the whole call
+        client = authorised_caller(context, directory, Scope.PANIC)
         check = Check()
         client_event_id = check.ident("client_event_id", request.client_event_id)
         place = check.place(
@@ -129,12 +130,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         check.raise_if_any()
         assert client_event_id and place and device_id and role and panic_type and occurred_at
         school_id, building, room = place
-        authorize(self._directory, client, Scope.PANIC, school_id)
-        known_place(self._directory, school_id, building, room)
+        authorize(directory, client, Scope.PANIC, school_id)
+        known_place(directory, school_id, building, room)
         event = new_event(
             EventType.PANIC_ALERT,
             source=client.id,
-            tenant=self._directory.tenant(school_id),
+            tenant=directory.tenant(school_id),
             building=building,
             room=room,
             exercise=request.exercise,
@@ -163,7 +164,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.ReportCameraAlertRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.ReportCameraAlertResponse:
         """A camera analytic's alert becomes a CameraAlert on the alerts topic."""
-        client = authorised_caller(context, self._directory, Scope.CAMERA)
+        directory = self._directory.current()  # one snapshot for the whole call
+        client = authorised_caller(context, directory, Scope.CAMERA)
         check = Check()
         client_event_id = check.ident("client_event_id", request.client_event_id)
         place = check.place(
@@ -184,12 +186,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         assert client_event_id and place and camera_id and analytic and occurred_at
         assert confidence is not None
         school_id, building, room = place
-        authorize(self._directory, client, Scope.CAMERA, school_id)
-        known_place(self._directory, school_id, building, room)
+        authorize(directory, client, Scope.CAMERA, school_id)
+        known_place(directory, school_id, building, room)
         event = new_event(
             EventType.CAMERA_ALERT,
             source=client.id,
-            tenant=self._directory.tenant(school_id),
+            tenant=directory.tenant(school_id),
             building=building,
             room=room,
             exercise=request.exercise,
@@ -215,8 +217,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.ReportDoorStateRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.ReportDoorStateResponse:
         """One door state change becomes a DoorLockState on the doors topic."""
-        client = authorised_caller(context, self._directory, Scope.DOORS)
-        event = self.door_event(client, DoorReport(request), Scope.DOORS)
+        directory = self._directory.current()  # one snapshot for the whole call
+        client = authorised_caller(context, directory, Scope.DOORS)
+        event = self.door_event(client, DoorReport(request), Scope.DOORS, directory)
         school_id = str(event["envelope"]["tenant"]["school"])
         submission = self._accept("ReportDoorState", client, school_id, event, request)
         return ingest_pb2.ReportDoorStateResponse(
@@ -267,7 +270,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         next waits for the oldest), and only the first ``max_stream_errors`` rejections are
         listed, so memory does not grow with the length of the stream.
         """
-        client = authorised_caller(context, self._directory, Scope.DOORS)
+        client = authorised_caller(context, self._directory.current(), Scope.DOORS)
         errors = _Errors(self._settings.max_stream_errors)
         window: deque[tuple[int, str, Submission]] = deque()
         accepted = duplicates = 0
@@ -333,7 +336,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.RequestSrpActionRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.RequestSrpActionResponse:
         """An SRP action (or ALL CLEAR) becomes an SrpActionRequested on the alerts topic."""
-        client = authorised_caller(context, self._directory, Scope.SRP)
+        directory = self._directory.current()  # one snapshot for the whole call
+        client = authorised_caller(context, directory, Scope.SRP)
         check = Check()
         client_event_id = check.ident("client_event_id", request.client_event_id)
         action = check.enum("action", request.action, mapping.SRP_ACTION)
@@ -365,12 +369,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         check.raise_if_any()
         assert client_event_id and action and place and requested_by
         school_id, building, _ = place
-        authorize(self._directory, client, Scope.SRP, school_id)
-        known_place(self._directory, school_id, building, None)
+        authorize(directory, client, Scope.SRP, school_id)
+        known_place(directory, school_id, building, None)
         event = new_event(
             EventType.SRP_ACTION_REQUESTED,
             source=client.id,
-            tenant=self._directory.tenant(school_id),
+            tenant=directory.tenant(school_id),
             building=building,
             exercise=request.exercise,
             event_id=event_id_for(client.id, client_event_id),
@@ -401,7 +405,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.CancelPanicRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.CancelPanicResponse:
         """A cancellation becomes a PanicCancelled naming the panic's event id."""
-        client = authorised_caller(context, self._directory, Scope.PANIC)
+        directory = self._directory.current()  # one snapshot for the whole call
+        client = authorised_caller(context, directory, Scope.PANIC)
         check = Check()
         client_event_id = check.ident("client_event_id", request.client_event_id)
         place = check.place(
@@ -435,12 +440,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         check.raise_if_any()
         assert client_event_id and place and panic_event_id and device_id and reason
         school_id, building, room = place
-        authorize(self._directory, client, Scope.PANIC, school_id)
-        known_place(self._directory, school_id, building, room)
+        authorize(directory, client, Scope.PANIC, school_id)
+        known_place(directory, school_id, building, room)
         event = new_event(
             EventType.PANIC_CANCELLED,
             source=client.id,
-            tenant=self._directory.tenant(school_id),
+            tenant=directory.tenant(school_id),
             building=building,
             room=room,
             causation_id=panic_event_id,
@@ -466,8 +471,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     # -- shared --------------------------------------------------------------------------
 
-    def door_event(self, client: Client, report: DoorReport, scope: Scope) -> Event:
-        """A DoorLockState event from a door report, validated and authorised."""
+    def door_event(
+        self,
+        client: Client,
+        report: DoorReport,
+        scope: Scope,
+        directory: Directory | None = None,
+    ) -> Event:
+        """A DoorLockState event from a door report, validated and authorised against
+        ``directory`` (the call's snapshot), else the directory now (each item of a batch or a
+        connector's stream is its own decision)."""
+        if directory is None:
+            directory = self._directory.current()
         check = Check()
         client_event_id = check.ident("client_event_id", report.client_event_id)
         place = check.place("place", report.place, report.has_place, building_required=True)
@@ -483,14 +498,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         check.raise_if_any()
         assert client_event_id and place and door_id and state and occurred_at
         school_id, building_id, room = place
-        authorize(self._directory, client, scope, school_id)
-        school, building = known_place(self._directory, school_id, building_id, room)
+        authorize(directory, client, scope, school_id)
+        school, building = known_place(directory, school_id, building_id, room)
         assert building is not None
         door = known_door(school, building, door_id)
         return new_event(
             EventType.DOOR_LOCK_STATE,
             source=client.id,
-            tenant=self._directory.tenant(school_id),
+            tenant=directory.tenant(school_id),
             building=building_id,
             room=room,
             exercise=report.exercise,

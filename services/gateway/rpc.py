@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from safehub.gen.safehub.ingest.v1 import ingest_pb2
-from safehub.kernel.directory import Client, Directory
+from safehub.kernel.directory import Client, DirectorySource
 from safehub.kernel.errors import SafeHubError
 
 #: What a caller's client certificate is matched on.
@@ -112,13 +112,15 @@ def abort(context: grpc.ServicerContext, rejection: RejectionError) -> NoReturn:
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
-def caller(context: grpc.ServicerContext, directory: Directory) -> Client:
-    """The registered client behind the call's certificate (UNAUTHENTICATED otherwise)."""
+def caller(context: grpc.ServicerContext, directory: DirectorySource) -> Client:
+    """The registered client behind the call's certificate (UNAUTHENTICATED otherwise), as
+    the directory has it now: a client added or removed at run time is seen by the next call
+    (pass the call's snapshot, or the live view itself)."""
     names = (context.auth_context() or {}).get(CN_PROPERTY) or []
     if len(names) != 1:
         raise RejectionError(grpc.StatusCode.UNAUTHENTICATED, "no client certificate identity")
     common_name = names[0].decode("utf-8", "replace")
-    client = directory.client(common_name)
+    client = directory.current().client(common_name)
     if client is None:
         raise RejectionError(
             grpc.StatusCode.UNAUTHENTICATED,

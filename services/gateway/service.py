@@ -1,13 +1,15 @@
 """The gateway deployable: mTLS gRPC front door of the hub (ingest + connector APIs).
 
-``start(runtime)`` loads the directory, binds the server (writing the bound port to
-``port_file`` when set), registers health and reflection, and consumes the door-commands and
-announcements topics to feed attached connectors. Every handler is registered guarded
-(:mod:`services.gateway.wire`): bytes that are not the request are INVALID_ARGUMENT, and
-streams hold a :class:`~services.gateway.limits.StreamLimits` slot (per client, and at most
-half of the workers, so unary life-safety calls always find one). On SIGTERM the runtime
-drains it: health turns NOT_SERVING, connector sessions end, in-flight calls get ``grace_s``
-to finish.
+``start(runtime)`` follows the live directory (:func:`~safehub.kernel.views.follow_directory`:
+every call authorises its caller and checks its place against ``current()``, so a client, a
+school or a door added or removed at run time counts from the next call), binds the server
+(writing the bound port to ``port_file`` when set), registers health and reflection, and
+consumes the door-commands and announcements topics to feed attached connectors. Every
+handler is registered guarded (:mod:`services.gateway.wire`): bytes that are not the request
+are INVALID_ARGUMENT, and streams hold a :class:`~services.gateway.limits.StreamLimits` slot
+(per client, and at most half of the workers, so unary life-safety calls always find one).
+On SIGTERM the runtime drains it: health turns NOT_SERVING, connector sessions end,
+in-flight calls get ``grace_s`` to finish.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import structlog
 
 from safehub.gen.safehub.connector.v1 import connector_pb2, connector_pb2_grpc
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from safehub.kernel.directory import Directory
+from safehub.kernel.directory import Directory, DirectorySource
 from safehub.kernel.grpc_server import GrpcServer
 from safehub.kernel.runtime import Runtime, run
+from safehub.kernel.views import follow_directory
 from services.gateway.connectors import ConnectorHub
 from services.gateway.decisions import Decisions
 from services.gateway.dedupe import Deduper
@@ -45,9 +48,9 @@ SERVICE_NAMES = (INGEST_SERVICE, CONNECTOR_SERVICE)
 class Gateway:
     """The running gateway: server, directory, connector sessions."""
 
-    def __init__(self, runtime: Runtime[GatewaySettings], directory: Directory) -> None:
+    def __init__(self, runtime: Runtime[GatewaySettings], directory: DirectorySource) -> None:
         self.runtime = runtime
-        self.directory = directory
+        self.directory_source = directory
         self.settings = runtime.settings.gateway
         self.deduper = Deduper(self.settings.dedupe_window)
         self.intake = Intake(
@@ -99,6 +102,11 @@ class Gateway:
             ),
         )
 
+    @property
+    def directory(self) -> Directory:
+        """The directory now (a snapshot; the handlers read the source per call)."""
+        return self.directory_source.current()
+
     def start(self) -> int:
         """Bind, start serving and mark every service SERVING; returns the bound port."""
         self.port = self.grpc.start()
@@ -117,7 +125,15 @@ class Gateway:
 def start(runtime: Runtime[GatewaySettings]) -> Gateway:
     """Start the gateway inside ``runtime`` (tests call this to get the Gateway object)."""
     section = runtime.settings.gateway
-    directory = Directory.load(section.resolved_directory_file())
+    directory = follow_directory(
+        runtime.settings.kafka,
+        runtime.catalog,
+        runtime.codec,
+        section.resolved_directory_file(),
+        name="gateway-directory",
+        ready_timeout=section.directory_ready_s,
+    )
+    runtime.on_close(directory.close)  # closed after the server stopped (closers are LIFO)
     gateway = Gateway(runtime, directory)
     runtime.spawn(lambda: gateway.decisions.run(runtime.stop), name="gateway-decisions")
     gateway.start()

@@ -26,6 +26,13 @@ class GatewaySection(TlsFileSettings):
     directory_file: Path | None = Field(
         default=None, description="the hub directory (default: the demo directory of a checkout)"
     )
+    directory_ready_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="how long start waits for the live directory's topics to be read to "
+        "their end; then it serves the seed file (and what it read) and keeps following",
+    )
     dedupe_window: int = Field(
         default=100_000, ge=1, le=10_000_000, description="accepted event ids remembered"
     )

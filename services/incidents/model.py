@@ -39,9 +39,10 @@ from typing import Any
 
 from safehub.contracts.names import EventType
 from safehub.kernel.codec import Event
-from safehub.kernel.directory import Directory, Scope
+from safehub.kernel.directory import Directory, DirectorySource, Scope
 from safehub.kernel.envelope import EVENT_NAMESPACE, caused_by, new_event, stable_id
 from safehub.kernel.people import People, StaffRole
+from safehub.kernel.views import PeopleSource, people_source
 
 SOURCE = "incidents"
 _E = EVENT_NAMESPACE
@@ -216,15 +217,20 @@ class IncidentBook:
 
     def __init__(
         self,
-        directory: Directory,
-        people: People,
+        directory: DirectorySource,
+        people: People | PeopleSource,
         *,
         correlation_window: timedelta,
         cancel_window: timedelta,
         camera_min_confidence: float,
     ) -> None:
-        self.directory = directory
-        self.people = people
+        """``directory`` and ``people`` are sources (the live views, or fixed snapshots):
+        each :meth:`decide` reads them once and decides on those snapshots throughout."""
+        self._directory_source = directory
+        self._people_source = people_source(people)
+        #: The snapshots of the decision under way (taken again by every :meth:`decide`).
+        self.directory: Directory = directory.current()
+        self.people: People = self._people_source.current()
         self.correlation_window = correlation_window
         self.cancel_window = cancel_window
         self.camera_min_confidence = camera_min_confidence
@@ -330,6 +336,10 @@ class IncidentBook:
         envelope = signal["envelope"]
         if envelope["event_id"] in self.seen:
             return []
+        # The directory and people as they are now: a school, a staff app or an administrator
+        # added or removed at run time counts from this decision on.
+        self.directory = self._directory_source.current()
+        self.people = self._people_source.current()
         school = envelope["tenant"].get("school")
         if not school or not self.directory.has_school(str(school)):
             raise Rejected(f"school {school!r} is not in the directory")

@@ -20,24 +20,29 @@ Recovery (a replacement after a kill -9): the alerts and doors groups use a shor
 and both consumers join their groups *while* the journal rebuilds the book; their handler
 waits for the book before it decides anything, so the group join and the rebuild overlap
 instead of adding up. The process reports ready once the book is rebuilt.
+
+Who may cancel, and which schools exist, come from the live directory and the live people
+(:func:`~safehub.kernel.views.follow_directory`, :func:`~safehub.kernel.views.follow_people`,
+read to their ends while the groups join): the book reads both once per signal, so a school,
+a staff app or an administrator added or removed at run time counts from the next signal.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import structlog
 from confluent_kafka import Message
 
 from safehub.kernel.bus import ConsumedEvent
-from safehub.kernel.directory import Directory
 from safehub.kernel.errors import CodecError, HandlerError, StopWithoutCommit
-from safehub.kernel.people import People
 from safehub.kernel.reader import TopicReader
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import ALERTS, DISPATCH, DOORS, INCIDENTS
+from safehub.kernel.views import follow_directory, follow_people
 from services.incidents.model import IncidentBook, Rejected
 from services.incidents.settings import IncidentsSettings
 
@@ -89,13 +94,6 @@ def setup(runtime: Runtime[IncidentsSettings]) -> None:
     """Join the groups and rebuild the book at once, then start the journal's follow loop."""
     section = runtime.settings.incidents
     started = time.monotonic()
-    book = IncidentBook(
-        Directory.load(section.directory_file),
-        People.load(section.directory_file),  # who may cancel for a school: its administrators
-        correlation_window=timedelta(seconds=section.correlation_window_s),
-        cancel_window=timedelta(seconds=section.cancel_window_s),
-        camera_min_confidence=section.camera_min_confidence,
-    )
     lock = threading.Lock()
     rebuilt = threading.Event()
 
@@ -139,6 +137,41 @@ def setup(runtime: Runtime[IncidentsSettings]) -> None:
         handle,
         fetch_wait_max_ms=section.doors_fetch_wait_ms,
         extra_config=group,
+    )
+    # The live directory (schools, and which client systems are staff apps that may speak for
+    # an administrator) and the live people (who a school's administrators are), both read
+    # to their ends while the groups join, side by side. Every decision reads each once, so
+    # a change counts from the next signal, without a restart.
+    kafka, catalog, codec = runtime.settings.kafka, runtime.catalog, runtime.codec
+    seed, wait = section.directory_file, section.directory_ready_s
+    with ThreadPoolExecutor(2, thread_name_prefix="incidents-views") as pool:
+        following_places = pool.submit(
+            follow_directory,
+            kafka,
+            catalog,
+            codec,
+            seed,
+            name="incidents-directory",
+            ready_timeout=wait,
+        )
+        following_people = pool.submit(
+            follow_people,
+            kafka,
+            catalog,
+            codec,
+            seed,
+            name="incidents-people",
+            ready_timeout=wait,
+        )
+        places, people = following_places.result(), following_people.result()
+    runtime.on_close(places.close)
+    runtime.on_close(people.close)
+    book = IncidentBook(
+        places,
+        people,
+        correlation_window=timedelta(seconds=section.correlation_window_s),
+        cancel_window=timedelta(seconds=section.cancel_window_s),
+        camera_min_confidence=section.camera_min_confidence,
     )
     journal = Journal(runtime, book, lock)
     rebuilding = time.monotonic()

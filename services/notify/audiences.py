@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from safehub.kernel.directory import Directory, School, UnknownPlaceError
+from safehub.kernel.directory import Directory, DirectorySource, School, UnknownPlaceError
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.people import Contact, People, StaffRole
+from safehub.kernel.views import PeopleSource, people_source
 
 #: Endpoint audiences and the channel that reaches them.
 ENDPOINT_CHANNELS = {"pa": "PUBLIC_ADDRESS", "signage": "DIGITAL_SIGNAGE"}
@@ -87,17 +88,17 @@ class _Index:
 
 
 class Audiences:
-    """Resolves audience ids and explicit recipient ids against one directory and the people.
+    """Resolves audience ids and explicit recipient ids against the directory and the people.
 
-    ``people`` is a snapshot, or a function returning the current one (``LivePeople.current``):
-    every resolution reads the people as they are at that moment, one snapshot throughout.
+    ``directory`` and ``people`` are sources (the live views, or fixed snapshots): every
+    resolution reads each as it is at that moment, one snapshot throughout, so a school, a
+    building or a guardian added at run time is reached by the next message.
     """
 
-    def __init__(self, directory: Directory, people: People | Callable[[], People]) -> None:
-        self.directory = directory
-        self._source: Callable[[], People] = (
-            (lambda: people) if isinstance(people, People) else people
-        )
+    def __init__(self, directory: DirectorySource, people: People | PeopleSource) -> None:
+        self._directory = directory
+        self._people = people_source(people)
+        self._source: Callable[[], People] = self._people.current
         self._index = _Index(self._source())
 
     def _current(self) -> _Index:
@@ -113,6 +114,11 @@ class Audiences:
         """The people now."""
         return self._current().people
 
+    @property
+    def directory(self) -> Directory:
+        """The directory now (a snapshot)."""
+        return self._directory.current()
+
     def person(self, recipient_id: str) -> Target | None:
         """A person by id, if the people have them now."""
         return self._current().targets.get(recipient_id)
@@ -121,10 +127,10 @@ class Audiences:
         """Recipient ids reachable at ``phone`` (for SMS replies)."""
         return list(self._current().by_phone.get(phone, ()))
 
-    def school(self, school_id: str) -> School:
-        """A school, or AudienceError naming it."""
+    def school(self, school_id: str, directory: Directory | None = None) -> School:
+        """A school of ``directory`` (default: the directory now), or AudienceError naming it."""
         try:
-            return self.directory.school(school_id)
+            return (directory or self._directory.current()).school(school_id)
         except UnknownPlaceError as exc:
             raise AudienceError(f"unknown school {school_id!r}") from exc
 
@@ -139,13 +145,14 @@ class Audiences:
 
         ``district``: the request's tenant; an audience of another district is refused.
         """
-        index = self._current()  # one snapshot for the whole request
+        index = self._current()  # one snapshot of each for the whole request
+        places = self._directory.current()
         resolved: dict[str, Target] = {}
         for audience in audiences:
-            for target in self._audience(index, audience, district):
+            for target in self._audience(index, places, audience, district):
                 resolved.setdefault(target.recipient_id, target)
         for recipient_id, channels in recipients:
-            target = self._explicit(index, recipient_id, district)
+            target = self._explicit(index, places, recipient_id, district)
             resolved[recipient_id] = Target(
                 target.recipient_id,
                 target.kind,
@@ -158,21 +165,27 @@ class Audiences:
             raise AudienceError("the request names no audience and no recipient")
         return list(resolved.values())
 
-    def _check_district(self, school: School, what: str, district: str | None) -> None:
-        if district is not None and self.directory.district_of(school.id).id != district:
+    @staticmethod
+    def _check_district(places: Directory, school: School, what: str, district: str | None) -> None:
+        if district is not None and places.district_of(school.id).id != district:
             raise AudienceError(f"{what} is outside the request's district {district!r}")
 
-    def _explicit(self, index: _Index, recipient_id: str, district: str | None) -> Target:
+    def _explicit(
+        self, index: _Index, places: Directory, recipient_id: str, district: str | None
+    ) -> Target:
         kind, _, rest = recipient_id.partition(":")
         if kind in ENDPOINT_CHANNELS and rest:
-            return self._audience(index, recipient_id, district)[0]
+            return self._audience(index, places, recipient_id, district)[0]
         target = index.targets.get(recipient_id)
         if target is None:
             raise AudienceError(f"unknown recipient {recipient_id!r}")
-        self._check_district(self.school(target.school_id), f"recipient {recipient_id!r}", district)
+        school = self.school(target.school_id, places)
+        self._check_district(places, school, f"recipient {recipient_id!r}", district)
         return target
 
-    def _audience(self, index: _Index, audience: str, district: str | None) -> list[Target]:
+    def _audience(
+        self, index: _Index, places: Directory, audience: str, district: str | None
+    ) -> list[Target]:
         kind, _, rest = audience.partition(":")
         if not rest:
             raise AudienceError(f"audience {audience!r} is not <kind>:<school>[:filter]")
@@ -181,13 +194,12 @@ class Audiences:
             found = [index.targets[g.id] for g in index.people.guardians_of(student)]
             if not found:
                 raise AudienceError(f"audience {audience!r}: no guardian of that student")
-            self._check_district(
-                self.school(found[0].school_id), f"audience {audience!r}", district
-            )
+            school = self.school(found[0].school_id, places)
+            self._check_district(places, school, f"audience {audience!r}", district)
             return found
         school_id, _, selector = rest.partition(":")
-        school = self.school(school_id)
-        self._check_district(school, f"audience {audience!r}", district)
+        school = self.school(school_id, places)
+        self._check_district(places, school, f"audience {audience!r}", district)
         if kind in ENDPOINT_CHANNELS and not selector:
             return [
                 Target(audience, "endpoint", school.id, endpoint_channel=ENDPOINT_CHANNELS[kind])

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from safehub.kernel.errors import ConfigError, SafeHubError
 from safehub.kernel.people import People, StaffRole
+from safehub.kernel.views import PeopleSource, people_source
 
 #: Who may read status and held messages and decide on family and public messages.
 ADMINISTRATOR = StaffRole.ADMINISTRATOR
@@ -98,15 +99,23 @@ class Caller:
 
 
 class ApiAuth:
-    """Authenticates bearer tokens and authorises callers per school."""
+    """Authenticates bearer tokens and authorises callers per school.
 
-    def __init__(self, people: People, operators: list[Operator], status_token: SecretStr) -> None:
+    ``people`` is a source (the live people, or a fixed snapshot). The operators file is
+    checked against the people at start; each request then takes the holder's school and role
+    from the people as they are then, so a principal who moved school, lost the role or left
+    the roster at run time is judged on that from the next request.
+    """
+
+    def __init__(
+        self, people: People | PeopleSource, operators: list[Operator], status_token: SecretStr
+    ) -> None:
+        self._people = people_source(people)
+        now = self._people.current()
         staff = {
-            member.id: (school.id, member.role)
-            for school in people.schools
-            for member in school.staff
+            member.id: (school.id, member.role) for school in now.schools for member in school.staff
         }
-        self._operators: list[tuple[str, Caller]] = []
+        self._operators: list[tuple[str, str]] = []
         seen: set[str] = set()
         for operator in operators:
             found = staff.get(operator.staff_id)
@@ -121,9 +130,7 @@ class ApiAuth:
                     "operator's; give every person their own token"
                 )
             seen.add(operator.token_sha256)
-            self._operators.append(
-                (operator.token_sha256, Caller(operator.staff_id, found[0], found[1]))
-            )
+            self._operators.append((operator.token_sha256, operator.staff_id))
         self._status_token = status_token.get_secret_value()
 
     @property
@@ -143,12 +150,21 @@ class ApiAuth:
             return Caller(STATUS_READER, None, None)
         digest = token_sha256(token)
         found = None
-        for known, caller in self._operators:  # every entry compared: constant time
+        for known, staff_id in self._operators:  # every entry compared: constant time
             if hmac.compare_digest(known, digest):
-                found = caller
+                found = staff_id
         if found is None:
             raise AuthError(401, f"unknown bearer token: {BEARER_HINT}")
-        return found
+        people = self._people.current()  # the holder as the people have them now
+        school_id = people.school_of(found)
+        member = people.staff_member(school_id, found) if school_id else None
+        if school_id is None or member is None:
+            raise AuthError(
+                401,
+                f"the holder of this token ({found[:64]}) is no longer a staff member of any "
+                "school; ask an administrator for access",
+            )
+        return Caller(found, school_id, member.role)
 
     def authorise(self, caller: Caller, school_id: str | None, *, decide: bool) -> None:
         """Refuse (AuthError 403) unless ``caller`` may read (or, with ``decide``, decide)

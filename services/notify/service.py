@@ -32,14 +32,12 @@ import structlog
 
 from safehub.contracts.names import EventType
 from safehub.kernel.bus import H_EVENT_TYPE, H_SOURCE, ConsumedEvent, Headers, header
-from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import caused_by, new_event
 from safehub.kernel.errors import BusError, HandlerError
 from safehub.kernel.http_server import ServerThread
-from safehub.kernel.live_people import LivePeople
-from safehub.kernel.people import People
 from safehub.kernel.runtime import Runtime, run
 from safehub.kernel.topics import INCIDENTS, NOTIFICATIONS
+from safehub.kernel.views import follow_directory, follow_people
 from safehub.standards.cap import (
     CapAlert,
     CapError,
@@ -53,6 +51,7 @@ from safehub.standards.cap import (
     Urgency,
     build_alert,
 )
+from safehub.standards.twilio import STATUS_PATH, VOICE_ACK_PATH
 from services.notify import templates
 from services.notify.approvals import DECIDED, Approvals
 from services.notify.audiences import AudienceError, Audiences, Target
@@ -64,7 +63,6 @@ from services.notify.channels.base import ChannelAdapter
 from services.notify.channels.email import SmtpEmailAdapter
 from services.notify.channels.push import WebhookPushAdapter
 from services.notify.channels.sms import TwilioSmsAdapter, TwilioVoiceAdapter
-from services.notify.channels.twilio import STATUS_PATH, VOICE_ACK_PATH
 from services.notify.dispatcher import RECEIPT, REQUESTED, SOURCE, Dispatcher, Outbox, notify_id
 from services.notify.settings import NotifySection, NotifySettings
 from services.notify.store import NotificationRow, Store
@@ -385,26 +383,6 @@ class AnnouncementContextFn:
         )
 
 
-#: How long start-up waits for the people topic to be read to its end.
-PEOPLE_READY_S = 30.0
-
-
-def _live_people(runtime: Runtime[NotifySettings]) -> LivePeople:
-    """The seed file's people, then the live directory's changes: a guardian a roster adds is
-    reached by the next message, without a restart."""
-    live = LivePeople(
-        People.load(runtime.settings.notify.directory_file),
-        runtime.settings.kafka,
-        runtime.catalog,
-        runtime.codec,
-        name="notify-people",
-    ).start()
-    runtime.on_close(live.close)
-    if not live.wait_ready(PEOPLE_READY_S):
-        log.warning("people topic not read to its end yet; following it", waited_s=PEOPLE_READY_S)
-    return live
-
-
 def setup(runtime: Runtime[NotifySettings]) -> None:
     """Store, web endpoint, channels, dispatcher, then the two consumers."""
     config = runtime.settings.notify
@@ -412,10 +390,29 @@ def setup(runtime: Runtime[NotifySettings]) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     for name in AIOHTTP_LOGGERS:
         logging.getLogger(name).addFilter(_without_exception)
-    directory = Directory.load(config.directory_file)
-    live = _live_people(runtime)
-    people = live.current()
-    audiences = Audiences(directory, live.current)
+    # The live directory (schools, buildings) and the live people (who is reached, who may
+    # approve): every resolution and every API call reads them as they are then, so a guardian
+    # a roster adds gets the next message and a school added at run time can be addressed,
+    # without a restart.
+    directory = follow_directory(
+        runtime.settings.kafka,
+        runtime.catalog,
+        runtime.codec,
+        config.directory_file,
+        name="notify-directory",
+        ready_timeout=config.directory_ready_s,
+    )
+    runtime.on_close(directory.close)
+    people = follow_people(
+        runtime.settings.kafka,
+        runtime.catalog,
+        runtime.codec,
+        config.directory_file,
+        name="notify-people",
+        ready_timeout=config.directory_ready_s,
+    )
+    runtime.on_close(people.close)
+    audiences = Audiences(directory, people)
     operators = OperatorsFile.load(config.operators_file) if config.operators_file else None
     auth = ApiAuth(people, operators.operators if operators else [], config.status_token)
     if not auth.configured:

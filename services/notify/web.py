@@ -44,12 +44,12 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from safehub.kernel.errors import BusError, ConfigError
+from safehub.standards import twilio
 from safehub.standards.cap import CAP_MEDIA_TYPE, Scope, parse
 from services.notify.approvals import ApprovalError, Approvals, Decision
 from services.notify.audiences import AudienceError
 from services.notify.auth import ApiAuth, AuthError, Caller
 from services.notify.cap_endpoint import ATOM_MEDIA_TYPE, FeedEntry, atom_feed
-from services.notify.channels import twilio
 from services.notify.dispatcher import Dispatcher
 from services.notify.store import Store
 

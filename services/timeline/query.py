@@ -23,7 +23,7 @@ from typing import Any
 from safehub.contracts.names import EventType
 from safehub.contracts.registry import event_schemas, field_classifications
 from safehub.kernel import chain
-from safehub.kernel.directory import Directory, Reviewer
+from safehub.kernel.directory import Directory, DirectorySource, Reviewer
 from safehub.kernel.envelope import EVENT_NAMESPACE
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.people import People
@@ -202,15 +202,17 @@ class Queries:
     def __init__(
         self,
         store: Store,
-        directory: Directory,
+        directory: DirectorySource,
         *,
         people: People | None = None,
         chain_cache_s: float = 5.0,
     ) -> None:
-        """``people`` names the recipients of the people view (staff and responders, by name
+        """``directory`` is where reviewers are looked up (the live view, or a fixed one),
+        once per request: a reviewer added or removed at run time counts from the next one.
+        ``people`` names the recipients of the people view (staff and responders, by name
         only); without it the view shows their ids."""
         self.store = store
-        self.directory = directory
+        self._directory = directory
         self.classified = classified_paths()
         self._chain_cache_s = chain_cache_s
         self._chains: dict[str, _CachedChain] = {}
@@ -223,13 +225,18 @@ class Queries:
 
     # -- callers -------------------------------------------------------------------------------
 
+    @property
+    def directory(self) -> Directory:
+        """The directory now (a snapshot)."""
+        return self._directory.current()
+
     def reviewer_by_token(self, token: str) -> Reviewer | None:
-        """The reviewer behind a bearer token."""
-        return self.directory.reviewer_by_token(token)
+        """The reviewer behind a bearer token, as the directory has them now."""
+        return self._directory.current().reviewer_by_token(token)
 
     def reviewer(self, reviewer_id: str) -> Reviewer | None:
-        """The reviewer with this id (mTLS certificate CN)."""
-        return self.directory.reviewer(reviewer_id)
+        """The reviewer with this id (mTLS certificate CN), as the directory has them now."""
+        return self._directory.current().reviewer(reviewer_id)
 
     @staticmethod
     def may_see(reviewer: Reviewer, subject: Row) -> bool:

@@ -1,8 +1,9 @@
 """The timeline deployable: ingest every event and span, serve the reviewers' APIs and pages.
 
-``setup(runtime)`` opens the store (applying migrations), starts the HTTP API and pages
-(writing the bound port to ``port_file``), the gRPC API over mTLS (unless disabled), and the
-two consumer groups (events, spans). On SIGTERM: servers stop first, consumers finish and
+``setup(runtime)`` follows the live directory (reviewers, looked up per request), opens the
+store (applying migrations), starts the HTTP API and pages (writing the bound port to
+``port_file``), the gRPC API over mTLS (unless disabled), and the two consumer groups
+(events, spans). On SIGTERM: servers stop first, consumers finish and
 commit their batch, the store closes last.
 """
 
@@ -17,10 +18,10 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from safehub.kernel.batch import BatchConsumer
-from safehub.kernel.directory import Directory
 from safehub.kernel.http_server import ServerThread
 from safehub.kernel.people import People
 from safehub.kernel.runtime import Runtime, run
+from safehub.kernel.views import follow_directory
 from services.timeline.grpc_api import grpc_server
 from services.timeline.http_api import HttpApi
 from services.timeline.ingest import Ingest, wait_closed
@@ -37,7 +38,17 @@ PRUNE_EVERY_S = 600.0
 def setup(runtime: Runtime[TimelineSettings]) -> None:
     """Service entry used by :func:`run`."""
     section = runtime.settings.timeline
-    directory = Directory.load(section.directory_file)
+    # Reviewers come from the live directory, looked up per request: one added or removed at
+    # run time can (or can no longer) read from the next request on, without a restart.
+    directory = follow_directory(
+        runtime.settings.kafka,
+        runtime.catalog,
+        runtime.codec,
+        section.directory_file,
+        name="timeline-directory",
+        ready_timeout=section.directory_ready_s,
+    )
+    runtime.on_close(directory.close)
     store = Store(section.database_url)
     runtime.on_close(store.close)
     retention = timedelta(seconds=section.pending_retention_s)

@@ -19,6 +19,13 @@ class TimelineSection(TlsFileSettings):
         description="SQLAlchemy URL of the store (SQLite file or postgresql+psycopg://…)",
     )
     directory_file: Path = Field(default_factory=default_directory_file)
+    directory_ready_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="how long start waits for the live directory's topics to be read to "
+        "their end; then it serves the seed file (and what it read) and keeps following",
+    )
     http_host: str = Field(default="127.0.0.1", description="interface of the HTTP API and UI")
     http_port: int = Field(default=8470, ge=0, le=65535, description="0: pick a free port")
     port_file: Path | None = Field(

@@ -22,8 +22,10 @@ from safehub.kernel import tracing
 from safehub.kernel.admin import ensure_topics
 from safehub.kernel.bus import ConsumedEvent, EventProducer
 from safehub.kernel.codec import Codec
+from safehub.kernel.directory import Building, Directory, Door, School, default_directory_file
 from safehub.kernel.envelope import new_event
 from safehub.kernel.errors import HandlerError
+from safehub.kernel.live_directory import change_event
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.streams import StreamIO, StreamRecord, librdkafka_partition
 from safehub.kernel.topics import TopicCatalog
@@ -205,6 +207,48 @@ def test_lockdown_confirmed_by_every_door_is_reported_complete_once(
     checks = wait_until(lambda: (s := worker.stats())["now"] > deadline and s["deadline_checks"])
     wait_until(lambda: worker.stats()["deadline_checks"] >= checks + 2, what="two more checks")
     assert len(progress_of(module_kafka, codec, catalog, command_id)) == 1
+
+
+def test_a_school_added_at_run_time_is_known_and_its_doors_confirm_a_lockdown(
+    shared: tuple[DoorstateHandle, TopicCatalog, EventProducer],
+    module_kafka: KafkaSettings,
+    codec: Codec,
+) -> None:
+    """doorstate follows the live directory: a school published on the directory topic while
+    the worker runs is answered by the query API, and a lock command there expects the doors
+    the directory lists for it, without a restart."""
+    worker, catalog, producer = shared
+    doors = [Door(id="N-front", exterior=True), Door(id="N-back", exterior=True)]
+    school = School(
+        id="sch-doorstate-new",
+        name="New Elementary",
+        psap_id="psap-north-county",
+        buildings=[Building(id="N", doors=doors)],
+    )
+    tenant = {**LINCOLN, "school": school.id}
+    assert httpx.get(f"{worker.url}/doors/{school.id}", timeout=10).status_code == 404
+    seed = Directory.load(default_directory_file())
+    producer.publish(
+        change_event(
+            seed, "SCHOOL", school, version=1, changed_by="ops-1", district_id=LINCOLN["district"]
+        )
+    )
+    wait_until(
+        lambda: httpx.get(f"{worker.url}/doors/{school.id}", timeout=10).status_code == 200,
+        what="the new school known to doorstate",
+    )
+    command, command_id, incident_id = lock_command("N", exercise=True)
+    command["envelope"]["tenant"] = tenant
+    reports = [
+        door_state(tenant, door.id, "LOCKED", datetime.now(UTC), building="N") for door in doors
+    ]
+    publish_and_wait(worker, producer, [command, *reports])
+    progress = wait_until(
+        lambda: progress_of(module_kafka, codec, catalog, command_id), what="progress"
+    )
+    event, _headers = progress[0]
+    assert event["complete"] is True and event["incident_id"] == incident_id
+    assert sorted(event["doors_expected"]) == sorted(d.id for d in doors)
 
 
 def test_jammed_door_is_reported_unconfirmed_at_the_deadline(

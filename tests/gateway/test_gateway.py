@@ -26,7 +26,9 @@ from safehub.gen.safehub.connector.v1 import connector_pb2
 from safehub.gen.safehub.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec, Event
+from safehub.kernel.directory import Client, Scope
 from safehub.kernel.envelope import event_id_for, new_event
+from safehub.kernel.live_directory import change_event
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from services.gateway import mapping
@@ -309,6 +311,36 @@ def test_foreign_and_missing_certificates_are_refused(
     stranger = shared_gw.stub_for("stranger-system")
     error = refused(lambda: stranger.ReportPanic(panic_request(), timeout=TIMEOUT))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_client_systems_added_and_deleted_at_run_time_count_from_the_next_call(
+    gw: GatewayHandle, producer: EventProducer
+) -> None:
+    """The gateway follows the live directory: a client system added on the directory topic
+    is authorised by its certificate's CN from the next call, one deleted is refused, and
+    neither needs a restart."""
+    seed = gw.directory
+    newcomer = Client(id="panic-app-new", district="dist-north-isd", scopes={Scope.PANIC})
+    stub = gw.stub_for(newcomer.id)
+    before = refused(lambda: stub.ReportPanic(panic_request(), timeout=TIMEOUT))
+    assert before.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    producer.publish(change_event(seed, "CLIENT", newcomer, version=1, changed_by="ops-1"))
+    wait_until(lambda: gw.directory.client(newcomer.id), what="the new client served")
+    request = panic_request()
+    answer = stub.ReportPanic(request, timeout=TIMEOUT)
+    assert answer.event_id == event_id_for(newcomer.id, request.client_event_id)
+
+    veteran = seed.client("panic-badges-north")
+    assert veteran is not None
+    gw.stub_for(veteran.id).ReportPanic(panic_request(), timeout=TIMEOUT)  # allowed so far
+    producer.publish(
+        change_event(seed, "CLIENT", veteran, version=1, changed_by="ops-1", change="DELETED")
+    )
+    wait_until(lambda: gw.directory.client(veteran.id) is None, what="the client removed")
+    after = refused(lambda: gw.stub_for(veteran.id).ReportPanic(panic_request(), timeout=TIMEOUT))
+    assert after.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert stub.ReportPanic(panic_request(), timeout=TIMEOUT).event_id  # the newcomer still may
 
 
 # -- what is refused -----------------------------------------------------------------------

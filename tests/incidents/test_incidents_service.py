@@ -12,9 +12,12 @@ import pytest
 
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
+from safehub.kernel.directory import Client, Directory, Scope, default_directory_file
 from safehub.kernel.envelope import new_event
+from safehub.kernel.live_directory import change_event
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
+from tests.directory.helpers import person_changed
 from tests.support.examples import LINCOLN, at_hub, panic_at
 from tests.support.kafka import read_all, read_topic
 from tests.support.processes import Component
@@ -234,3 +237,71 @@ def test_kill_9_in_a_burst_loses_no_incident_and_duplicates_none(
     assert not lost, f"{len(lost)} panics lost ({before_restart} incidents before the kill)"
     assert set(per_panic) == expected
     assert max(per_panic.values()) == 1, "a panic opened two incidents"
+
+
+def _cancel(panic: dict[str, Any], *, source: str, cancelled_by: str) -> dict[str, Any]:
+    return at_hub(
+        new_event(
+            "PanicCancelled",
+            source=source,
+            tenant=LINCOLN,
+            building="B",
+            room="214",
+            payload={
+                "panic_event_id": panic["envelope"]["event_id"],
+                "device_id": "badge-1",
+                "reason": "pressed by mistake",
+                "cancelled_by": cancelled_by,
+            },
+        )
+    )
+
+
+def _decision(kafka: KafkaSettings, codec: Codec, topic: str, signal: dict[str, Any]) -> Any:
+    """The SignalDecided the service published for ``signal`` (waits for it)."""
+    signal_id = signal["envelope"]["event_id"]
+
+    def found() -> dict[str, Any] | None:
+        for record in read_all(kafka, topic):
+            event = codec.decode(record.value())
+            if event.get("signal_event_id") == signal_id:
+                return event
+        return None
+
+    return wait_until(found, what=f"the decision on {signal_id}")
+
+
+def test_a_staff_app_and_an_administrator_added_at_run_time_may_cancel_a_panic(
+    kafka: KafkaSettings, codec: Codec, catalog: TopicCatalog, incidents: Callable[..., Component]
+) -> None:
+    """Who may cancel comes from the live directory (which client systems sign staff in) and
+    the live people (who a school's administrators are), read per signal: a staff app and
+    an administrator published while the service runs count without a restart."""
+    topic = catalog.topic_for("safehub.events.IncidentOpened")
+    service = incidents().start()
+    app = Client(id="staff-app-new", district=LINCOLN["district"], scopes={Scope.SRP})
+    admin = "stf-new-principal"
+    with EventProducer(kafka, codec, catalog) as producer:
+        panic = panic_at(datetime.now(UTC))
+        producer.publish(panic)
+        (opened,) = _decoded(kafka, codec, topic, expect=1)
+        early = _cancel(panic, source=app.id, cancelled_by=admin)
+        producer.publish(early)
+        refused = _decision(kafka, codec, topic, early)
+        assert (refused["outcome"], refused["refusal"]) == ("REFUSED", "NOT_PERMITTED")
+
+        seed = Directory.load(default_directory_file())
+        producer.publish(change_event(seed, "CLIENT", app, version=1, changed_by="ops-1"))
+        producer.publish(person_changed(admin, version=1, kind="STAFF", staff_role="administrator"))
+        wait_until(
+            lambda: all(
+                line in service.log_file.read_text(errors="replace")
+                for line in ('"directory changed"', '"people changed"')
+            ),
+            what="the service applied the new staff app and administrator",
+        )
+        later = _cancel(panic, source=app.id, cancelled_by=admin)
+        producer.publish(later)
+        applied = _decision(kafka, codec, topic, later)
+    assert applied["outcome"] == "APPLIED", applied["reason"]
+    assert applied["envelope"]["incident_id"] == opened["incident_id"]

@@ -25,10 +25,12 @@ from pydantic import SecretStr
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
 from safehub.kernel.errors import ConfigError
+from safehub.kernel.live_people import LivePeople
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from services.notify.auth import ApiAuth, AuthError, Operator, OperatorsFile, token_sha256
 from services.notify.dispatcher import notify_id
+from tests.directory.helpers import person_changed
 from tests.support.kafka import read_all
 from tests.support.notify import (
     STATUS_TOKEN,
@@ -330,6 +332,27 @@ def test_a_token_is_its_holder_and_only_an_administrator_of_that_school_may_act(
     with pytest.raises(AuthError, match="administrator's own token") as refused:
         auth.authorise(reader, LINCOLN, decide=True)
     assert refused.value.status == 403
+
+
+def test_a_holder_is_judged_on_the_people_as_they_are_at_each_request(codec: Codec) -> None:
+    """With the live people, a token's holder gets their school and role per request: an
+    administrator the roster makes a teacher, then removes, loses the API at once."""
+    live = LivePeople(people(), KafkaSettings(), TopicCatalog(), codec, name="test-auth")
+    admin = staff_with(LINCOLN, "administrator")
+    auth = ApiAuth(live, [Operator(staff_id=admin, token_sha256=token_sha256("t"))], SecretStr(""))
+    auth.authorise(auth.authenticate("Bearer t"), LINCOLN, decide=True)
+    member = live.current().staff_member(LINCOLN, admin)
+    assert member is not None
+    live.apply(
+        [person_changed(admin, version=1, kind="STAFF", name=member.name, staff_role="teacher")]
+    )
+    with pytest.raises(AuthError, match="is a teacher") as demoted:
+        auth.authorise(auth.authenticate("Bearer t"), LINCOLN, decide=False)
+    assert demoted.value.status == 403
+    live.apply([person_changed(admin, version=2, kind="STAFF", change="DELETED")])
+    with pytest.raises(AuthError, match="no longer a staff member") as gone:
+        auth.authenticate("Bearer t")
+    assert gone.value.status == 401
 
 
 def test_the_operators_file_names_directory_staff_and_never_echoes_a_digest(

@@ -15,7 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from pydantic import SecretStr
 
+from safehub.kernel.codec import Codec
+from safehub.kernel.directory import Building, School
 from safehub.kernel.errors import ConfigError
+from safehub.kernel.live_directory import LiveDirectory, change_event
+from safehub.kernel.settings import KafkaSettings
+from safehub.kernel.topics import TopicCatalog
 from services.notify import dispatcher, templates
 from services.notify.audiences import AudienceError, Audiences
 from services.notify.dispatcher import TokenBucket
@@ -326,6 +331,42 @@ def test_audiences_resolve_by_role_building_student_and_refuse_unknowns() -> Non
             audiences.resolve([bad])
     with pytest.raises(AudienceError, match="no audience and no recipient"):
         audiences.resolve([])
+
+
+def test_audiences_read_the_directory_as_it_is_at_each_resolution() -> None:
+    """With the live directory, a school added at run time is addressable by the next request
+    and one removed is not; a building a school gains can be targeted."""
+    seed = directory()
+    live = LiveDirectory(seed, KafkaSettings(), TopicCatalog(), Codec.from_contracts())
+    audiences = Audiences(live, people())
+    new_school = School(id="sch-notify-new", name="New Elementary", psap_id="psap-north-county")
+    with pytest.raises(AudienceError, match="unknown school 'sch-notify-new'"):
+        audiences.resolve(["pa:sch-notify-new"])
+    north = seed.district_of("sch-lincoln-hs").id
+    live.apply(
+        [change_event(seed, "SCHOOL", new_school, version=1, changed_by="t", district_id=north)]
+    )
+    [pa] = audiences.resolve(["pa:sch-notify-new"], district=north)
+    assert pa.school_id == "sch-notify-new"
+    lincoln = seed.school("sch-lincoln-hs")
+    annex = lincoln.model_copy(update={"buildings": [*lincoln.buildings, Building(id="Z")]})
+    live.apply([change_event(seed, "SCHOOL", annex, version=1, changed_by="t", district_id=north)])
+    assert audiences.resolve(["staff:sch-lincoln-hs:building=Z"])  # staff of every building
+    live.apply(
+        [
+            change_event(
+                seed,
+                "SCHOOL",
+                new_school,
+                version=2,
+                changed_by="t",
+                district_id=north,
+                change="DELETED",
+            )
+        ]
+    )
+    with pytest.raises(AudienceError, match="unknown school 'sch-notify-new'"):
+        audiences.resolve(["pa:sch-notify-new"])
 
 
 def test_templates_speak_the_recipients_language_and_mark_drills() -> None:

@@ -18,9 +18,7 @@ import structlog
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from safehub.kernel.errors import ConfigError
-from services.notify.channels.base import ChannelError, OutboundMessage
-from services.notify.channels.sms import TwilioSmsAdapter, TwilioVoiceAdapter
-from services.notify.channels.twilio import (
+from safehub.standards.twilio import (
     INBOUND_PATH,
     SIGNATURE_HEADER,
     STATUS_PATH,
@@ -35,6 +33,8 @@ from services.notify.channels.twilio import (
     twiml_say,
     validate_signature,
 )
+from services.notify.channels.base import ChannelError, OutboundMessage
+from services.notify.channels.sms import TwilioSmsAdapter, TwilioVoiceAdapter
 from tests.support.sms import ProviderSimProcess, Received, WebhookReceiver
 from tests.support.waiting import wait_until
 

@@ -47,6 +47,7 @@ from safehub.kernel.codec import Codec
 from safehub.kernel.directory import Directory
 from safehub.kernel.envelope import new_event
 from safehub.kernel.errors import ConfigError
+from safehub.kernel.live_directory import change_event
 from safehub.kernel.settings import KafkaSettings, load_settings
 from safehub.kernel.topics import TopicCatalog
 from safehub.standards.eido import EidoInvalidError, EidoValidator
@@ -450,6 +451,33 @@ def test_silent_panic_reaches_cad_with_building_room_and_alrpans(
     process_span = by_id[dispatch_span.parent.span_id]
     assert process_span.name.startswith("process ") and process_span.kind == SpanKind.CONSUMER
     assert f"{client.context.trace_id:032x}" == trace_id
+
+
+@pytest.mark.kafka
+def test_a_school_changed_at_run_time_is_in_the_next_eido(
+    hub: Hub, cad: SimulatorHandle, validator: EidoValidator
+) -> None:
+    """The connector follows the live directory: a school's new address, published on the
+    directory topic while it runs, is in the next EIDO, without a restart."""
+    seed = directory()
+    lincoln = seed.school("sch-lincoln-hs")
+    moved = lincoln.model_copy(update={"address": "77 Temporary Campus Rd, Northville, TX"})
+    assert moved.address != lincoln.address
+    hub.publish(
+        change_event(
+            seed, "SCHOOL", moved, version=1, changed_by="ops-1", district_id="dist-north-isd"
+        )
+    )
+    wait_until(
+        lambda: hub.connector.directory.current().school(lincoln.id).address == moved.address,
+        what="the new address followed",
+    )
+    incident_id = new_incident_id()
+    hub.publish(incident_event(incident_id=incident_id))
+    eido = cad.wait_incident(incident_id)["lastEido"]
+    assert validator.problems(eido) == []
+    place = eido["locationComponent"][0]["locationDescriptionText"]
+    assert "77 Temporary Campus Rd" in place and lincoln.address not in place
 
 
 @pytest.mark.kafka

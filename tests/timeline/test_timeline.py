@@ -4,9 +4,11 @@ gRPC, spans show in the trace view, undecodable input goes to the dead-letter to
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,8 @@ from safehub.devstack.pki import DevPki
 from safehub.gen.safehub.timeline.v1 import timeline_pb2, timeline_pb2_grpc
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
+from safehub.kernel.directory import Directory, Reviewer, default_directory_file
+from safehub.kernel.live_directory import change_event
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import SPANS, TopicCatalog
 from tests.support.kafka import read_topic
@@ -219,6 +223,67 @@ def test_incident_lands_in_order_once_scoped_and_redacted(
         assert publish["end"] >= publish["start"]
     with timeline.client(SOUTH_TOKEN) as south:
         assert south.get(f"/api/v1/traces/{entry['trace_id']}").status_code == 404
+
+
+def test_reviewers_added_and_deleted_at_run_time_count_from_the_next_request(
+    kafka: KafkaSettings, catalog: TopicCatalog, tmp_path: Path, producer: EventProducer
+) -> None:
+    """The timeline looks reviewers up in the live directory per request: one published on
+    the directory topic while it runs can read (bearer token and certificate CN), one
+    deleted is refused, without a restart."""
+    store = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    timeline = TimelineProcess(kafka, catalog.prefix, tmp_path, store, grpc=True).start()
+    try:
+        scenario = Scenario()
+        events = _publish_story(producer, scenario)
+        timeline.wait_entries(scenario.incident_id, len(events))
+        path = f"/api/v1/subjects/{scenario.incident_id}/timeline"
+        seed = Directory.load(default_directory_file())
+        token = f"token-{uuid.uuid4().hex}"
+        newcomer = Reviewer(
+            id="rev-north-new",
+            name="New After-Action Reviewer",
+            district="dist-north-isd",
+            token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+        )
+        with timeline.client(token) as new, timeline.client(NORTH_TOKEN) as veteran:
+            assert new.get(path).status_code == 401
+            assert veteran.get(path).status_code == 200
+            producer.publish(
+                change_event(seed, "REVIEWER", newcomer, version=1, changed_by="ops-1")
+            )
+            answer = wait_until(
+                lambda: (a := new.get(path)).status_code == 200 and a,
+                what="the new reviewer let in",
+            )
+            assert len(answer.json()["entries"]) == len(events)
+            pki = DevPki(timeline.pki_dir)
+            with pki.grpc_channel(timeline.grpc_address, newcomer.id) as channel:
+                stub = timeline_pb2_grpc.TimelineServiceStub(channel)
+                request = timeline_pb2.GetTimelineRequest(subject_id=scenario.incident_id)
+                assert len(stub.GetTimeline(request).entries) == len(events)
+
+            north = seed.reviewer("rev-north-aar")
+            assert (
+                north is not None
+                and north.token_sha256 == hashlib.sha256(NORTH_TOKEN.encode()).hexdigest()
+            )
+            producer.publish(
+                change_event(
+                    seed, "REVIEWER", north, version=1, changed_by="ops-1", change="DELETED"
+                )
+            )
+            wait_until(
+                lambda: veteran.get(path).status_code == 401, what="the deleted reviewer refused"
+            )
+            with pki.grpc_channel(timeline.grpc_address, north.id) as channel:
+                stub = timeline_pb2_grpc.TimelineServiceStub(channel)
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ListSubjects(timeline_pb2.ListSubjectsRequest())
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert new.get(path).status_code == 200
+    finally:
+        timeline.stop()
 
 
 def test_tampering_is_named_by_the_server_and_the_cli(

@@ -29,8 +29,8 @@ from pydantic import BaseModel, Field, SecretStr
 
 from safehub.kernel.errors import ConfigError
 from safehub.kernel.lifecycle import Closing
+from safehub.standards.twilio import VOICE_ACK_DELIVERY_PARAM, describe_error, twiml_say
 from services.notify.channels.base import ChannelError, OutboundMessage, SendResult
-from services.notify.channels.twilio import VOICE_ACK_DELIVERY_PARAM, describe_error, twiml_say
 
 log = structlog.get_logger(__name__)
 
