@@ -79,6 +79,7 @@ bench: $(STAMP) ## Run the benchmarks (JSON on stdout)
 	$(BIN)/python bench/notify.py --json
 	$(BIN)/python bench/timeline.py --json
 	$(BIN)/python bench/roster.py --json
+	$(BIN)/python bench/tips.py --json
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches

@@ -14,6 +14,7 @@ from rich.table import Table
 from safehub.cli.directory import app as directory_app
 from safehub.cli.roster import app as roster_app
 from safehub.cli.timeline import app as timeline_app
+from safehub.cli.tips import app as tips_app
 from safehub.kernel.errors import SafeHubError
 from safehub.kernel.logging import configure_logging
 from safehub.kernel.settings import HubSettings, load_settings
@@ -28,6 +29,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(timeline_app, name="timeline")
 app.add_typer(roster_app, name="roster")
 app.add_typer(directory_app, name="directory")
+app.add_typer(tips_app, name="tips")
 
 console = Console(width=None if Console().is_terminal else 120)
 err_console = Console(stderr=True)

@@ -10,7 +10,8 @@
 4. The state-centre analyst asks the tipster a question through the thread; the tipster
    answers on the web page with code and passcode; neither sees who the other is.
 5. A second student texts nearly the same words: folded into the first tip.
-6. The analyst closes the tip as referred to law enforcement.
+6. The analyst closes the tip as referred to law enforcement, and the month's report (the
+   whole state, HTML with charts) is written to the run directory.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from safehub.standards import twilio
 
 SCHOOL = "sch-lincoln-hs"
 TIP_TEXT = "he said he'll bring a gun tomorrow. it's Marcus in 10th grade"
-DUPLICATE_TEXT = "He said he will bring a gun tomorrow!! Marcus 10th grade"
+DUPLICATE_TEXT = "He said he'll bring a gun tomorrow!! it's Marcus, 10th grade"
 TIPSTER_PHONE = "+15550107001"  # the students' numbers: never printed, never outside tips
 SECOND_TIPSTER_PHONE = "+15550107002"
 STEP_S = 15
@@ -240,6 +241,14 @@ class TipsDemo:
             {"disposition": "REFERRED_TO_LAW_ENFORCEMENT", "note": "SRO and police notified"},
         )
         console.print(f"closed as {closed['disposition']} by {TIPS_ANALYST}")
+        month = time.strftime("%Y-%m", time.gmtime())
+        status, page = _request(
+            f"{self.hub.tips_url}/api/reports?period={month}&format=html",
+            headers={"Authorization": f"Bearer {self.hub.tips_analyst_token}"},
+        )
+        report_file = self.hub.run_dir / f"tips-report-{month}.html"
+        report_file.write_text(page, encoding="utf-8")
+        console.print(f"monthly report ({month}, the whole state): {report_file}")
         return {
             "tip: life-safety at intake": bool(tip["life_safety"]),
             "tip: the second step was called when the first did not answer": detail["escalation"][
@@ -254,6 +263,9 @@ class TipsDemo:
             "tip: closed with a disposition": closed["status"] == "CLOSED_RESOLVED",
             "tip: the tipsters' numbers never left the tips service": TIPSTER_PHONE
             not in json.dumps(thread),
+            "tip: the monthly report written (statistics, no tip's words)": status == 200
+            and "<svg" in page
+            and "Marcus" not in page,
         }
 
     def _second_person(self) -> str:

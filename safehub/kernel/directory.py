@@ -55,6 +55,7 @@ class Scope(StrEnum):
     SRP = "srp"
     CONNECTOR = "connector"
     TIPS = "tips"
+    MONITORING = "monitoring"  # a social-media monitoring vendor's alerts about a school
 
 
 class Door(BaseModel):

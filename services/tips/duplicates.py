@@ -2,8 +2,9 @@
 
 After a threat goes viral, dozens of tips say the same thing. A new tip folds into an open
 primary tip of the same school received within ``window_s`` when they name a common student
-or their words are near-identical (rapidfuzz ``token_set_ratio`` ≥ ``threshold`` on
-normalised text, so word order and extra words matter little). The oldest matching primary
+or their words are near-identical (rapidfuzz ``token_sort_ratio`` ≥ ``threshold`` on
+normalised text: word order and punctuation do not matter, length does, so a short tip is
+not swallowed by a longer one that merely contains its words). The oldest matching primary
 wins. A life-safety tip never folds into one that is not: it must reach a human on its own.
 """
 
@@ -78,7 +79,7 @@ def find_primary(
             return Match(tip.tip_id, 100.0, "names the same student")
         if len(words) < MIN_CHARS:
             continue
-        score = fuzz.token_set_ratio(words, normalise(tip.text))
+        score = fuzz.token_sort_ratio(words, normalise(tip.text))
         if score >= threshold:
             return Match(tip.tip_id, float(score), f"text {score:.0f}% alike")
     return None

@@ -60,6 +60,7 @@ class Channel(StrEnum):
     EMAIL = "EMAIL"
     PHONE = "PHONE"
     OTHER = "OTHER"
+    MONITORING = "MONITORING"
 
 
 CLOSED = frozenset({Status.CLOSED_RESOLVED, Status.CLOSED_UNFOUNDED})

@@ -1,4 +1,5 @@
-"""``safehub.tips.v1.TipService`` for tip-app vendors: mTLS, the ``tips`` scope, one intake.
+"""``safehub.tips.v1.TipService`` for tip-app vendors (mTLS, the ``tips`` scope) and
+social-media monitoring vendors (the ``monitoring`` scope), through the one intake.
 
 The caller is the client system its certificate names, as the live directory has it now
 (a vendor added or removed at run time counts from the next call); it must hold the ``tips``
@@ -10,7 +11,9 @@ throttled. Messages never echo what the caller sent.
 
 from __future__ import annotations
 
+import re
 from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from google.protobuf import any_pb2
@@ -22,6 +25,7 @@ from safehub.gen.safehub.tips.v1 import tips_pb2, tips_pb2_grpc
 from safehub.kernel.directory import Client, DirectorySource, Scope
 from services.tips.intake import Contact, Intake, IntakeError, TipRequest, Upload
 from services.tips.model import Category, Channel
+from services.tips.screening import TextRejectedError, clean_text
 from services.tips.store import TipStore
 
 CN_PROPERTY = "x509_common_name"
@@ -77,15 +81,17 @@ class TipServicer(tips_pb2_grpc.TipServiceServicer):
         self._store = store
         self._directory = directory
 
-    def _caller(self, context: grpc.ServicerContext) -> Client:
+    def _caller(self, context: grpc.ServicerContext, scope: Scope = Scope.TIPS) -> Client:
         names = (context.auth_context() or {}).get(CN_PROPERTY) or []
         client = None
         if len(names) == 1:
             client = self._directory.current().client(names[0].decode("utf-8", "replace"))
         if client is None:
             raise IntakeError("unauthenticated", "the client certificate is not registered")
-        if Scope.TIPS not in client.scopes:
-            raise IntakeError("denied", f"client {client.id!r} does not hold the tips scope")
+        if scope not in client.scopes:
+            raise IntakeError(
+                "denied", f"client {client.id!r} does not hold the {scope.value} scope"
+            )
         return client
 
     def SubmitTip(  # noqa: N802 - the generated servicer's name
@@ -157,6 +163,46 @@ class TipServicer(tips_pb2_grpc.TipServiceServicer):
             ],
         )
 
+    def SubmitMonitoringAlert(  # noqa: N802
+        self, request: tips_pb2.SubmitMonitoringAlertRequest, context: grpc.ServicerContext
+    ) -> tips_pb2.SubmitMonitoringAlertResponse:
+        """A monitoring vendor's alert about a school: a tip of channel MONITORING."""
+        try:
+            client = self._caller(context, Scope.MONITORING)
+            if not self._directory.current().may(client, Scope.MONITORING, request.school_id):
+                raise IntakeError("not_found", "unknown school", field="school_id")
+            category = _CATEGORIES.get(request.category)
+            if category is None:
+                raise IntakeError.invalid("category", "must be set to a TipCategory")
+            if not request.alert_id or len(request.alert_id) > 200:
+                raise IntakeError.invalid("alert_id", "must be 1 to 200 characters")
+            url = _post_url(request.post_url)
+            platform = "".join(c for c in request.platform if c.isalnum() or c in " .-_")[:40]
+            try:
+                text = without_handles(
+                    clean_text(request.post_text, field="post_text", max_chars=MAX_POST_CHARS)
+                )
+            except TextRejectedError as exc:
+                raise IntakeError.invalid(exc.field, exc.reason) from None
+            receipt = self._intake.submit(
+                TipRequest(
+                    channel=Channel.MONITORING,
+                    school_id=request.school_id,
+                    category=category,
+                    text=f"{text}\n\n[{platform or 'post'}] {url}",
+                    anonymous=True,
+                    client_key=f"monitoring:{client.id}:{request.alert_id}",
+                    network={"client": client.id},
+                )
+            )
+        except IntakeError as exc:
+            _abort(context, exc)
+        return tips_pb2.SubmitMonitoringAlertResponse(
+            tip_id=receipt.tip_id,
+            life_safety=receipt.life_safety,
+            duplicate=receipt.duplicate_of is not None,
+        )
+
     def PostMessage(  # noqa: N802
         self, request: tips_pb2.PostMessageRequest, context: grpc.ServicerContext
     ) -> tips_pb2.PostMessageResponse:
@@ -172,6 +218,23 @@ class TipServicer(tips_pb2_grpc.TipServiceServicer):
         except IntakeError as exc:
             _abort(context, exc)
         return tips_pb2.PostMessageResponse(sent_at=_timestamp(message.created_at))
+
+
+MAX_POST_CHARS = 4000  # the link and the platform's name fit within the tip's 5,000
+_HANDLE = re.compile(r"(?<![\w@])@[A-Za-z0-9_.]{1,64}")
+
+
+def without_handles(text: str) -> str:
+    """A post's words with every @handle removed (the privacy rule of monitoring alerts)."""
+    return _HANDLE.sub("@[removed]", text)
+
+
+def _post_url(url: str) -> str:
+    """The post's https link without query or fragment (trackers, session ids)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme != "https" or not parts.netloc or len(url) > 2000:
+        raise IntakeError.invalid("post_url", "must be an https link to the post")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def register(servicer: Any, server: grpc.Server) -> None:

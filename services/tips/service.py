@@ -31,6 +31,7 @@ from services.tips.codes import PasscodeHasher
 from services.tips.desk import Desk
 from services.tips.escalation import Escalator
 from services.tips.intake import Intake
+from services.tips.mail import MailIntake
 from services.tips.sealing import IdentitySeal
 from services.tips.settings import TipsSettings
 from services.tips.store import TipStore
@@ -116,6 +117,18 @@ def setup(runtime: Runtime[TipsSettings]) -> None:
     )
     http.start(web.app())
     runtime.on_close(http.close)
+    smtp_port = None
+    if section.email_schools:
+        mail = MailIntake(
+            intake,
+            section.email_schools,
+            max_bytes=section.max_email_bytes,
+            max_attachments=section.max_attachments,
+            listen=section.smtp_listen,
+            store=store,
+        )
+        smtp_port = mail.start()
+        runtime.on_close(mail.close)
     grpc = GrpcServer("tips-grpc", section.grpc_listen, section.tls())
     grpc.add(SERVICE_NAME, rpc.register, rpc.TipServicer(intake, store, directory))
     grpc_port = grpc.start()
@@ -124,6 +137,7 @@ def setup(runtime: Runtime[TipsSettings]) -> None:
         "tips listening",
         http_port=http.port,
         grpc_port=grpc_port,
+        smtp_port=smtp_port,
         public_url=public_url,
         republished=swept,
         ms=round((time.monotonic() - started) * 1000),

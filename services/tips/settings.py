@@ -69,6 +69,22 @@ class TipsSection(TlsFileSettings):
         default_factory=dict,
         description="tip-line phone number (E.164, the webhook's To) → school id",
     )
+    # -- inbound e-mail (SMTP listener) ---------------------------------------------------
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=8025, ge=0, le=65535, description="0: any free port")
+    smtp_port_file: Path | None = None
+    email_schools: dict[str, str] = Field(
+        default_factory=dict,
+        description="tip-line e-mail address (the RCPT, case-insensitive) → school id; "
+        "empty: no SMTP listener",
+    )
+    max_email_bytes: int = Field(
+        default=25_000_000,
+        ge=100_000,
+        le=200_000_000,
+        description="largest message taken (advertised as SIZE, 552 beyond); base64 makes "
+        "photos a third larger",
+    )
     # -- escalation ----------------------------------------------------------------------
     tick_s: float = Field(default=0.5, gt=0, le=60, description="escalation check interval")
     assign_within_h: dict[str, float] = Field(default_factory=_default_assign_within)
@@ -108,6 +124,13 @@ class TipsSection(TlsFileSettings):
         """Where the gRPC server listens."""
         return ListenSettings(
             host=self.grpc_host, port=self.grpc_port, port_file=self.grpc_port_file
+        )
+
+    @property
+    def smtp_listen(self) -> ListenSettings:
+        """Where the SMTP listener listens."""
+        return ListenSettings(
+            host=self.smtp_host, port=self.smtp_port, port_file=self.smtp_port_file
         )
 
     @property

@@ -20,7 +20,10 @@ Analysts (``Authorization: Bearer``, :mod:`services.tips.analysts`), JSON:
   ``{"life_safety", "reason"}``, ``POST /api/tips/{id}/split`` ``{"reason"?}``,
   ``POST /api/tips/{id}/close`` ``{"disposition", "note"?}``, ``POST /api/tips`` (a phone
   tip typed by the analyst: ``{"school_id", "category", "text"}``),
-  ``GET /api/attachments/{id}`` (the cleaned image only).
+  ``GET /api/attachments/{id}`` (the cleaned image only), ``GET /api/reports``
+  (``?period=2026-12&scope=district:…&format=json|csv|html``: the programme's statistics,
+  :mod:`services.tips.reports`) and ``GET /api/reports/export`` (averted-violence cases,
+  no identities), each for the districts the analyst works (the state scope: ``*`` only).
 
 Errors are JSON ``{"error", "field"}`` (400/401/403/404/429). The tipster's contact is never
 in a page, an answer, a log line or an error; handlers log ids and outcomes only.
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,8 +44,8 @@ from aiohttp import BodyPartReader, web
 from safehub.kernel.directory import DirectorySource
 from safehub.kernel.errors import SafeHubError
 from safehub.standards import twilio
-from services.tips import pages
-from services.tips.analysts import Analyst, AnalystsFile
+from services.tips import pages, reports
+from services.tips.analysts import ALL_DISTRICTS, Analyst, AnalystsFile
 from services.tips.desk import Desk
 from services.tips.intake import (
     Contact,
@@ -130,6 +134,8 @@ class TipsWeb:
         app.router.add_post("/api/tips/{tip_id}/split", self._api(self._split))
         app.router.add_post("/api/tips/{tip_id}/close", self._api(self._close))
         app.router.add_get("/api/attachments/{attachment_id}", self._api(self._attachment))
+        app.router.add_get("/api/reports", self._api(self._report))
+        app.router.add_get("/api/reports/export", self._api(self._export))
         return app
 
     async def _health(self, _request: web.Request) -> web.Response:
@@ -476,6 +482,57 @@ class TipsWeb:
         tip_id, mime, data = found
         await asyncio.to_thread(self.desk.tip_for, analyst, tip_id)
         return web.Response(body=data, content_type=mime, headers=NO_STORE)
+
+    def _may_report(self, analyst: Analyst, scope_text: str | None) -> None:
+        """An analyst reports on the districts they work (the state centre on all)."""
+        try:
+            scope = reports.Scope.parse(scope_text)
+        except reports.ReportError as exc:
+            raise IntakeError.invalid(exc.field, str(exc)) from None
+        directory = self.directory.current()
+        if scope.kind == "state":
+            allowed = ALL_DISTRICTS in analyst.districts
+        elif scope.kind == "district":
+            allowed = analyst.may_see(str(scope.id))
+        else:
+            allowed = directory.has_school(str(scope.id)) and analyst.may_see(
+                directory.district_of(str(scope.id)).id
+            )
+        if not allowed:
+            raise IntakeError(
+                "not_found", "no such scope among the districts you work", field="scope"
+            )
+
+    async def _report(self, request: web.Request, analyst: Analyst) -> web.Response:
+        self._may_report(analyst, request.query.get("scope"))
+        directory = self.directory.current()
+        names = {s.id: s.name for d in directory.districts for s in d.schools}
+        status, content_type, body = await asyncio.to_thread(
+            reports.report_response,
+            self.store,
+            request.query,
+            school_names=names,
+            now=time.time(),
+        )
+        return _bytes(status, content_type, body)
+
+    async def _export(self, request: web.Request, analyst: Analyst) -> web.Response:
+        self._may_report(analyst, request.query.get("scope"))
+        status, content_type, body = await asyncio.to_thread(
+            reports.export_response,
+            self.store,
+            request.query,
+            state=self.directory.current().state,
+        )
+        return _bytes(status, content_type, body)
+
+
+def _bytes(status: int, content_type: str, body: bytes) -> web.Response:
+    media, _, params = content_type.partition(";")
+    charset = params.partition("=")[2].strip() or None
+    return web.Response(
+        status=status, body=body, content_type=media.strip(), charset=charset, headers=NO_STORE
+    )
 
 
 def _since_tipster(messages: list[MessageRow]) -> list[MessageRow]:

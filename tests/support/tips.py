@@ -42,6 +42,7 @@ ANALYST_TOKEN = "analyst-token-north-0123456789"
 STATE_ANALYST_TOKEN = "analyst-token-state-0123456789"
 TWILIO_TOKEN = "twilio-test-token"
 TIP_LINE = "+15557770100"  # Lincoln High School's tip number in these tests
+TIP_ADDRESS = "tips-lincoln@tips.example"  # and its tip-line e-mail address
 #: Contact details tipsters give in the tests (none may appear outside the tips store).
 CONTACTS = {
     "name": "Jordan Whistleblower",
@@ -71,7 +72,13 @@ class TipsHandle:
     grpc_port: int
     pki: DevPki
     directory: Directory
+    workdir: Path
     _closers: list[Any] = field(default_factory=list)
+
+    @property
+    def smtp_port(self) -> int:
+        """The SMTP listener's port (the tip line's e-mail)."""
+        return int((self.workdir / "tips-smtp.port").read_text().strip())
 
     @property
     def base_url(self) -> str:
@@ -184,6 +191,9 @@ def tips_section(tmp_path: Path, **section: Any) -> dict[str, Any]:
         "twilio_auth_token": TWILIO_TOKEN,
         "sms_schools": {TIP_LINE: "sch-lincoln-hs"},
         "tick_s": 0.1,
+        "smtp_port": 0,
+        "smtp_port_file": tmp_path / "tips-smtp.port",
+        "email_schools": {TIP_ADDRESS: "sch-lincoln-hs"},
         **section,
     }
     return values
@@ -241,6 +251,7 @@ def running_tips(
             grpc_port=ports(tmp_path)[1],
             pki=DevPki(tmp_path / "pki"),
             directory=Directory.load(settings.tips.directory_file),
+            workdir=tmp_path,
         )
         try:
             yield handle

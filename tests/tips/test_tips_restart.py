@@ -41,7 +41,7 @@ def test_kill_9_mid_escalation_neither_stops_nor_repeats_it(
     process = tips_process(kafka, catalog.prefix, tmp_path).start()
     try:
         http, grpc_port = ports(tmp_path)
-        handle = TipsHandle(None, http, grpc_port, DevPki(tmp_path / "pki"), directory)
+        handle = TipsHandle(None, http, grpc_port, DevPki(tmp_path / "pki"), directory, tmp_path)
         answer = handle.stub_for("tips-app-north").SubmitTip(
             tips_pb2.SubmitTipRequest(
                 client_tip_id="kill-1",

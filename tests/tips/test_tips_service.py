@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import logging
+import smtplib
 import time
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,13 @@ from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import NOTIFICATIONS, TIPS, TopicCatalog
 from services.tips.escalation import frozen_chain
 from tests.support.kafka import read_all
-from tests.support.tips import CONTACTS, STATE_ANALYST_TOKEN, TipsHandle, running_tips
+from tests.support.tips import (
+    CONTACTS,
+    STATE_ANALYST_TOKEN,
+    TIP_ADDRESS,
+    TipsHandle,
+    running_tips,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
@@ -620,3 +628,94 @@ def test_the_same_words_from_many_sources_mark_the_primary_as_a_flood(
         assert len(floods) == 1 and floods[0]["note"] == "flood: 3 sources sent the same words"
         listing = tips.api().get("/api/tips").json()["tips"]
         assert sum(1 for t in listing if t["folded_into"] == primary) == 3
+
+
+def test_an_email_to_the_tip_line_is_a_tip(
+    tips: TipsHandle, kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec
+) -> None:
+    message = EmailMessage()
+    message["From"] = f"{CONTACTS['name']} <{CONTACTS['email']}>"
+    message["To"] = TIP_ADDRESS
+    message["Subject"] = "worried"
+    message["Message-ID"] = "<tip-1@mail.example.org>"
+    message.set_content("a boy in my class said he is going to shoot up the school monday")
+    with smtplib.SMTP("127.0.0.1", tips.smtp_port, timeout=20) as client:
+        client.send_message(message)
+    listing = wait_until(
+        lambda: [t for t in tips.api().get("/api/tips").json()["tips"] if t["channel"] == "EMAIL"],
+        what="the e-mail tip",
+    )
+    assert listing[0]["life_safety"] is True
+    events = wait_until(
+        lambda: _tip_events(kafka, catalog, codec, listing[0]["tip_id"]), what="its events"
+    )
+    assert all(CONTACTS["email"] not in str(e) for e in events)
+
+
+def test_reports_for_the_districts_an_analyst_works(tips: TipsHandle) -> None:
+    _app_tip(tips, "kids vaping in the restroom by the gym", category=tips_pb2.TIP_CATEGORY_DRUGS)
+    _app_tip(tips, "he said he'll bring a gun tomorrow", category=tips_pb2.TIP_CATEGORY_WEAPON)
+    period = time.strftime("%Y-%m", time.gmtime())
+    state = tips.api(STATE_ANALYST_TOKEN).get("/api/reports", params={"period": period}).json()
+    assert state["received"] == 2 and state["life_safety"] == 1
+    north = tips.api()
+    district = north.get(
+        "/api/reports",
+        params={"period": period, "scope": "district:dist-north-isd", "format": "csv"},
+    )
+    assert district.status_code == 200 and district.headers["content-type"].startswith("text/csv")
+    assert "he said" not in district.text  # statistics only, never a tip's words
+    assert north.get("/api/reports", params={"period": period}).status_code == 404
+    other = north.get("/api/reports", params={"period": period, "scope": "district:dist-south-isd"})
+    assert other.status_code == 404
+    bad = north.get(
+        "/api/reports", params={"period": "December", "scope": "district:dist-north-isd"}
+    )
+    assert bad.status_code == 400 and bad.json()["field"] == "period"
+    export = north.get(
+        "/api/reports/export", params={"period": period, "scope": "district:dist-north-isd"}
+    )
+    assert export.status_code == 200 and export.json()["cases"] == []  # nothing closed yet
+
+
+def test_a_monitoring_alert_is_a_tip_without_its_author(
+    tips: TipsHandle, kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec
+) -> None:
+    vendor = tips.stub_for("monitor-vendor-north")
+    request = tips_pb2.SubmitMonitoringAlertRequest(
+        alert_id="alert-77",
+        school_id=LINCOLN,
+        category=tips_pb2.TIP_CATEGORY_THREAT_OF_VIOLENCE,
+        post_text="@jay_k2009 says dont come to lincoln tomorrow, bringing my dads gun @friend.2",
+        post_url="https://social.example/p/abc123?utm_source=x&session=secret",
+        platform="instagram",
+    )
+    answer = vendor.SubmitMonitoringAlert(request, timeout=20)
+    assert answer.life_safety and answer.tip_id
+    again = vendor.SubmitMonitoringAlert(request, timeout=20)
+    assert again.tip_id == answer.tip_id  # a retry is the same tip
+    detail = tips.api().get(f"/api/tips/{answer.tip_id}").json()
+    assert detail["channel"] == "MONITORING"
+    assert "jay_k2009" not in detail["text"] and "friend.2" not in detail["text"]
+    assert "https://social.example/p/abc123" in detail["text"] and "secret" not in detail["text"]
+    events = wait_until(lambda: _tip_events(kafka, catalog, codec, answer.tip_id), what="events")
+    assert "jay_k2009" not in str(events)
+    submitted = next(e for e in events if "channel" in e)
+    assert submitted["channel"] == "MONITORING"
+    # A tip app may not send monitoring alerts, a monitoring vendor may not send tips.
+    with pytest.raises(grpc.RpcError) as app:
+        tips.stub_for("tips-app-north").SubmitMonitoringAlert(request, timeout=10)
+    assert app.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as vendor_tip:
+        vendor.SubmitTip(tips_pb2.SubmitTipRequest(school_id=LINCOLN, text="x" * 20), timeout=10)
+    assert vendor_tip.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    bad = tips_pb2.SubmitMonitoringAlertRequest(
+        alert_id="alert-78",
+        school_id=LINCOLN,
+        category=1,
+        post_text="a threat",
+        post_url="http://social.example/p/1",
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        vendor.SubmitMonitoringAlert(bad, timeout=10)
+    assert [f for f, _ in _violation(refused.value)] == ["post_url"]

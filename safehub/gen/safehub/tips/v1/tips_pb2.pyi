@@ -379,3 +379,81 @@ class PostMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PostMessageResponse: _TypeAlias = PostMessageResponse  # noqa: Y015
+
+@_typing.final
+class SubmitMonitoringAlertRequest(_message.Message):
+    """SubmitMonitoringAlert's request: a post about a school, never who wrote it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    POST_TEXT_FIELD_NUMBER: _builtins.int
+    POST_URL_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    POSTED_AT_FIELD_NUMBER: _builtins.int
+    alert_id: _builtins.str
+    """The vendor's id of this alert, unique per vendor; retries reuse it."""
+    school_id: _builtins.str
+    """The school the post is about (directory id)."""
+    category: Global___TipCategory.ValueType
+    """What the vendor's rules matched."""
+    post_text: _builtins.str
+    """The post's words (at most 5,000 characters); @handles are removed on arrival."""
+    post_url: _builtins.str
+    """Where the post is, for an analyst to look (https only; query strings are dropped)."""
+    platform: _builtins.str
+    """The platform's name (e.g. "instagram"), for the analyst."""
+    @_builtins.property
+    def posted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the post was published."""
+
+    def __init__(
+        self,
+        *,
+        alert_id: _builtins.str = ...,
+        school_id: _builtins.str = ...,
+        category: Global___TipCategory.ValueType = ...,
+        post_text: _builtins.str = ...,
+        post_url: _builtins.str = ...,
+        platform: _builtins.str = ...,
+        posted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["posted_at", b"posted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "category", b"category", "platform", b"platform", "post_text", b"post_text", "post_url", b"post_url", "posted_at", b"posted_at", "school_id", b"school_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitMonitoringAlertRequest: _TypeAlias = SubmitMonitoringAlertRequest  # noqa: Y015
+
+@_typing.final
+class SubmitMonitoringAlertResponse(_message.Message):
+    """SubmitMonitoringAlert's response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIP_ID_FIELD_NUMBER: _builtins.int
+    LIFE_SAFETY_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    tip_id: _builtins.str
+    """The tip it became (an analyst's handle; there is no tipster to give a passcode to)."""
+    life_safety: _builtins.bool
+    """True if intake judged it a life-safety concern (escalated at once)."""
+    duplicate: _builtins.bool
+    """True if it was folded into an earlier tip about the same thing."""
+    def __init__(
+        self,
+        *,
+        tip_id: _builtins.str = ...,
+        life_safety: _builtins.bool = ...,
+        duplicate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "life_safety", b"life_safety", "tip_id", b"tip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitMonitoringAlertResponse: _TypeAlias = SubmitMonitoringAlertResponse  # noqa: Y015

@@ -29,7 +29,7 @@ class TipServiceStub:
     """The tips service's API for tip-app vendors (mTLS, scope `tips`). A tipster's identity, when
     given, is sealed by the tips service at once and never leaves it. Every submission carries a
     caller-chosen client_tip_id: a retry with the same client_tip_id is accepted once and answered
-    with the same tip code (the passcode is only ever returned the first time).
+    with the same tip code and passcode (so a response lost on the way is not a lost tip).
     """
 
     def __init__(self, channel):
@@ -53,13 +53,18 @@ class TipServiceStub:
                 request_serializer=safehub_dot_tips_dot_v1_dot_tips__pb2.PostMessageRequest.SerializeToString,
                 response_deserializer=safehub_dot_tips_dot_v1_dot_tips__pb2.PostMessageResponse.FromString,
                 _registered_method=True)
+        self.SubmitMonitoringAlert = channel.unary_unary(
+                '/safehub.tips.v1.TipService/SubmitMonitoringAlert',
+                request_serializer=safehub_dot_tips_dot_v1_dot_tips__pb2.SubmitMonitoringAlertRequest.SerializeToString,
+                response_deserializer=safehub_dot_tips_dot_v1_dot_tips__pb2.SubmitMonitoringAlertResponse.FromString,
+                _registered_method=True)
 
 
 class TipServiceServicer:
     """The tips service's API for tip-app vendors (mTLS, scope `tips`). A tipster's identity, when
     given, is sealed by the tips service at once and never leaves it. Every submission carries a
     caller-chosen client_tip_id: a retry with the same client_tip_id is accepted once and answered
-    with the same tip code (the passcode is only ever returned the first time).
+    with the same tip code and passcode (so a response lost on the way is not a lost tip).
     """
 
     def SubmitTip(self, request, context):
@@ -72,7 +77,8 @@ class TipServiceServicer:
 
     def ReadThread(self, request, context):
         """Reads the anonymous thread of a tip with its code and passcode. A wrong or unknown code
-        and passcode get the same answer (UNAUTHENTICATED), throttled after repeated failures.
+        and passcode get the same answer (PERMISSION_DENIED); repeated failures are throttled
+        (RESOURCE_EXHAUSTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +86,16 @@ class TipServiceServicer:
 
     def PostMessage(self, request, context):
         """Adds the tipster's message to the thread (an answer to an analyst's question, more detail).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitMonitoringAlert(self, request, context):
+        """Hands over a social-media monitoring vendor's alert about a school (scope `monitoring`).
+        It becomes a tip of channel MONITORING, flagged as such. Privacy rule: only the post and
+        what it is about; the request has no author field, and @handles in the text are removed,
+        so no profile of a student can be built from these alerts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +119,11 @@ def add_TipServiceServicer_to_server(servicer, server):
                     request_deserializer=safehub_dot_tips_dot_v1_dot_tips__pb2.PostMessageRequest.FromString,
                     response_serializer=safehub_dot_tips_dot_v1_dot_tips__pb2.PostMessageResponse.SerializeToString,
             ),
+            'SubmitMonitoringAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitMonitoringAlert,
+                    request_deserializer=safehub_dot_tips_dot_v1_dot_tips__pb2.SubmitMonitoringAlertRequest.FromString,
+                    response_serializer=safehub_dot_tips_dot_v1_dot_tips__pb2.SubmitMonitoringAlertResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'safehub.tips.v1.TipService', rpc_method_handlers)
@@ -115,7 +136,7 @@ class TipService:
     """The tips service's API for tip-app vendors (mTLS, scope `tips`). A tipster's identity, when
     given, is sealed by the tips service at once and never leaves it. Every submission carries a
     caller-chosen client_tip_id: a retry with the same client_tip_id is accepted once and answered
-    with the same tip code (the passcode is only ever returned the first time).
+    with the same tip code and passcode (so a response lost on the way is not a lost tip).
     """
 
     @staticmethod
@@ -189,6 +210,33 @@ class TipService:
             '/safehub.tips.v1.TipService/PostMessage',
             safehub_dot_tips_dot_v1_dot_tips__pb2.PostMessageRequest.SerializeToString,
             safehub_dot_tips_dot_v1_dot_tips__pb2.PostMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitMonitoringAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/safehub.tips.v1.TipService/SubmitMonitoringAlert',
+            safehub_dot_tips_dot_v1_dot_tips__pb2.SubmitMonitoringAlertRequest.SerializeToString,
+            safehub_dot_tips_dot_v1_dot_tips__pb2.SubmitMonitoringAlertResponse.FromString,
             options,
             channel_credentials,
             insecure,

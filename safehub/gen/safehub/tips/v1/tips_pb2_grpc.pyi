@@ -32,7 +32,7 @@ class TipServiceStub:
     """The tips service's API for tip-app vendors (mTLS, scope `tips`). A tipster's identity, when
     given, is sealed by the tips service at once and never leaves it. Every submission carries a
     caller-chosen client_tip_id: a retry with the same client_tip_id is accepted once and answered
-    with the same tip code (the passcode is only ever returned the first time).
+    with the same tip code and passcode (so a response lost on the way is not a lost tip).
     """
 
     @_typing.overload
@@ -45,17 +45,24 @@ class TipServiceStub:
     """
     ReadThread: _grpc.UnaryUnaryMultiCallable[_tips_pb2.ReadThreadRequest, _tips_pb2.ReadThreadResponse]
     """Reads the anonymous thread of a tip with its code and passcode. A wrong or unknown code
-    and passcode get the same answer (UNAUTHENTICATED), throttled after repeated failures.
+    and passcode get the same answer (PERMISSION_DENIED); repeated failures are throttled
+    (RESOURCE_EXHAUSTED).
     """
     PostMessage: _grpc.UnaryUnaryMultiCallable[_tips_pb2.PostMessageRequest, _tips_pb2.PostMessageResponse]
     """Adds the tipster's message to the thread (an answer to an analyst's question, more detail)."""
+    SubmitMonitoringAlert: _grpc.UnaryUnaryMultiCallable[_tips_pb2.SubmitMonitoringAlertRequest, _tips_pb2.SubmitMonitoringAlertResponse]
+    """Hands over a social-media monitoring vendor's alert about a school (scope `monitoring`).
+    It becomes a tip of channel MONITORING, flagged as such. Privacy rule: only the post and
+    what it is about; the request has no author field, and @handles in the text are removed,
+    so no profile of a student can be built from these alerts.
+    """
 
 @_typing.type_check_only
 class TipServiceAsyncStub(TipServiceStub):
     """The tips service's API for tip-app vendors (mTLS, scope `tips`). A tipster's identity, when
     given, is sealed by the tips service at once and never leaves it. Every submission carries a
     caller-chosen client_tip_id: a retry with the same client_tip_id is accepted once and answered
-    with the same tip code (the passcode is only ever returned the first time).
+    with the same tip code and passcode (so a response lost on the way is not a lost tip).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -65,16 +72,23 @@ class TipServiceAsyncStub(TipServiceStub):
     """
     ReadThread: _aio.UnaryUnaryMultiCallable[_tips_pb2.ReadThreadRequest, _tips_pb2.ReadThreadResponse]  # type: ignore[assignment]
     """Reads the anonymous thread of a tip with its code and passcode. A wrong or unknown code
-    and passcode get the same answer (UNAUTHENTICATED), throttled after repeated failures.
+    and passcode get the same answer (PERMISSION_DENIED); repeated failures are throttled
+    (RESOURCE_EXHAUSTED).
     """
     PostMessage: _aio.UnaryUnaryMultiCallable[_tips_pb2.PostMessageRequest, _tips_pb2.PostMessageResponse]  # type: ignore[assignment]
     """Adds the tipster's message to the thread (an answer to an analyst's question, more detail)."""
+    SubmitMonitoringAlert: _aio.UnaryUnaryMultiCallable[_tips_pb2.SubmitMonitoringAlertRequest, _tips_pb2.SubmitMonitoringAlertResponse]  # type: ignore[assignment]
+    """Hands over a social-media monitoring vendor's alert about a school (scope `monitoring`).
+    It becomes a tip of channel MONITORING, flagged as such. Privacy rule: only the post and
+    what it is about; the request has no author field, and @handles in the text are removed,
+    so no profile of a student can be built from these alerts.
+    """
 
 class TipServiceServicer(metaclass=_abc_1.ABCMeta):
     """The tips service's API for tip-app vendors (mTLS, scope `tips`). A tipster's identity, when
     given, is sealed by the tips service at once and never leaves it. Every submission carries a
     caller-chosen client_tip_id: a retry with the same client_tip_id is accepted once and answered
-    with the same tip code (the passcode is only ever returned the first time).
+    with the same tip code and passcode (so a response lost on the way is not a lost tip).
     """
 
     @_abc_1.abstractmethod
@@ -94,7 +108,8 @@ class TipServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tips_pb2.ReadThreadResponse, _abc.Awaitable[_tips_pb2.ReadThreadResponse]]:
         """Reads the anonymous thread of a tip with its code and passcode. A wrong or unknown code
-        and passcode get the same answer (UNAUTHENTICATED), throttled after repeated failures.
+        and passcode get the same answer (PERMISSION_DENIED); repeated failures are throttled
+        (RESOURCE_EXHAUSTED).
         """
 
     @_abc_1.abstractmethod
@@ -104,5 +119,17 @@ class TipServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tips_pb2.PostMessageResponse, _abc.Awaitable[_tips_pb2.PostMessageResponse]]:
         """Adds the tipster's message to the thread (an answer to an analyst's question, more detail)."""
+
+    @_abc_1.abstractmethod
+    def SubmitMonitoringAlert(
+        self,
+        request: _tips_pb2.SubmitMonitoringAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tips_pb2.SubmitMonitoringAlertResponse, _abc.Awaitable[_tips_pb2.SubmitMonitoringAlertResponse]]:
+        """Hands over a social-media monitoring vendor's alert about a school (scope `monitoring`).
+        It becomes a tip of channel MONITORING, flagged as such. Privacy rule: only the post and
+        what it is about; the request has no author field, and @handles in the text are removed,
+        so no profile of a student can be built from these alerts.
+        """
 
 def add_TipServiceServicer_to_server(servicer: TipServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
