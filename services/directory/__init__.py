@@ -1,1 +1,2 @@
-"""The directory service: every person's versions in a store; a read API without contacts."""
+"""The directory service: every version of every person and directory entry in a store; a read
+API without contacts or token hashes."""

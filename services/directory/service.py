@@ -1,15 +1,23 @@
-"""The directory service: consumes ``safehub.people.v1`` into its store, serves a read API.
+"""The directory service: consumes ``safehub.people.v1`` and ``safehub.directory.v1`` into its
+store, serves a read API.
 
-Every ``PersonChanged`` is recorded (idempotent by event id and by person and version; an
-invalid one is dead-lettered with the reason). The HTTP API (bearer token, compared in
-constant time; without a configured token it refuses everyone) answers:
+Every ``PersonChanged`` and every ``DirectoryChanged`` is recorded (idempotent by event id and
+by entry and version; an older version is kept in the history without replacing the newest;
+an invalid one is dead-lettered with a reason naming the field). Each topic has its own
+consumer group. The HTTP API (bearer token, compared in constant time; without a configured
+token it refuses everyone) answers:
 
 * ``GET /api/v1/schools/{id}/people?kind=STAFF|STUDENT|GUARDIAN|RESPONDER``: the school's
   current people — ids, kinds, names, roles, versions; never contact details;
 * ``GET /api/v1/people/{id}/versions``: what changed when (no record contents);
+* ``GET /api/v1/directory/entries?kind=&district=&include_deleted=``: the newest version of
+  every entry of the live directory's places and systems (deleted ones only when asked);
+* ``GET /api/v1/directory/entries/{kind}/{id}/versions``: every version of one entry (version,
+  change, who changed it, when it was recorded, the entry then);
 * ``GET /health``: unauthenticated liveness.
 
-One writer is enough (changes are ordered per person by version, not by the consumer).
+Entries are served as their events carried them, but never a reviewer's token hash. One
+writer is enough (changes are ordered per entry by version, not by the consumer).
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ from aiohttp import web
 from safehub.kernel.bus import H_EVENT_TYPE, ConsumedEvent, Headers, header
 from safehub.kernel.errors import HandlerError
 from safehub.kernel.http_server import ServerThread
+from safehub.kernel.live_directory import DIRECTORY_CHANGED, FIELDS, InvalidEntryError
 from safehub.kernel.person_events import LISTS, PERSON_CHANGED, InvalidPersonError
 from safehub.kernel.runtime import Runtime, run
-from safehub.kernel.topics import PEOPLE
+from safehub.kernel.topics import DIRECTORY, PEOPLE
 from services.directory.settings import DirectorySettings
 from services.directory.store import DirectoryStore
 
@@ -35,6 +44,10 @@ log = structlog.get_logger(__name__)
 NAME = "directory"
 
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: The query fields ``GET /api/v1/directory/entries`` takes.
+ENTRY_QUERY = ("kind", "district", "include_deleted")
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -54,6 +67,10 @@ class DirectoryApi:
         app.router.add_get("/health", self._health)
         app.router.add_get("/api/v1/schools/{school_id}/people", self._school_people)
         app.router.add_get("/api/v1/people/{person_id}/versions", self._versions)
+        app.router.add_get("/api/v1/directory/entries", self._entries)
+        app.router.add_get(
+            "/api/v1/directory/entries/{kind}/{entry_id}/versions", self._entry_versions
+        )
         return app
 
     @web.middleware
@@ -87,13 +104,51 @@ class DirectoryApi:
             return _error(404, "no such person")
         return web.json_response({"person_id": person_id, "versions": versions})
 
+    async def _entries(self, request: web.Request) -> web.Response:
+        unknown = sorted(set(request.query) - set(ENTRY_QUERY))
+        if unknown:
+            return _error(
+                400, f"unknown query field {unknown[0]}: the fields are {', '.join(ENTRY_QUERY)}"
+            )
+        kind = request.query.get("kind")
+        if kind is not None:
+            kind = kind.upper()
+            if kind not in FIELDS:
+                return _error(400, f"kind must be one of {', '.join(FIELDS)}")
+        district = request.query.get("district")
+        if district is not None and not district.strip():
+            return _error(400, "district must be a district id (or left out)")
+        deleted = _BOOLEANS.get(request.query.get("include_deleted", "false").lower())
+        if deleted is None:
+            return _error(400, "include_deleted must be true or false")
+        entries = await asyncio.to_thread(
+            self._store.entries, kind, district, include_deleted=deleted
+        )
+        return web.json_response(
+            {"kind": kind, "district": district, "include_deleted": deleted, "entries": entries}
+        )
+
+    async def _entry_versions(self, request: web.Request) -> web.Response:
+        kind = request.match_info["kind"].upper()
+        if kind not in FIELDS:
+            return _error(400, f"kind must be one of {', '.join(FIELDS)}")
+        entry_id = request.match_info["entry_id"]
+        versions = await asyncio.to_thread(self._store.entry_versions, kind, entry_id)
+        if not versions:
+            return _error(404, f"no such {kind} entry")
+        return web.json_response({"kind": kind, "id": entry_id, "versions": versions})
+
 
 def _people_changes(headers: Headers) -> bool:
     return header(headers, H_EVENT_TYPE) == PERSON_CHANGED
 
 
+def _directory_changes(headers: Headers) -> bool:
+    return header(headers, H_EVENT_TYPE) == DIRECTORY_CHANGED
+
+
 def setup(runtime: Runtime[DirectorySettings]) -> None:
-    """Store, read API, then the consumer."""
+    """Store, read API, then the consumers (people, directory entries)."""
     config = runtime.settings.directory
     store = DirectoryStore(config.database_url)
     runtime.on_close(store.close)
@@ -118,6 +173,21 @@ def setup(runtime: Runtime[DirectorySettings]) -> None:
         handle,
         fetch_wait_max_ms=config.fetch_wait_max_ms,
         accept=_people_changes,
+    )
+
+    def handle_entry(consumed: ConsumedEvent) -> None:
+        try:
+            newest = store.apply_entry(consumed.event)
+        except InvalidEntryError as exc:  # the reason names fields, never values
+            raise HandlerError(f"invalid DirectoryChanged: {exc}") from None
+        log.debug("directory entry recorded", event_id=consumed.event_id, newest=newest)
+
+    runtime.consumer(
+        config.entries_group,
+        [DIRECTORY],
+        handle_entry,
+        fetch_wait_max_ms=config.fetch_wait_max_ms,
+        accept=_directory_changes,
     )
 
 

@@ -25,7 +25,16 @@ class DirectorySection(BaseModel):
         default=None,
         description="bearer token of the read API; None: the API refuses everyone",
     )
-    group: str = Field(default="directory-people", pattern=r"^[A-Za-z0-9._-]+$")
+    group: str = Field(
+        default="directory-people",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="consumer group reading safehub.people.v1",
+    )
+    entries_group: str = Field(
+        default="directory-entries",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="consumer group reading safehub.directory.v1",
+    )
     fetch_wait_max_ms: int = Field(default=100, ge=1, le=5000)
 
     @property

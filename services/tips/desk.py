@@ -64,16 +64,32 @@ class Desk:
         values["updated_at"] = now
         if tip.first_human_at is None:
             values["first_human_at"] = now
+        analyst = str(event["updated_by"])
+        out = [event]
         with self._store.transaction("cannot record the change") as conn:
-            self._store.update_tip(conn, tip.tip_id, [self._relay.item(event)], **values)
-        self._relay.publish([event])
-        payload = event
+            # An analyst working the tip is the human the escalation was looking for.
+            if self._store.acknowledge(conn, tip.tip_id, analyst, now):
+                out.append(
+                    events.updated(
+                        tip_id=tip.tip_id,
+                        tenant=event["envelope"]["tenant"],
+                        status=str(event["status"]),
+                        activity="ESCALATION_ACKNOWLEDGED",
+                        updated_by=analyst,
+                        key="analyst",
+                        notified=(analyst,),
+                        assigned_to=event.get("assigned_to"),
+                        life_safety=tip.life_safety,
+                    )
+                )
+            self._store.update_tip(conn, tip.tip_id, [self._relay.item(e) for e in out], **values)
+        self._relay.publish(out)
         log.info(
             "tip changed",
             tip_id=tip.tip_id,
-            activity=payload["activity"],
-            status=payload["status"],
-            by=payload["updated_by"],
+            activity=event["activity"],
+            status=event["status"],
+            by=analyst,
         )
 
     def _event(self, tip: TipRow, analyst: Analyst, **fields: Any) -> Event:

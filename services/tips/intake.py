@@ -179,6 +179,8 @@ class Intake:
         self._attachment_url = attachment_url
         self._clock = clock
         self._routine = threading.BoundedSemaphore(section.routine_concurrency)
+        #: Called after a thread message is stored (the SMS answers to SMS tipsters).
+        self.on_message: Callable[[TipRow, MessageRow], object] | None = None
         self.code_throttle = AttemptThrottle(max_failures=5, backoff=60)
         self.source_throttle = AttemptThrottle(max_failures=20, backoff=60)
 
@@ -450,7 +452,7 @@ class Intake:
                 tuple(t.subject_ids),
                 t.created_at,
             )
-            for t in self._store.recent_tips(request.school_id, since)
+            for t in self._store.open_primaries(request.school_id, since)
         ]
         return find_primary(
             text, request.subject_ids, life_safety=screening.life_safety, earlier=earlier
@@ -509,14 +511,36 @@ class Intake:
             assigned_to=tip.assigned_to,
             thread_author=author,
         )
+        out = [event]
         with self._store.transaction("cannot record the message") as conn:
             self._store.add_message(conn, message)
             values: dict[str, Any] = {"updated_at": now}
             if author == "ANALYST" and tip.first_human_at is None:
                 values["first_human_at"] = now
-            self._store.update_tip(conn, tip.tip_id, [self._relay.item(event)], **values)
-        self._relay.publish([event])
+            # An analyst writing in the thread has the tip: the escalation ends.
+            if (
+                author == "ANALYST"
+                and analyst_id
+                and self._store.acknowledge(conn, tip.tip_id, analyst_id, now)
+            ):
+                out.append(
+                    events.updated(
+                        tip_id=tip.tip_id,
+                        tenant=tenant,
+                        status=tip.status,
+                        activity="ESCALATION_ACKNOWLEDGED",
+                        updated_by=analyst_id,
+                        key="analyst",
+                        notified=(analyst_id,),
+                        assigned_to=tip.assigned_to,
+                        life_safety=tip.life_safety,
+                    )
+                )
+            self._store.update_tip(conn, tip.tip_id, [self._relay.item(e) for e in out], **values)
+        self._relay.publish(out)
         log.info("thread message", tip_id=tip.tip_id, author=author, channel=channel)
+        if self.on_message is not None:
+            self.on_message(tip, message)
         return message
 
 

@@ -32,6 +32,7 @@ from services.tips.desk import Desk
 from services.tips.escalation import Escalator
 from services.tips.intake import Intake
 from services.tips.mail import MailIntake
+from services.tips.replies import SmsReplies
 from services.tips.sealing import IdentitySeal
 from services.tips.settings import TipsSettings
 from services.tips.store import TipStore
@@ -97,6 +98,17 @@ def setup(runtime: Runtime[TipsSettings]) -> None:
         attachment_url=lambda attachment_id: f"{public_url}/api/attachments/{attachment_id}",
     )
     desk = Desk(store=store, relay=relay, directory=directory)
+    if section.twilio_api_base_url and section.twilio_auth_token.get_secret_value():
+        replies = SmsReplies(
+            store=store,
+            seal=seal,
+            api_base_url=section.twilio_api_base_url,
+            account_sid=section.twilio_account_sid,
+            auth_token=section.twilio_auth_token.get_secret_value(),
+            lines=section.sms_schools,
+        )
+        intake.on_message = replies
+        runtime.on_close(replies.close)
     started = time.monotonic()
     swept = relay.sweep()  # what a crash left unpublished goes out before anything new
     runtime.spawn(lambda: relay.run(runtime.stop, sweep_at_start=False), name="tips-outbox")
@@ -129,7 +141,11 @@ def setup(runtime: Runtime[TipsSettings]) -> None:
         )
         smtp_port = mail.start()
         runtime.on_close(mail.close)
-    grpc = GrpcServer("tips-grpc", section.grpc_listen, section.tls())
+    # Routine tips wait their turn holding a worker thread; enough workers that a life-safety
+    # tip always finds one free (the wait itself costs nothing).
+    grpc = GrpcServer(
+        "tips-grpc", section.grpc_listen, section.tls(), max_workers=section.grpc_workers
+    )
     grpc.add(SERVICE_NAME, rpc.register, rpc.TipServicer(intake, store, directory))
     grpc_port = grpc.start()
     runtime.on_close(grpc.stop)

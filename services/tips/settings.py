@@ -47,6 +47,12 @@ class TipsSection(TlsFileSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50071, ge=0, le=65535, description="0: any free port")
     grpc_port_file: Path | None = None
+    grpc_workers: int = Field(
+        default=128,
+        ge=4,
+        le=1024,
+        description="gRPC handler threads: routine tips queue on the intake's turn, not here",
+    )
     # -- HTTP (public form and thread, SMS webhook, analysts' API) ------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8475, ge=0, le=65535, description="0: any free port")
@@ -64,6 +70,14 @@ class TipsSection(TlsFileSettings):
         default=SecretStr(""),
         description="the provider account's auth token that signs inbound webhooks; empty: "
         "every inbound SMS is refused (403)",
+    )
+    twilio_api_base_url: str | None = Field(
+        default=None,
+        description="Twilio's API (https://api.twilio.com) or the provider simulator: analysts' "
+        "answers to SMS tipsters are texted through it; unset: they wait in the thread",
+    )
+    twilio_account_sid: str = Field(
+        default="ACsafehub0000000000000000000000000", pattern=r"^AC[0-9A-Za-z]{32}$"
     )
     sms_schools: dict[str, str] = Field(
         default_factory=dict,

@@ -273,12 +273,19 @@ class TipStore(Closing):
         with wrap_errors(StoreError, "cannot list tips"), self._engine.connect() as conn:
             return [self._tip(r) for r in conn.execute(query)]
 
-    def recent_tips(self, school_id: str, since: float) -> list[TipRow]:
-        """A school's tips since a time (the duplicate finder's warm start)."""
+    def open_primaries(self, school_id: str, since: float) -> list[TipRow]:
+        """A school's open tips since a time that are not folded into another: what a new
+        tip may repeat (folded ones are left out, so a burst of copies stays cheap)."""
+        t = self.tips.c
         query = (
             select(self.tips)
-            .where(self.tips.c.school_id == school_id, self.tips.c.created_at >= since)
-            .order_by(self.tips.c.created_at)
+            .where(
+                t.school_id == school_id,
+                t.created_at >= since,
+                t.primary_tip_id.is_(None),
+                t.closed_at.is_(None),
+            )
+            .order_by(t.created_at)
         )
         with wrap_errors(StoreError, "cannot list tips"), self._engine.connect() as conn:
             return [self._tip(r) for r in conn.execute(query)]
@@ -423,7 +430,8 @@ class TipStore(Closing):
         return bool(result.rowcount)
 
     def acknowledge(self, conn: Connection, tip_id: str, person_id: str, at: float) -> bool:
-        """Record the first acknowledgement; False if one was recorded before."""
+        """Record the first acknowledgement; False if one was recorded before or the tip has
+        no escalation."""
         e = self.escalations.c
         result = conn.execute(
             self.escalations.update()

@@ -46,6 +46,7 @@ from safehub.kernel.errors import SafeHubError
 from safehub.standards import twilio
 from services.tips import pages, reports
 from services.tips.analysts import ALL_DISTRICTS, Analyst, AnalystsFile
+from services.tips.console import Console
 from services.tips.desk import Desk
 from services.tips.intake import (
     Contact,
@@ -136,7 +137,24 @@ class TipsWeb:
         app.router.add_get("/api/attachments/{attachment_id}", self._api(self._attachment))
         app.router.add_get("/api/reports", self._api(self._report))
         app.router.add_get("/api/reports/export", self._api(self._export))
+        Console(
+            intake=self.intake,
+            desk=self.desk,
+            store=self.store,
+            analysts=self.analysts,
+            public_url=self._public_url,
+            school_names=self._school_names,
+            district_of=self._district_of,
+        ).add_routes(app)
         return app
+
+    def _school_names(self) -> dict[str, str]:
+        directory = self.directory.current()
+        return {s.id: s.name for d in directory.districts for s in d.schools}
+
+    def _district_of(self, school_id: str) -> str | None:
+        directory = self.directory.current()
+        return directory.district_of(school_id).id if directory.has_school(school_id) else None
 
     async def _health(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -289,7 +307,8 @@ class TipsWeb:
                 self.intake.post(
                     existing, inbound.body, author="TIPSTER", channel=Channel.SMS.value
                 )
-                unseen = _since_tipster(before)
+                # Answers already texted (SmsReplies) are not repeated in this reply.
+                unseen = _since_tipster(before) if self.intake.on_message is None else []
                 lines = ["Added to your tip."] + [f"Safety team: {m.text}" for m in unseen]
                 return "\n".join(lines)
             school_id = self._sms_schools.get(to)

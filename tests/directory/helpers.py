@@ -1,4 +1,5 @@
-"""PersonChanged events as a roster sync would publish them, and the seed's contact details."""
+"""PersonChanged events as a roster sync would publish them, the seed's contact details, and
+the read API's token in these tests."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from safehub.kernel.people import People
 LINCOLN = "sch-lincoln-hs"
 WASHINGTON = "sch-washington-ms"
 SEED = default_directory_file()
+#: The bearer token of the directory service's read API in these tests.
+TOKEN = "test-directory-token"
 
 
 def person_changed(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,12 +18,16 @@ from safehub.kernel.person_events import seed_events
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import DEAD_LETTER, TopicCatalog
 from services.directory.store import DirectoryStore
-from tests.directory.helpers import LINCOLN, SEED, WASHINGTON, person_changed, seed_contacts
+from tests.directory.helpers import (
+    LINCOLN,
+    SEED,
+    TOKEN,
+    WASHINGTON,
+    person_changed,
+    seed_contacts,
+)
 from tests.support.kafka import read_all
-from tests.support.processes import Component
 from tests.support.waiting import wait_until
-
-TOKEN = "test-directory-token"
 
 
 def test_the_store_keeps_every_version_idempotently(database_url: str) -> None:
@@ -58,29 +60,6 @@ def test_the_store_keeps_every_version_idempotently(database_url: str) -> None:
         answers = json.dumps([store.school_people(s) for s in (LINCOLN, WASHINGTON)])
         answers += json.dumps(store.versions("grd-lincoln-000"))
         assert not [c for c in seed_contacts() if c in answers]
-
-
-@pytest.fixture
-def directory_service(
-    kafka: KafkaSettings, catalog: TopicCatalog, tmp_path: Path
-) -> Iterator[httpx.Client]:
-    workdir = tmp_path / "directory"
-    workdir.mkdir()
-    env = {
-        "SAFEHUB_DIRECTORY__DATABASE_URL": f"sqlite:///{workdir / 'directory.sqlite3'}",
-        "SAFEHUB_DIRECTORY__HTTP_PORT": "0",
-        "SAFEHUB_DIRECTORY__PORT_FILE": str(workdir / "directory.port"),
-        "SAFEHUB_DIRECTORY__API_TOKEN": TOKEN,
-    }
-    with Component("services.directory", kafka, catalog.prefix, workdir, env) as service:
-        port = int((workdir / "directory.port").read_text())
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=10,
-        ) as client:
-            yield client
-        assert "Traceback" not in service.tail(200)
 
 
 def test_the_service_consumes_the_topic_and_serves_no_contact_detail(

@@ -191,7 +191,15 @@ def test_state_month_counts_medians_and_outcomes(seeded: Seeded) -> None:
         "ABUSE": 0,
         "OTHER": 0,
     }
-    assert report.by_channel == {"APP": 3, "WEB": 2, "SMS": 2, "EMAIL": 0, "PHONE": 1, "OTHER": 0}
+    assert report.by_channel == {
+        "APP": 3,
+        "WEB": 2,
+        "SMS": 2,
+        "EMAIL": 0,
+        "PHONE": 1,
+        "OTHER": 0,
+        "MONITORING": 0,
+    }
     assert [(s.school_id, s.name, s.count) for s in report.by_school] == [
         (LINCOLN, "Lincoln High School", 4),
         (WASHINGTON, "Washington Middle School", 3),

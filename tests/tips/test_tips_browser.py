@@ -8,10 +8,12 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, expect, sync_playwright
 
+from safehub.gen.safehub.tips.v1 import tips_pb2
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from tests.support.processes import ROOT
@@ -98,3 +100,64 @@ def test_a_phone_sends_a_tip_and_follows_its_thread_without_javascript(
     page.click("button[type=submit]")
     expect(page.locator("#error")).to_be_visible()
     context.close()
+
+
+def test_an_analyst_works_the_queue_in_the_console(browser: Browser, tips: TipsHandle) -> None:
+    stub = tips.stub_for("tips-app-north")
+    routine = stub.SubmitTip(
+        tips_pb2.SubmitTipRequest(
+            client_tip_id="c-1",
+            school_id="sch-lincoln-hs",
+            category=tips_pb2.TIP_CATEGORY_DRUGS,
+            text="vapes sold behind the library at lunch",
+        ),
+        timeout=20,
+    )
+    urgent = stub.SubmitTip(
+        tips_pb2.SubmitTipRequest(
+            client_tip_id="c-2",
+            school_id="sch-lincoln-hs",
+            category=tips_pb2.TIP_CATEGORY_WEAPON,
+            text="he has a knife in his locker",
+        ),
+        timeout=20,
+    )
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(tips.base_url + "/analyst")
+    page.fill("#token", "not-a-token")
+    page.click("button[type=submit]")
+    expect(page.locator("#error")).to_contain_text("unknown token")
+    page.fill("#token", STATE_ANALYST_TOKEN)
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Tip queue")
+    codes = page.locator("#queue tbody tr td:first-child").all_inner_texts()
+    assert codes.index(urgent.tip_code) < codes.index(routine.tip_code)  # life-safety first
+    page.click(f"text={urgent.tip_code}")
+    expect(page.locator("#text")).to_have_text("he has a knife in his locker")
+    expect(page.locator("#escalation")).to_contain_text("administrator on duty")
+    page.fill("#reply", "Which locker number?")
+    page.click("fieldset:has-text('Answer in the thread') button")
+    expect(page.locator("#thread")).to_contain_text("Which locker number?")
+    page.fill("input[name=reason]", "")
+    page.click("fieldset:has-text('Life-safety flag') button")
+    expect(page.locator("#error")).to_contain_text("note")  # a reason is required
+    page.select_option("select[name=disposition]", "REFERRED_TO_LAW_ENFORCEMENT")
+    page.click("fieldset:has-text('Close') button")
+    expect(page.locator("#status")).to_have_text("CLOSED_RESOLVED")
+    page.screenshot(path=str(ARTIFACTS / "tips-console-tip.png"), full_page=True)
+    # The caller-taker's form: the code and passcode to read to the caller.
+    page.goto(tips.base_url + "/analyst/phone")
+    page.fill("#text", "caller says a student threatened a teacher after class")
+    page.click("text=record the tip")
+    expect(page.locator("#tip-code")).to_be_visible()
+    context.close()
+    # A form posted from another site is refused, whatever cookie it carries.
+    with httpx.Client(base_url=tips.base_url) as other:
+        other.cookies.set("tips_analyst", STATE_ANALYST_TOKEN, path="/analyst")
+        forged = other.post(
+            "/analyst/phone",
+            data={"school_id": "sch-lincoln-hs", "category": "OTHER", "text": "forged tip"},
+            headers={"Origin": "https://evil.example"},
+        )
+    assert forged.status_code == 403

@@ -719,3 +719,28 @@ def test_a_monitoring_alert_is_a_tip_without_its_author(
     with pytest.raises(grpc.RpcError) as refused:
         vendor.SubmitMonitoringAlert(bad, timeout=10)
     assert [f for f, _ in _violation(refused.value)] == ["post_url"]
+
+
+def test_an_analyst_acting_on_a_tip_ends_its_escalation(
+    tips: TipsHandle, kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec
+) -> None:
+    answer = _app_tip(
+        tips, "he has a gun in his car right now", category=tips_pb2.TIP_CATEGORY_WEAPON
+    )
+    tip_id = _tip_id(tips, answer.tip_code)
+    analyst = tips.api()
+    assert (
+        analyst.post(f"/api/tips/{tip_id}/messages", json={"text": "Which car?"}).status_code == 201
+    )
+    detail = analyst.get(f"/api/tips/{tip_id}").json()
+    assert detail["escalation"]["acknowledged_by"] == "ana-north"
+    assert detail["escalation"]["call"] == 0  # nobody else is called
+    acked = wait_until(
+        lambda: [
+            e
+            for e in _tip_events(kafka, catalog, codec, tip_id)
+            if e.get("activity") == "ESCALATION_ACKNOWLEDGED"
+        ],
+        what="the acknowledgement event",
+    )
+    assert acked[0]["updated_by"] == "ana-north"
