@@ -14,6 +14,7 @@ page naming the field. The tipster's identity is not on any page: there is nothi
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -24,8 +25,8 @@ from aiohttp import web
 
 from services.tips.analysts import Analyst, AnalystsFile
 from services.tips.desk import Desk
-from services.tips.intake import Intake, IntakeError, TipRequest, parse_category
-from services.tips.model import MOVES, Category, Channel, Disposition, Status
+from services.tips.intake import Intake, IntakeError
+from services.tips.model import MOVES, Category, Disposition, Status
 from services.tips.store import TipRow, TipStore
 
 COOKIE = "tips_analyst"
@@ -382,29 +383,22 @@ class Console:
         return self._html(_page("Phone tip", body, analyst))
 
     async def _photo(self, request: web.Request, analyst: Analyst) -> web.Response:
-        found = await asyncio.to_thread(self.store.attachment, request.match_info["attachment_id"])
-        if found is None:
-            raise IntakeError("not_found", "no such photo", field="attachment_id")
-        tip_id, mime, data = found
-        await asyncio.to_thread(self.desk.tip_for, analyst, tip_id)
+        mime, data = await asyncio.to_thread(
+            self.desk.photo, analyst, request.match_info["attachment_id"]
+        )
         return web.Response(body=data, content_type=mime, headers=HEADERS)
 
     async def _phone(self, request: web.Request, analyst: Analyst) -> web.StreamResponse:
         form = await request.post()
-        school_id = str(form.get("school_id", ""))
-        district = self.district_of(school_id)
-        if district is None or not analyst.may_see(district):
-            raise IntakeError("not_found", "unknown school", field="school_id")
         receipt = await asyncio.to_thread(
-            self.intake.submit,
-            TipRequest(
-                channel=Channel.PHONE,
-                school_id=school_id,
-                category=parse_category(str(form.get("category", "OTHER"))),
+            functools.partial(
+                self.desk.phone_tip,
+                self.intake,
+                analyst,
+                school_id=str(form.get("school_id", "")),
+                category=str(form.get("category", "OTHER")),
                 text=str(form.get("text", "")),
-                anonymous=True,
-                entered_by=analyst.id,
-            ),
+            )
         )
         body = (
             "<p>Read these to the caller, once: with them they can come back to the thread "

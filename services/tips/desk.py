@@ -19,8 +19,8 @@ from safehub.kernel.directory import DirectorySource
 from safehub.kernel.outbox import OutboxRelay
 from services.tips import events
 from services.tips.analysts import Analyst
-from services.tips.intake import IntakeError
-from services.tips.model import Status, TransitionError, check_move, closing
+from services.tips.intake import Intake, IntakeError, Receipt, TipRequest, parse_category
+from services.tips.model import Channel, Status, TransitionError, check_move, closing
 from services.tips.screening import TextRejectedError, clean_text
 from services.tips.store import TipRow, TipStore
 
@@ -51,6 +51,43 @@ class Desk:
         if tip is None or not analyst.may_see(tip.district_id):
             raise IntakeError("not_found", "no such tip", field="tip_id")
         return tip
+
+    def photo(self, analyst: Analyst, attachment_id: str) -> tuple[str, bytes]:
+        """``(mime, cleaned bytes)`` of a tip's photo the analyst may see (not_found else)."""
+        found = self._store.attachment(attachment_id)
+        if found is None:
+            raise IntakeError("not_found", "no such photo", field="attachment_id")
+        tip_id, mime, data = found
+        self.tip_for(analyst, tip_id)
+        return mime, data
+
+    def phone_tip(
+        self,
+        intake: Intake,
+        analyst: Analyst,
+        *,
+        school_id: str,
+        category: str,
+        text: str,
+        client_tip_id: str | None = None,
+    ) -> Receipt:
+        """A tip by phone typed by the analyst, for a school of the districts they work."""
+        directory = self._directory.current()
+        if directory.has_school(school_id) and not analyst.may_see(
+            directory.district_of(school_id).id
+        ):
+            raise IntakeError("not_found", "unknown school", field="school_id")
+        return intake.submit(
+            TipRequest(
+                channel=Channel.PHONE,
+                school_id=school_id,
+                category=parse_category(category or "OTHER"),
+                text=text,
+                anonymous=True,
+                client_key=f"phone:{analyst.id}:{client_tip_id}" if client_tip_id else None,
+                entered_by=analyst.id,
+            )
+        )
 
     def _note(self, text: str | None, *, required: bool) -> str | None:
         try:

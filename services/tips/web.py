@@ -32,6 +32,7 @@ in a page, an answer, a log line or an error; handlers log ids and outcomes only
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import time
@@ -462,25 +463,16 @@ class TipsWeb:
 
     async def _phone_tip(self, request: web.Request, analyst: Analyst) -> web.Response:
         body = await self._body(request)
-        school_id = str(body.get("school_id", ""))
-        district = self.directory.current()
-        if district.has_school(school_id) and not analyst.may_see(
-            district.district_of(school_id).id
-        ):
-            raise IntakeError("not_found", "unknown school", field="school_id")
         receipt = await asyncio.to_thread(
-            self.intake.submit,
-            TipRequest(
-                channel=Channel.PHONE,
-                school_id=school_id,
-                category=parse_category(str(body.get("category", "OTHER"))),
+            functools.partial(
+                self.desk.phone_tip,
+                self.intake,
+                analyst,
+                school_id=str(body.get("school_id", "")),
+                category=str(body.get("category", "OTHER")),
                 text=str(body.get("text", "")),
-                anonymous=True,
-                client_key=f"phone:{analyst.id}:{body['client_tip_id']}"
-                if body.get("client_tip_id")
-                else None,
-                entered_by=analyst.id,
-            ),
+                client_tip_id=str(body["client_tip_id"]) if body.get("client_tip_id") else None,
+            )
         )
         return web.json_response(
             {
@@ -495,11 +487,9 @@ class TipsWeb:
         )
 
     async def _attachment(self, request: web.Request, analyst: Analyst) -> web.Response:
-        found = await asyncio.to_thread(self.store.attachment, request.match_info["attachment_id"])
-        if found is None:
-            raise IntakeError("not_found", "no such attachment", field="attachment_id")
-        tip_id, mime, data = found
-        await asyncio.to_thread(self.desk.tip_for, analyst, tip_id)
+        mime, data = await asyncio.to_thread(
+            self.desk.photo, analyst, request.match_info["attachment_id"]
+        )
         return web.Response(body=data, content_type=mime, headers=NO_STORE)
 
     def _may_report(self, analyst: Analyst, scope_text: str | None) -> None:
