@@ -35,7 +35,7 @@ import socket
 import ssl
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from html.parser import HTMLParser
@@ -46,7 +46,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from safehub.kernel.errors import ConfigError, SafeHubError
 from safehub.kernel.lifecycle import Closing, write_port_file
 from safehub.kernel.settings import ListenSettings
-from services.tips.intake import Intake, IntakeError, TipRequest, Upload
+from services.tips.intake import Intake, IntakeError, Receipt, TipRequest, Upload
 from services.tips.model import Category, Channel
 from services.tips.store import TipStore
 
@@ -308,6 +308,8 @@ class MailIntake(Closing):
     ) -> None:
         self._intake = intake
         self._store = store
+        #: Called with (receipt, school id, sender) for a new tip (EmailReplies.receipt).
+        self.on_receipt: Callable[[Receipt, str, str], object] | None = None
         self._seen: OrderedDict[str, str] = OrderedDict()
         self._seen_lock = threading.Lock()
         self._schools = {
@@ -411,7 +413,8 @@ class MailIntake(Closing):
             )
         )
         self._remember(key, receipt.tip_id)
-        # The tipster's code and passcode go nowhere yet: there is no outbound mail.
+        if self.on_receipt is not None and sender and not receipt.retry:
+            self.on_receipt(receipt, school_id, sender)  # code and passcode, by mail
         log.info(
             "email tip taken",
             tip_id=receipt.tip_id,

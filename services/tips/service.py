@@ -32,7 +32,7 @@ from services.tips.desk import Desk
 from services.tips.escalation import Escalator
 from services.tips.intake import Intake
 from services.tips.mail import MailIntake
-from services.tips.replies import SmsReplies
+from services.tips.replies import EmailReplies, Replies, SmsReplies
 from services.tips.sealing import IdentitySeal
 from services.tips.settings import TipsSettings
 from services.tips.store import TipStore
@@ -47,6 +47,37 @@ ACKNOWLEDGED = str(EventType.NOTIFICATION_ACKNOWLEDGED)
 
 def _acknowledgements(headers: Headers) -> bool:
     return header(headers, H_EVENT_TYPE) == ACKNOWLEDGED
+
+
+def _senders(
+    runtime: Runtime[TipsSettings], store: TipStore, seal: IdentitySeal
+) -> list[SmsReplies | EmailReplies]:
+    """Who answers tipsters on their own channel: texts through the SMS provider, mails
+    through the relay (each only when configured)."""
+    section = runtime.settings.tips
+    senders: list[SmsReplies | EmailReplies] = []
+    if section.twilio_api_base_url and section.twilio_auth_token.get_secret_value():
+        texts = SmsReplies(
+            store=store,
+            seal=seal,
+            api_base_url=section.twilio_api_base_url,
+            account_sid=section.twilio_account_sid,
+            auth_token=section.twilio_auth_token.get_secret_value(),
+            lines=section.sms_schools,
+        )
+        runtime.on_close(texts.close)
+        senders.append(texts)
+    if section.smtp_relay_host:
+        senders.append(
+            EmailReplies(
+                store=store,
+                seal=seal,
+                relay_host=section.smtp_relay_host,
+                relay_port=section.smtp_relay_port,
+                lines=section.email_schools,
+            )
+        )
+    return senders
 
 
 def setup(runtime: Runtime[TipsSettings]) -> None:
@@ -98,17 +129,10 @@ def setup(runtime: Runtime[TipsSettings]) -> None:
         attachment_url=lambda attachment_id: f"{public_url}/api/attachments/{attachment_id}",
     )
     desk = Desk(store=store, relay=relay, directory=directory)
-    if section.twilio_api_base_url and section.twilio_auth_token.get_secret_value():
-        replies = SmsReplies(
-            store=store,
-            seal=seal,
-            api_base_url=section.twilio_api_base_url,
-            account_sid=section.twilio_account_sid,
-            auth_token=section.twilio_auth_token.get_secret_value(),
-            lines=section.sms_schools,
-        )
-        intake.on_message = replies
-        runtime.on_close(replies.close)
+    senders = _senders(runtime, store, seal)
+    if senders:
+        intake.on_message = Replies(*senders)
+    mails = next((x for x in senders if isinstance(x, EmailReplies)), None)
     started = time.monotonic()
     swept = relay.sweep()  # what a crash left unpublished goes out before anything new
     runtime.spawn(lambda: relay.run(runtime.stop, sweep_at_start=False), name="tips-outbox")
@@ -139,6 +163,8 @@ def setup(runtime: Runtime[TipsSettings]) -> None:
             listen=section.smtp_listen,
             store=store,
         )
+        if mails is not None:
+            mail.on_receipt = mails.receipt
         smtp_port = mail.start()
         runtime.on_close(mail.close)
     # Routine tips wait their turn holding a worker thread; enough workers that a life-safety

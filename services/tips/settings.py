@@ -92,6 +92,12 @@ class TipsSection(TlsFileSettings):
         description="tip-line e-mail address (the RCPT, case-insensitive) → school id; "
         "empty: no SMTP listener",
     )
+    smtp_relay_host: str | None = Field(
+        default=None,
+        description="the mail relay answers to e-mail tipsters go through (their code and "
+        "passcode, analysts' answers); unset: nothing is mailed, answers wait on the web page",
+    )
+    smtp_relay_port: int = Field(default=25, ge=1, le=65535)
     max_email_bytes: int = Field(
         default=25_000_000,
         ge=100_000,

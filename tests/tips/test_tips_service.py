@@ -27,6 +27,7 @@ from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import NOTIFICATIONS, TIPS, TopicCatalog
 from services.tips.escalation import frozen_chain
 from tests.support.kafka import read_all
+from tests.support.notify import SmtpSink
 from tests.support.tips import (
     CONTACTS,
     STATE_ANALYST_TOKEN,
@@ -744,3 +745,33 @@ def test_an_analyst_acting_on_a_tip_ends_its_escalation(
         what="the acknowledgement event",
     )
     assert acked[0]["updated_by"] == "ana-north"
+
+
+def test_an_email_tipster_gets_the_code_and_the_answers_by_mail(
+    kafka: KafkaSettings, catalog: TopicCatalog, tmp_path: Path
+) -> None:
+    with (
+        SmtpSink() as relay,
+        running_tips(
+            kafka, catalog.prefix, tmp_path, smtp_relay_host="127.0.0.1", smtp_relay_port=relay.port
+        ) as tips,
+    ):
+        message = EmailMessage()
+        message["From"] = CONTACTS["email"]
+        message["To"] = TIP_ADDRESS
+        message["Subject"] = "fight"
+        message["Message-ID"] = "<tip-2@mail.example.org>"
+        message.set_content("a group is planning to jump a kid after the game on friday")
+        with smtplib.SMTP("127.0.0.1", tips.smtp_port, timeout=20) as client:
+            client.send_message(message)
+        [receipt] = wait_until(lambda: relay.to(CONTACTS["email"]), what="the receipt mail")
+        assert "Tip code:" in receipt.body and "Passcode:" in receipt.body
+        assert receipt.headers["From"] == TIP_ADDRESS
+        code = receipt.body.split("Tip code: ")[1].split()[0]
+        tip_id = _tip_id(tips, code)
+        tips.api().post(f"/api/tips/{tip_id}/messages", json={"text": "Which game?"})
+        answers = wait_until(
+            lambda: [m for m in relay.to(CONTACTS["email"]) if "Which game?" in m.body],
+            what="the answer mail",
+        )
+        assert answers[0].subject == f"About tip {code}"
