@@ -53,8 +53,26 @@ CONTACTS = {
 
 
 def short_call_trees(tmp_path: Path, ack_within_seconds: int = 5) -> Path:
-    """The demo directory with every call-tree step answering within ``ack_within_seconds``."""
+    """The demo directory with a state centre's call tree, every step answering within
+    ``ack_within_seconds``."""
     data = json.loads(default_directory_file().read_text())
+    # The state centre's step (the demo directory has none: its staff have no home among the
+    # people yet); a responder of Lincoln stands in, so notify can reach them.
+    data["call_trees"].append(
+        {
+            "id": "ct-state",
+            "scope": "STATE",
+            "scope_id": data["state"],
+            "timezone": "America/Chicago",
+            "steps": [
+                {
+                    "name": "state safety centre",
+                    "ack_within_seconds": 5,
+                    "person_ids": ["rsp-lincoln-sro-sup"],
+                }
+            ],
+        }
+    )
     for tree in data["call_trees"]:
         for step in tree["steps"]:
             step["ack_within_seconds"] = ack_within_seconds

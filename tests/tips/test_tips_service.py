@@ -388,7 +388,7 @@ def test_escalation_reaches_the_second_step_when_the_first_does_not_answer(
     assert [e["notified_person_ids"] for e in acked] == [[person]]
 
 
-def test_nobody_answering_reaches_the_district_and_keeps_calling_its_last_step(
+def test_nobody_answering_reaches_the_district_then_the_state_centre_and_keeps_calling_it(
     tips: TipsHandle, kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec
 ) -> None:
     chain = _chain(tips, LINCOLN)
@@ -408,7 +408,7 @@ def test_nobody_answering_reaches_the_district_and_keeps_calling_its_last_step(
     ordered = sorted(calls, key=lambda c: int(c["notification_id"].rsplit("-", 1)[1]))
     recipients = [[r["recipient_id"] for r in c["recipients"]] for c in ordered[:wanted]]
     assert recipients == [s["person_ids"] for s in chain] + [chain[-1]["person_ids"]]
-    assert chain[-1]["scope"] == "DISTRICT"
+    assert [s["scope"] for s in chain][-2:] == ["DISTRICT", "STATE"]  # the state centre last
     exhausted = wait_until(
         lambda: [
             e
