@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from safehub import standards
-from safehub.kernel.settings import HubSettings, ListenSettings
+from safehub.kernel.settings import HubSettings, ListenSettings, directory_ready_field
 
 #: The repository root (connectors/psap_cad/settings.py → three levels up).
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -74,13 +74,7 @@ class PsapCadConfig(BaseModel):
         description="SQLAlchemy URL of the delivery ledger (SQLite file or PostgreSQL)",
     )
     directory_file: Path = Field(default=_REPO_ROOT / "deploy/directory/demo.json")
-    directory_ready_s: float = Field(
-        default=10.0,
-        ge=0,
-        le=600,
-        description="how long start waits for the live directory's topics to be read to "
-        "their end; then it serves the seed file (and what it read) and keeps following",
-    )
+    directory_ready_s: float = directory_ready_field(10.0)
     eido_rules_file: Path = Field(default=DEFAULT_EIDO_RULES)
 
     @model_validator(mode="after")

@@ -114,6 +114,18 @@ class ListenSettings(BaseModel):
         return f"{self.host}:{self.port}"
 
 
+def directory_ready_field(default: float = 10.0) -> Any:
+    """The ``directory_ready_s`` field of every section whose deployable follows the live
+    directory (:func:`safehub.kernel.views.follow_directory`)."""
+    return Field(
+        default=default,
+        ge=0,
+        le=600,
+        description="how long start waits for the live directory's topics to be read to "
+        "their end; then it serves the seed file (and what it read) and keeps following",
+    )
+
+
 class TlsFileSettings(BaseModel):
     """The one TLS-files setting: a section that serves or dials mTLS extends this.
 

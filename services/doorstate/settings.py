@@ -7,20 +7,14 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from safehub.kernel.directory import default_directory_file
-from safehub.kernel.settings import HubSettings
+from safehub.kernel.settings import HubSettings, directory_ready_field
 
 
 class DoorstateSection(BaseModel):
     """Lockdown confirmation policy and the query API."""
 
     directory_file: Path = Field(default_factory=default_directory_file)
-    directory_ready_s: float = Field(
-        default=10.0,
-        ge=0,
-        le=600,
-        description="how long start waits for the live directory's topics to be read to "
-        "their end; then it serves the seed file (and what it read) and keeps following",
-    )
+    directory_ready_s: float = directory_ready_field(10.0)
     confirm_deadline_s: float = Field(
         default=30.0, gt=0, le=3600, description="time doors have to confirm a lock command"
     )

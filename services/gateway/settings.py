@@ -8,7 +8,12 @@ from pydantic import Field, model_validator
 
 from safehub.kernel.directory import default_directory_file
 from safehub.kernel.errors import ConfigError
-from safehub.kernel.settings import HubSettings, ListenSettings, TlsFileSettings
+from safehub.kernel.settings import (
+    HubSettings,
+    ListenSettings,
+    TlsFileSettings,
+    directory_ready_field,
+)
 from safehub.kernel.tls import TlsFiles, tls_files
 
 #: The demo directory of a source checkout; installed deployments name their own file.
@@ -26,13 +31,7 @@ class GatewaySection(TlsFileSettings):
     directory_file: Path | None = Field(
         default=None, description="the hub directory (default: the demo directory of a checkout)"
     )
-    directory_ready_s: float = Field(
-        default=10.0,
-        ge=0,
-        le=600,
-        description="how long start waits for the live directory's topics to be read to "
-        "their end; then it serves the seed file (and what it read) and keeps following",
-    )
+    directory_ready_s: float = directory_ready_field(10.0)
     dedupe_window: int = Field(
         default=100_000, ge=1, le=10_000_000, description="accepted event ids remembered"
     )

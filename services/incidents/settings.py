@@ -7,20 +7,14 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 
 from safehub.kernel.directory import default_directory_file
-from safehub.kernel.settings import HubSettings
+from safehub.kernel.settings import HubSettings, directory_ready_field
 
 
 class IncidentsSection(BaseModel):
     """Correlation and dispatch policy, and how fast a dead worker's signals move on."""
 
     directory_file: Path = Field(default_factory=default_directory_file)
-    directory_ready_s: float = Field(
-        default=10.0,
-        ge=0,
-        le=600,
-        description="how long start waits for the live directory's topics to be read to "
-        "their end; then it serves the seed file (and what it read) and keeps following",
-    )
+    directory_ready_s: float = directory_ready_field(10.0)
     correlation_window_s: float = Field(default=600.0, gt=0, le=86_400)
     cancel_window_s: float = Field(default=120.0, ge=0, le=3600)
     camera_min_confidence: float = Field(default=0.6, ge=0, le=1)

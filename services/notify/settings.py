@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from safehub.kernel.directory import default_directory_file
-from safehub.kernel.settings import HubSettings, ListenSettings
+from safehub.kernel.settings import HubSettings, ListenSettings, directory_ready_field
 from safehub.standards.cap import DEFAULT_CAP_XSD
 from services.notify.channels.sms import TwilioConfig
 
@@ -34,13 +34,7 @@ class NotifySection(BaseModel):
     """Channels, acknowledgement and escalation policy, stores and the web endpoint."""
 
     directory_file: Path = Field(default_factory=default_directory_file)
-    directory_ready_s: float = Field(
-        default=30.0,
-        ge=0,
-        le=600,
-        description="how long start waits for the live directory's topics to be read to "
-        "their end; then it serves the seed file (and what it read) and keeps following",
-    )
+    directory_ready_s: float = directory_ready_field(30.0)
     database_url: str = Field(
         default="sqlite:///var/notify/notify.sqlite3",
         description="SQLAlchemy URL of the delivery store (SQLite file or PostgreSQL)",

@@ -7,7 +7,12 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from safehub.kernel.directory import default_directory_file
-from safehub.kernel.settings import HubSettings, ListenSettings, TlsFileSettings
+from safehub.kernel.settings import (
+    HubSettings,
+    ListenSettings,
+    TlsFileSettings,
+    directory_ready_field,
+)
 from safehub.kernel.tls import TlsFiles, tls_files
 
 
@@ -19,13 +24,7 @@ class TimelineSection(TlsFileSettings):
         description="SQLAlchemy URL of the store (SQLite file or postgresql+psycopg://…)",
     )
     directory_file: Path = Field(default_factory=default_directory_file)
-    directory_ready_s: float = Field(
-        default=10.0,
-        ge=0,
-        le=600,
-        description="how long start waits for the live directory's topics to be read to "
-        "their end; then it serves the seed file (and what it read) and keeps following",
-    )
+    directory_ready_s: float = directory_ready_field(10.0)
     http_host: str = Field(default="127.0.0.1", description="interface of the HTTP API and UI")
     http_port: int = Field(default=8470, ge=0, le=65535, description="0: pick a free port")
     port_file: Path | None = Field(

@@ -7,7 +7,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 
 from safehub.kernel.directory import default_directory_file
-from safehub.kernel.settings import HubSettings, ListenSettings, TlsFileSettings
+from safehub.kernel.settings import (
+    HubSettings,
+    ListenSettings,
+    TlsFileSettings,
+    directory_ready_field,
+)
 from safehub.kernel.tls import TlsFiles, tls_files
 
 
@@ -28,7 +33,7 @@ class TipsSection(TlsFileSettings):
     """Store, key ring, endpoints, escalation and intake limits."""
 
     directory_file: Path = Field(default_factory=default_directory_file)
-    directory_ready_s: float = Field(default=30.0, ge=0, le=600)
+    directory_ready_s: float = directory_ready_field(30.0)
     database_url: str = Field(
         default="sqlite:///var/tips/tips.sqlite3",
         description="SQLAlchemy URL of the tips store (SQLite file or postgresql+psycopg://…)",
