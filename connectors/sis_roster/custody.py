@@ -18,10 +18,15 @@ OneRoster has no custody data, so districts export it beside their roster as one
     phone                    no        phone, E.164 (+15551234567) or 10 NANP digits
     language                 no        en or es (default en)
 
-Each good row updates that guardian's ``PersonChanged`` (guardianship, the student added to
-``student_ids``, contact details) at a new version. A guardian listed for several students
-keeps one guardianship: custody and pickup are true if any row says so, the restriction is
-true if any row says so (a restriction is never lifted by another row). A bad row is a
+Each good row is one (student, guardian) pair and updates that guardian's ``PersonChanged``
+at a new version: that student's entry of ``student_guardianships`` (relationship, custody,
+pickup, ``restricted`` = the court-order flag), the student added to ``student_ids``, contact
+details. A row sets its pair only: a guardian restricted for one student keeps what the
+feed says for each of their other students (a parent barred from one child by a protective
+order may still collect another). Two rows for the same pair merge (a restriction is never
+lifted by another row). The single ``guardianship`` is written too, for readers that know one
+per guardian: the summary (custody and pickup if any row says so, restricted if any row is).
+A bad row is a
 :class:`Defect` (file, line, column, reason; never the value) and never stops the feed; a
 header missing a column refuses the file naming the columns.
 """

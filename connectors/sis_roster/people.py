@@ -7,7 +7,8 @@ whole person whenever what it would publish changed. The pieces are plain JSON (
 - ``user``: name, OneRoster role, orgs, grade, agents, SIS contact, deleted (tobedeleted);
 - ``roles``: 1.2 role rows by sourcedId: role, org, roleType, active;
 - ``enrollments``: by sourcedId: class, school, active (not tobedeleted), role;
-- ``custody``: the custody feed's guardianship, students, name and contact;
+- ``custody``: the custody feed's students, each (student, guardian) pair's guardianship
+  (``pairs``), the summary over them, name and contact;
 - ``dlm``: the newest dateLastModified (µs) of any piece, which the version never goes below.
 """
 
@@ -87,19 +88,47 @@ def apply_record(state: dict[str, Any], record: Record) -> None:
     state["dlm"] = max(int(state.get("dlm", 0)), micros(record))
 
 
+_FLAGS = ("has_custody", "may_pick_up", "restricted")
+
+
+def _pairs(custody: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The custody pieces by student: ``{student: {relationship, has_custody, may_pick_up,
+    restricted}}`` (pieces kept before guardianships were per student: the guardian's one
+    guardianship for each of its students)."""
+    pairs = custody.get("pairs")
+    if pairs is not None:
+        return {student: dict(pair) for student, pair in pairs.items()}
+    one = {"relationship": custody["relationship"], **{f: custody[f] for f in _FLAGS}}
+    return {student: dict(one) for student in custody.get("students", [])}
+
+
 def apply_custody(state: dict[str, Any], row: CustodyRow, feed: str) -> None:
-    """Fold one custody-feed row into the guardian's pieces (rows of one feed merge)."""
+    """Fold one custody-feed row into the guardian's pieces: the row is one (student,
+    guardian) pair and sets that pair's guardianship only (a restriction for one student
+    never restricts the guardian's other students). Two rows of one feed for the same pair
+    merge (custody and pickup if either says so, restricted if either is: a restriction is
+    never lifted by another row). A new feed replaces what an earlier feed said."""
     previous = state.get("custody")
     if previous is None or previous.get("feed") != feed:
-        previous = {"feed": feed, "students": [], "relationship": row.relationship}
+        previous = {"feed": feed, "students": [], "relationship": row.relationship, "pairs": {}}
         previous.update(has_custody=False, may_pick_up=False, restricted=False)
-    students = sorted({*previous["students"], row.student_id})
+    pairs = _pairs(previous)
+    pair = pairs.get(row.student_id)
+    if pair is None:
+        pair = {"relationship": row.relationship, **dict.fromkeys(_FLAGS, False)}
+    pairs[row.student_id] = {
+        "relationship": pair["relationship"],
+        "has_custody": pair["has_custody"] or row.has_custody,
+        "may_pick_up": pair["may_pick_up"] or row.may_pick_up,
+        "restricted": pair["restricted"] or row.restricted,
+    }
     state["custody"] = {
         **previous,
-        "students": students,
-        "has_custody": previous["has_custody"] or row.has_custody,
-        "may_pick_up": previous["may_pick_up"] or row.may_pick_up,
-        "restricted": previous["restricted"] or row.restricted,
+        "students": sorted({*previous["students"], row.student_id}),
+        "pairs": pairs,
+        # The summary for readers of the single guardianship, as before: custody and pickup
+        # if any row says so, restricted if any row is.
+        **{flag: any(p[flag] for p in pairs.values()) for flag in _FLAGS},
         "name": row.name or previous.get("name"),
         "email": row.email or previous.get("email"),
         "phone": row.phone or previous.get("phone"),
@@ -168,6 +197,7 @@ def person_fields(
         "class_ids": [],
         "student_ids": [],
         "guardianship": None,
+        "student_guardianships": [],
         "contact": None,
     }
     if kind == "STUDENT":
@@ -193,10 +223,16 @@ def person_fields(
         if custody is not None:
             fields["guardianship"] = {
                 "relationship": custody["relationship"],
-                "has_custody": bool(custody["has_custody"]),
-                "may_pick_up": bool(custody["may_pick_up"]),
-                "restricted": bool(custody["restricted"]),
+                **{flag: bool(custody[flag]) for flag in _FLAGS},
             }
+            fields["student_guardianships"] = [
+                {
+                    "student_id": student,
+                    "relationship": pair["relationship"],
+                    **{flag: bool(pair[flag]) for flag in _FLAGS},
+                }
+                for student, pair in sorted(_pairs(custody).items())
+            ]
         fields["contact"] = _contact(
             (custody or {}).get("email") or user.get("email"),
             (custody or {}).get("phone") or user.get("phone"),

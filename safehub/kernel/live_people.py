@@ -8,6 +8,10 @@ Following, snapshots and replay safety are :class:`~safehub.kernel.live.LiveView
   cannot bring them back;
 * a version not newer than the one held is ignored.
 
+A guardian's custody and pickup authority are per student (``student_guardianships``; an
+event of an older writer has only the single ``guardianship``, which then holds for each of
+their students): ``current().may_release_to(guardian_id, student_id)`` answers for one student.
+
 :func:`publish_seed` imports a seed file's people into the topic (``safehub directory seed``,
 ``safehub up``); re-seeding publishes nothing and never brings back someone a roster deleted.
 """

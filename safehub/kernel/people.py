@@ -17,6 +17,7 @@ that needs no people does not load them. Errors name the file and the field, nev
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 
@@ -65,22 +66,66 @@ class StaffMember(BaseModel):
 
 
 class Guardianship(BaseModel):
-    """What a guardian may do for their students (custody feed; OneRoster has none of it)."""
+    """What a guardian may do for a student (custody feed; OneRoster has none of it)."""
 
     relationship: str
     has_custody: bool
     may_pick_up: bool
-    restricted: bool = Field(description="a court order: never release a student to them")
+    restricted: bool = Field(description="a court order: never release the student to them")
+
+    def permits_release(self) -> bool:
+        """Whether reunification may release the student: custody or pickup authority, and
+        no court-order restriction."""
+        return (self.has_custody or self.may_pick_up) and not self.restricted
+
+
+def summary_of(guardianships: Iterable[Guardianship]) -> Guardianship | None:
+    """One guardianship for every student (what a reader without per-student guardianships
+    sees): the first one's relationship, custody or pickup if any says so, restricted if any
+    is — the most restrictive answer for release. None without any."""
+    found = list(guardianships)
+    if not found:
+        return None
+    return Guardianship(
+        relationship=found[0].relationship,
+        has_custody=any(g.has_custody for g in found),
+        may_pick_up=any(g.may_pick_up for g in found),
+        restricted=any(g.restricted for g in found),
+    )
 
 
 class Guardian(BaseModel):
-    """A parent or guardian of students at one school (students named by SIS id only)."""
+    """A parent or guardian of students at one school (students named by SIS id only).
+
+    ``guardianships`` is what they may do per student (a court order may bar them from one
+    child and not another); ``guardianship`` the summary over them (:func:`summary_of`) for
+    readers that know one per guardian. Given only ``guardianship`` (a seed file, an event of
+    an older writer), it holds for every student of ``student_ids``; given only
+    ``guardianships``, the summary is computed.
+    """
 
     id: str
     name: str
     student_ids: list[str] = Field(default_factory=list)
     guardianship: Guardianship | None = None
+    guardianships: dict[str, Guardianship] = Field(
+        default_factory=dict, description="by student id (each one of student_ids)"
+    )
     contact: Contact
+
+    @model_validator(mode="after")
+    def _per_student(self) -> Guardian:
+        if not set(self.guardianships) <= set(self.student_ids):
+            raise ValueError("guardianships names a student that is not in student_ids")
+        if not self.guardianships and self.guardianship is not None:
+            self.guardianships = dict.fromkeys(self.student_ids, self.guardianship)
+        elif self.guardianship is None:
+            self.guardianship = summary_of(self.guardianships.values())
+        return self
+
+    def for_student(self, student_id: str) -> Guardianship | None:
+        """What this guardian may do for one student (None: not theirs, or no custody data)."""
+        return self.guardianships.get(student_id)
 
 
 class Student(BaseModel):
@@ -137,16 +182,20 @@ class People(BaseModel):
 
     _by_school: dict[str, SchoolPeople] = PrivateAttr(default_factory=dict)
     _school_of: dict[str, str] = PrivateAttr(default_factory=dict)
+    _guardians: dict[str, list[Guardian]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _index(self) -> People:
         by_school: dict[str, SchoolPeople] = {}
         school_of: dict[str, str] = {}
+        guardians: dict[str, list[Guardian]] = {}
         kind_of: dict[str, str] = {}
         for school in self.schools:
             if school.id in by_school:
                 raise ValueError(f"school {school.id!r} is listed twice")
             by_school[school.id] = school
+            for guardian in school.guardians:
+                guardians.setdefault(guardian.id, []).append(guardian)
             ids = {
                 "staff": [m.id for m in school.staff],
                 "guardians": [g.id for g in school.guardians],
@@ -169,6 +218,7 @@ class People(BaseModel):
                     school_of.setdefault(person_id, school.id)
         self._by_school = by_school
         self._school_of = school_of
+        self._guardians = guardians
         return self
 
     @classmethod
@@ -235,6 +285,27 @@ class People(BaseModel):
                 if student_id in g.student_ids:
                     found.setdefault(g.id, g)
         return list(found.values())
+
+    def guardian(self, guardian_id: str) -> Guardian | None:
+        """A guardian by id, whatever their school (the first school's record)."""
+        found = self._guardians.get(guardian_id)
+        return found[0] if found else None
+
+    def guardianship(self, guardian_id: str, student_id: str) -> Guardianship | None:
+        """What a guardian may do for one student (None: not that student's guardian, or no
+        custody data for them)."""
+        for guardian in self._guardians.get(guardian_id, ()):
+            found = guardian.for_student(student_id)
+            if found is not None:
+                return found
+        return None
+
+    def may_release_to(self, guardian_id: str, student_id: str) -> bool:
+        """Whether reunification may release this student to this guardian: custody or pickup
+        authority for that student and no court-order restriction for that student (a
+        restriction for another of their students does not count; no custody data: no)."""
+        found = self.guardianship(guardian_id, student_id)
+        return found is not None and found.permits_release()
 
     def students(self, school_id: str) -> list[Student]:
         """The students of a school."""

@@ -2,7 +2,9 @@
 
 :func:`person_from_event` reads one into a :mod:`safehub.kernel.people` model (naming the
 invalid field, never a value); :func:`person_fields` builds a payload with the contract's
-empty values; :func:`seed_events` turns a seed file's people into events (version 1, roster
+empty values; a guardian's ``student_guardianships`` (what they may do per student) fall back,
+when an older writer sent none, to the single ``guardianship`` for each of their students;
+:func:`seed_events` turns a seed file's people into events (version 1, roster
 source ``seed``, stable event ids), so the seed is imported into the topic rather than being
 the runtime source.
 """
@@ -107,6 +109,7 @@ def person_from_event(
                 name=name,
                 student_ids=list(event.get("student_ids") or ()),
                 guardianship=Guardianship.model_validate(raw) if raw else None,
+                guardianships=_per_student(event.get("student_guardianships") or ()),
                 contact=contact,
             )
         elif kind == "RESPONDER":
@@ -124,6 +127,34 @@ def person_from_event(
     except ValidationError as exc:
         raise InvalidPersonError(f"{kind.lower()}: {_problems(exc)}") from None
     return person_id, version, change, kind, schools, person
+
+
+def _per_student(raw: Any) -> dict[str, Guardianship]:
+    """``student_guardianships`` by student (empty, as from an older writer: the guardian's
+    single ``guardianship`` then holds for every student, see :class:`Guardian`)."""
+    found: dict[str, Guardianship] = {}
+    for position, entry in enumerate(raw):
+        student_id = str((entry or {}).get("student_id") or "")
+        if not student_id:
+            raise InvalidPersonError(
+                f"guardian: student_guardianships.{position}.student_id is empty"
+            )
+        if student_id in found:
+            raise InvalidPersonError(
+                f"guardian: student_guardianships.{position}: a second entry for one student"
+            )
+        found[student_id] = Guardianship.model_validate(
+            {k: v for k, v in entry.items() if k != "student_id"}
+        )
+    return found
+
+
+def student_guardianships(guardian: Guardian) -> list[dict[str, Any]]:
+    """A guardian's ``student_guardianships`` payload (by student id, in order)."""
+    return [
+        {"student_id": student_id, **guardian.guardianships[student_id].model_dump()}
+        for student_id in sorted(guardian.guardianships)
+    ]
 
 
 def _contact(contact: Contact) -> dict[str, Any]:
@@ -166,6 +197,7 @@ def person_fields(
         "class_ids": [],
         "student_ids": [],
         "guardianship": None,
+        "student_guardianships": [],
         "contact": None,
         **fields,
     }
@@ -203,6 +235,7 @@ def seed_events(path: Path) -> list[Event]:
             payload |= {
                 "student_ids": person.student_ids,
                 "guardianship": person.guardianship.model_dump() if person.guardianship else None,
+                "student_guardianships": student_guardianships(person),
                 "contact": _contact(person.contact),
             }
         elif isinstance(person, Responder):

@@ -8,6 +8,7 @@ import uuid
 
 import httpx
 import pytest
+import sqlalchemy
 from typer.testing import CliRunner
 
 from safehub.cli.directory import app as directory_cli
@@ -60,6 +61,42 @@ def test_the_store_keeps_every_version_idempotently(database_url: str) -> None:
         answers = json.dumps([store.school_people(s) for s in (LINCOLN, WASHINGTON)])
         answers += json.dumps(store.versions("grd-lincoln-000"))
         assert not [c for c in seed_contacts() if c in answers]
+
+
+def test_the_store_keeps_each_students_guardianship(database_url: str) -> None:
+    parent = {"relationship": "parent", "has_custody": True, "may_pick_up": True}
+    split = person_changed(
+        "grd-split",
+        version=4,
+        student_ids=["stu-a", "stu-b"],
+        guardianship=parent | {"restricted": True},
+        student_guardianships=[
+            {"student_id": "stu-a", **parent, "restricted": False},
+            {"student_id": "stu-b", **parent, "restricted": True},
+        ],
+    )
+    store = DirectoryStore(database_url, table_prefix=f"t{uuid.uuid4().hex[:6]}_")
+    with store:
+        assert store.apply(split)
+        assert not store.apply(split)  # redelivered: no-op
+        engine = sqlalchemy.create_engine(database_url)
+        try:
+            with engine.connect() as conn:
+                current = conn.execute(
+                    sqlalchemy.select(store.people.c.record).where(
+                        store.people.c.person_id == "grd-split"
+                    )
+                ).scalar_one()
+                versions = conn.execute(
+                    sqlalchemy.select(store.versions_table.c.record).where(
+                        store.versions_table.c.person_id == "grd-split"
+                    )
+                ).scalars()
+                kept = [json.loads(v)["student_guardianships"] for v in versions]
+        finally:
+            engine.dispose()
+    assert json.loads(current)["student_guardianships"] == split["student_guardianships"]
+    assert kept == [split["student_guardianships"]]
 
 
 def test_the_service_consumes_the_topic_and_serves_no_contact_detail(

@@ -58,14 +58,14 @@ def test_one_seed_file_loads_into_both_models() -> None:
 
 
 def test_the_directory_alone_carries_no_person_and_no_contact_detail() -> None:
-    dumped = Directory.load(SEED).model_dump_json()
+    directory = Directory.load(SEED)
+    dumped = directory.model_dump_json()
     persons = seed_people(seed())
     assert persons, "the demo seed lists people"
     secrets = {
         value
         for person in persons
         for value in (
-            person["id"],
             person["name"],
             person["contact"].get("email"),
             person["contact"].get("phone"),
@@ -75,6 +75,11 @@ def test_the_directory_alone_carries_no_person_and_no_contact_detail() -> None:
     }
     leaked = sorted(v for v in secrets if v in dumped)
     assert not leaked, f"{len(leaked)} person values in the directory"
+    # Call trees name who is called by id, and nothing else of the directory names a person.
+    without_trees = directory.model_copy(update={"call_trees": []}).model_dump_json()
+    ids = sorted(p["id"] for p in persons if p["id"] in without_trees)
+    assert not ids, f"{len(ids)} person ids outside the call trees"
+    assert any(tree.steps for tree in directory.call_trees)
     for key in ('"staff"', '"guardians"', '"responders"', '"contact"', '"student_ids"'):
         assert key not in dumped
 

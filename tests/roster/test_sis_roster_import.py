@@ -11,11 +11,18 @@ from typing import Any
 
 import pytest
 
+from connectors.sis_roster.custody import CustodyRow
 from connectors.sis_roster.importer import Importer, SyncReport
+from connectors.sis_roster.people import apply_custody
+from connectors.sis_roster.people import person_fields as roster_person_fields
 from connectors.sis_roster.settings import RosterSource, SisRosterConfig
 from connectors.sis_roster.state import RosterState
 from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
+from safehub.kernel.envelope import new_event
+from safehub.kernel.live_people import LivePeople
+from safehub.kernel.people import People
+from safehub.kernel.person_events import person_fields
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import TopicCatalog
 from safehub.standards.oneroster import OneRosterPackage, OneRosterPackageError, Severity
@@ -30,6 +37,7 @@ from tests.roster.roster_support import (
     roster,
     write_package,
 )
+from tests.support.waiting import wait_until
 
 CONTACT_COLUMNS = {"email", "phone", "sms", "username", "password"}
 
@@ -317,6 +325,112 @@ def test_a_custody_feed_row_gives_the_guardian_its_guardianship(hub: Hub, tmp_pa
 
     again = hub.custody(feed)
     assert again.people["published"] == 0
+
+
+def _guardianship(
+    relationship: str, custody: bool, pickup: bool, restricted: bool
+) -> dict[str, Any]:
+    return {
+        "relationship": relationship,
+        "has_custody": custody,
+        "may_pick_up": pickup,
+        "restricted": restricted,
+    }
+
+
+def test_a_court_order_for_one_child_restricts_the_guardian_for_that_child_only(
+    hub: Hub, tmp_path: Path
+) -> None:
+    hub.package(_bulk(tmp_path / "bulk"))
+    before = _ids(hub.people())
+    feed = tmp_path / "custody.csv"
+    feed.write_text(
+        CUSTODY_HEADER
+        + "s1,p1,,parent,true,true,false,,,en\n"  # their child: custody
+        + "s3,p1,,step-parent,false,false,true,,,en\n"  # a protective order for this one
+        + "s2,p1,,relative,false,true,false,,,en\n"  # may collect, no custody
+        + "s2,x9,Pat Doe,grandparent,false,true,false,,,en\n"
+        + "s2,x9,Pat Doe,grandparent,false,false,true,,,en\n",  # same pair: restriction holds
+        encoding="utf-8",
+    )
+
+    report = hub.custody(feed)
+
+    assert report.entities["CUSTODY"].rejected == 0
+    published = _new(hub.people(), before)
+    persons = {p["person_id"]: p for p in published}
+    p1 = persons["p1"]
+    assert p1["student_ids"] == ["s1", "s2", "s3"]
+    assert p1["student_guardianships"] == [
+        {"student_id": "s1", **_guardianship("parent", True, True, False)},
+        {"student_id": "s2", **_guardianship("relative", False, True, False)},
+        {"student_id": "s3", **_guardianship("step-parent", False, False, True)},
+    ]
+    # Old readers still get one guardianship: the most restrictive summary, as before.
+    assert p1["guardianship"] == _guardianship("parent", True, True, True)
+    assert persons["x9"]["student_guardianships"] == [
+        {"student_id": "s2", **_guardianship("grandparent", False, True, True)}
+    ]
+
+    live_people = LivePeople(People(), hub.kafka, hub.catalog, hub.codec, name="test-roster")
+    with live_people.start() as live:
+        assert live.wait_ready(30)
+        people = live.current()
+        assert people.may_release_to("p1", "s1") and people.may_release_to("p1", "s2")
+        assert not people.may_release_to("p1", "s3")  # the court order, for s3 only
+        assert not people.may_release_to("x9", "s2")
+        assert not people.may_release_to("x9", "s1")  # not theirs
+        guardian = people.guardian("p1")
+        assert guardian is not None and guardian.for_student("s3") == people.guardianship(
+            "p1", "s3"
+        )
+
+        # A replay changes nothing: the import publishes nothing, the events replayed to the
+        # topic are ignored (older or equal versions).
+        again = hub.custody(feed)
+        assert again.already_applied and again.people["published"] == 0
+        snapshot, version = live.current(), live.version
+        for event in published:
+            hub.producer.publish(event)
+        marker = person_fields(
+            "marker", kind="GUARDIAN", version=1, roster_source="test", school_ids=["sch-a"]
+        )
+        hub.producer.publish(
+            new_event(
+                "PersonChanged",
+                source="test",
+                tenant=p1["envelope"]["tenant"],
+                classification=("INTERNAL", "STUDENT_RECORD"),
+                payload=marker,
+            )
+        )
+        wait_until(lambda: live.version_of("marker") == 1, what="the marker")
+        assert live.version == version + 1 and live.ignored >= len(published)
+        assert not live.current().may_release_to("p1", "s3")
+        assert live.current().guardian("p1") == snapshot.guardian("p1")
+
+
+def test_custody_pieces_kept_before_per_student_guardianships_hold_for_every_student() -> None:
+    old = {  # the pieces of a guardian as the connector kept them before
+        "user": {"role": "parent", "agents": [], "orgs": ["sch-a"]},
+        "custody": {
+            "feed": "custody:old",
+            "students": ["s1", "s2"],
+            **_guardianship("parent", True, True, True),
+        },
+    }
+    fields = roster_person_fields("p1", old, {}, {})
+    assert fields is not None
+    assert fields["guardianship"] == _guardianship("parent", True, True, True)
+    assert fields["student_guardianships"] == [
+        {"student_id": s, **_guardianship("parent", True, True, True)} for s in ("s1", "s2")
+    ]
+    # A later row of the same feed sets its own pair only.
+    row = CustodyRow(3, "s3", "p1", None, "parent", True, True, False, None, None, "en")
+    apply_custody(old, row, "custody:old")
+    fields = roster_person_fields("p1", old, {}, {})
+    assert fields is not None
+    assert [g["restricted"] for g in fields["student_guardianships"]] == [True, True, False]
 
 
 def test_the_state_gives_the_same_answers_on_every_store(
