@@ -76,6 +76,14 @@ APCO_BY_ANALYTIC: Mapping[str, str] = {
     "INTRUSION": "TRESPASS",
 }
 
+#: A reported threat's category (a life-safety tip sent to 911) → APCO code for a THREAT
+#: incident; any other category is THREATS. The first that any report in the incident
+#: names, in this order, wins (a weapon is the more urgent call).
+APCO_BY_THREAT_CATEGORY: Mapping[str, str] = {
+    "WEAPON": "WEAPON",
+    "SELF_HARM": "SUICTHRT",
+}
+
 #: 0..10, 10 highest (EIDO incidentCommonPriorityNumber).
 PRIORITY_BY_CODE: Mapping[str, int] = {
     "ACTSHOOT": 10,
@@ -291,12 +299,18 @@ def apco_code(incident_type: str, signals: Sequence[SignalFacts]) -> str:
     classification, unless that classification is itself a top-priority code (active
     assailant: ACTSHOOT). Otherwise a panic device's own emergency decides between the alarm
     codes (audible ALRPANA, medical ALRMED); a specific hub classification (weapon, fire,
-    threat …) wins over a generic audible panic.
+    threat …) wins over a generic audible panic. A THREAT incident that a reported threat (a
+    tip) is behind takes the report's category: WEAPON, SUICTHRT for self-harm, else THREATS.
     """
     panics = [s for s in signals if s.kind == "panic"]
     if any(p.silent for p in panics):
         classified = APCO_BY_TYPE.get(incident_type, "ALMH")
         return classified if PRIORITY_BY_CODE.get(classified, 0) >= TOP_PRIORITY else "ALRPANS"
+    if incident_type == "THREAT":
+        reported = {s.category for s in signals if s.kind == "threat"}
+        for category, refined in APCO_BY_THREAT_CATEGORY.items():
+            if category in reported:
+                return refined
     if incident_type == "MEDICAL":
         return "ALRMED" if panics else "SICK"
     if incident_type == "OTHER":
@@ -523,8 +537,10 @@ class EidoBuilder:
                     detail.text,
                 ),
                 **(
-                    {"alarmUrl": s.clip_url}
-                    if detail.urls and s.clip_url and len(s.clip_url) <= MAX_URL
+                    {"alarmUrl": s.clip_url or s.report_url}
+                    if detail.urls
+                    and (s.clip_url or s.report_url)
+                    and len(s.clip_url or s.report_url or "") <= MAX_URL
                     else {}
                 ),
             }
@@ -657,14 +673,18 @@ def _floor(signals: Sequence[SignalFacts]) -> str | None:
 def _select(
     signals: Sequence[SignalFacts], detail: Detail
 ) -> tuple[list[SignalFacts], list[SignalFacts]]:
-    """(signals shown in full, the rest): the earliest and latest few, and the first silent
-    panic wherever it is (it is what makes the alarm ALRPANS)."""
+    """(signals shown in full, the rest): the earliest and latest few, the first silent
+    panic wherever it is (it is what makes the alarm ALRPANS) and the first threat report."""
     if len(signals) <= detail.first + detail.latest:
         return list(signals), []
     chosen = set(range(detail.first)) | set(range(len(signals) - detail.latest, len(signals)))
     panic = next((i for i, s in enumerate(signals) if s.kind == "panic" and s.silent), None)
     if panic is not None:
         chosen.add(panic)
+    # The first threat report too: its summary is what the call-taker reads of a tip.
+    report = next((i for i, s in enumerate(signals) if s.kind == "threat"), None)
+    if report is not None:
+        chosen.add(report)
     shown = [s for i, s in enumerate(signals) if i in chosen]
     rest = [s for i, s in enumerate(signals) if i not in chosen]
     return shown, rest
@@ -686,6 +706,9 @@ def _summaries(rest: Sequence[SignalFacts]) -> list[tuple[str, str]]:
             what = _counted("silent" if s.silent else "audible" for s in group)
             sources = _named((s.device_id for s in group), "device")
             lines.append((kind, f"and {count} more panic alarm(s) ({what}) from {sources}"))
+        elif kind == "threat":
+            what = _counted((s.category or "OTHER").lower() for s in group)
+            lines.append((kind, f"and {count} more reported threat(s) ({what})"))
         else:
             lines.append((kind, f"and {count} more staff SRP action request(s)"))
     return lines

@@ -1,7 +1,9 @@
 """What the connector keeps of the alerts behind an incident: enough to tell CAD what fired.
 
 Incident events name their signals only by event id. CAD wants to know whether a silent or
-audible panic fired (ALRPANS / ALRPANA), on which device and floor, or what a camera saw; so
+audible panic fired (ALRPANS / ALRPANA), on which device and floor, what a camera saw, or
+what kind of threat a tip reported (WEAPON / SUICTHRT / THREATS, with the tips service's
+plain-words summary and the link where a responder can read the tip); so
 the connector also reads the alerts topic and keeps these facts (never the activator's
 identity) in its ledger, keyed by event id, with the hub's time of the alert (envelope
 ``recorded_at``, never the device's clock) to order them. Text is clipped and impossible
@@ -21,9 +23,12 @@ from safehub.contracts.names import EventType
 PANIC = EventType.PANIC_ALERT
 CAMERA = EventType.CAMERA_ALERT
 SRP = EventType.SRP_ACTION_REQUESTED
+THREAT = EventType.THREAT_REPORTED
 
 #: Longest text kept of any reported field (the gateway's URL limit; ids are far shorter).
 MAX_TEXT = 2048
+#: How a threat report's source is named to the call-taker.
+REPORT_SOURCES = {"TIP": "a tip", "MONITORING": "a social-media monitoring alert"}
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class SignalFacts:
     """The dispatch-relevant facts of one alert."""
 
     event_id: str
-    kind: str  # "panic" | "camera" | "srp"
+    kind: str  # "panic" | "camera" | "srp" | "threat"
     device_id: str | None = None
     device_kind: str | None = None
     panic_type: str | None = None
@@ -45,6 +50,14 @@ class SignalFacts:
     location_text: str | None = None
     latitude: float | None = None
     longitude: float | None = None
+    #: A reported threat: where it came from (TIP, MONITORING, OTHER), its category
+    #: (WEAPON, THREAT_OF_VIOLENCE, SELF_HARM …), whether it is imminent, the reporting
+    #: service's summary for the call-taker and the link to the report.
+    report_source: str | None = None
+    category: str | None = None
+    imminent: bool | None = None
+    summary: str | None = None
+    report_url: str | None = None
     #: When the hub recorded the alert (ISO 8601 UTC): orders signals, never a device clock.
     recorded_at: str | None = None
 
@@ -67,6 +80,15 @@ class SignalFacts:
                 parts.append(f"device {self.device_id} ({(self.device_kind or 'OTHER').lower()})")
             if self.reporter_role:
                 parts.append(f"activated by {self.reporter_role.lower()}")
+        elif self.kind == "threat":
+            imminent = "imminent " if self.imminent else ""
+            category = (self.category or "OTHER").lower().replace("_", " ")
+            source = REPORT_SOURCES.get(self.report_source or "", "a report")
+            parts = [f"{imminent}threat reported by {source} ({category})"]
+            if self.summary:
+                parts.append(self.summary)
+            if self.report_url:
+                parts.append(f"the report: {self.report_url}")
         elif self.kind == "camera":
             parts = [f"video analytic {(self.analytic or 'OTHER').lower()}"]
             if self.camera_id:
@@ -116,6 +138,17 @@ def facts_of(event: dict[str, Any]) -> SignalFacts | None:
         )
     if event_type == SRP:
         return SignalFacts(event_id=event_id, kind="srp", recorded_at=recorded_at)
+    if event_type == THREAT:
+        return SignalFacts(
+            event_id=event_id,
+            kind="threat",
+            report_source=_text(event.get("source")),
+            category=_text(event.get("category")),
+            imminent=bool(event.get("imminent")),
+            summary=_text(" ".join(str(event.get("summary") or "").split()) or None),
+            report_url=_text(event.get("tip_link")),
+            recorded_at=recorded_at,
+        )
     return None
 
 

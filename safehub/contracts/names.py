@@ -43,6 +43,7 @@ class EventType(StrEnum):
     SRP_ACTION_REQUESTED = "safehub.events.SrpActionRequested"
     THREAT_CASE_OPENED = "safehub.events.ThreatCaseOpened"
     THREAT_CASE_UPDATED = "safehub.events.ThreatCaseUpdated"
+    THREAT_REPORTED = "safehub.events.ThreatReported"
     TIP_SUBMITTED = "safehub.events.TipSubmitted"
     TIP_UPDATED = "safehub.events.TipUpdated"
 

@@ -68,8 +68,15 @@ TOPICS: tuple[TopicSpec, ...] = (
         ALERTS,
         12,
         KeyBy.SCHOOL,
-        (_E.PANIC_ALERT, _E.PANIC_CANCELLED, _E.CAMERA_ALERT, _E.SRP_ACTION_REQUESTED),
-        "Life-safety signals from schools: panic buttons, camera analytics, staff SRP actions.",
+        (
+            _E.PANIC_ALERT,
+            _E.PANIC_CANCELLED,
+            _E.CAMERA_ALERT,
+            _E.SRP_ACTION_REQUESTED,
+            _E.THREAT_REPORTED,
+        ),
+        "Life-safety signals from schools: panic buttons, camera analytics, staff SRP actions, "
+        "threats reported by tips that must reach 911.",
     ),
     TopicSpec(
         DOORS,

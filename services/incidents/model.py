@@ -12,7 +12,9 @@ Rules enforced here:
   incident of their place whatever its age;
 * the SRP state machine (valid transitions, explicit ALL CLEAR);
 * drills (exercise) are never dispatchable;
-* idempotency: a signal already folded into the book (by event id) yields nothing;
+* idempotency: a signal already folded into the book (by event id) yields nothing; a
+  threat report (``ThreatReported``) already folded in under another event id (same
+  ``report_id``) yields nothing either: one report, at most one incident;
 * cancellation: a panic cancelled within the cancel window, when it is the only signal,
   cancels the incident (CAD gets a cancellation; the first dispatch was never held back);
   only the client system that raised it, or an administrator of its school, may cancel it,
@@ -81,6 +83,11 @@ SRP_TYPES = {
 }
 #: SRP actions that, on their own, send the incident to 911.
 DISPATCHING_SRP = frozenset({"LOCKDOWN"})
+#: A reported threat (a life-safety tip sent to 911) is a THREAT incident, always dispatched
+#: (unless an exercise): the APCO code CAD gets is refined from the report's category by
+#: psap_cad. Its severity keeps a weapon, an intruder or an active assailant the incident's
+#: type when they are in it too.
+THREAT_REPORT_TYPE = "THREAT"
 
 #: Valid SRP transitions; None is "no action in force". ALL CLEAR ends any action.
 #:
@@ -207,6 +214,12 @@ def incident_id_for(signal_id: str) -> str:
     return stable_id(_NS, "incident", signal_id, sep=":")
 
 
+def report_incident_id(report_id: str) -> str:
+    """The incident a threat report opens: derived from the report, so the same report sent
+    again under another event id (after a restart, too) finds the incident it opened."""
+    return incident_id_for(f"threat-report:{report_id}")
+
+
 def command_id_for(signal_id: str) -> str:
     """Deterministic lock-command id for the SRP request that caused it."""
     return stable_id(_NS, "lock", signal_id, sep=":")
@@ -240,6 +253,12 @@ class IncidentBook:
         # year of a state's schools is hundreds of thousands, nearly all of them over).
         self._active: dict[str, dict[str, Incident]] = {}  # school → its active incidents
         self._by_signal: dict[str, str] = {}  # panic or correlated event id → incident id
+        # Threat reports: report id → the incident it was folded into (a report that joined
+        # an incident under way; one that opened its own is found by report_incident_id), and
+        # the report each ThreatReported event id names, learnt when decided, recorded when
+        # its incident event is applied (a decision not published records nothing).
+        self._reports: dict[str, str] = {}
+        self._report_of: dict[str, str] = {}
 
     # -- folding ---------------------------------------------------------------------------
 
@@ -249,6 +268,9 @@ class IncidentBook:
         event_type = envelope["event_type"]
         if envelope.get("causation_id"):
             self.seen.add(envelope["causation_id"])
+            report_id = self._report_of.get(envelope["causation_id"])
+            if report_id is not None and envelope.get("incident_id"):
+                self._reports.setdefault(report_id, str(envelope["incident_id"]))
         if event_type not in (
             EventType.INCIDENT_OPENED,
             EventType.INCIDENT_CHANGED,
@@ -331,7 +353,7 @@ class IncidentBook:
         """Events to publish for ``signal`` (empty when it changes nothing or was seen).
 
         SRP requests and cancellations always end with a ``SignalDecided``. Raises
-        :class:`Rejected` for a signal naming a school the directory does not know.
+        :class:`Rejected` for a signal naming no school or one the directory does not know.
         """
         envelope = signal["envelope"]
         if envelope["event_id"] in self.seen:
@@ -341,15 +363,19 @@ class IncidentBook:
         self.directory = self._directory_source.current()
         self.people = self._people_source.current()
         school = envelope["tenant"].get("school")
-        if not school or not self.directory.has_school(str(school)):
-            raise Rejected(f"school {school!r} is not in the directory")
         kind = envelope["event_type"].removeprefix(_E)
+        if not school:
+            raise Rejected(f"{kind} names no school: tenant.school is required for a signal")
+        if not self.directory.has_school(str(school)):
+            raise Rejected(f"school {school!r} is not in the directory")
         match envelope["event_type"]:
             case EventType.PANIC_ALERT:
                 panic_type = PANIC_TYPES.get(signal["panic_type"], "THREAT")
                 return self._signal(signal, panic_type, True)
             case EventType.CAMERA_ALERT:
                 return self._camera(signal)
+            case EventType.THREAT_REPORTED:
+                return self._threat(signal)
             case EventType.DOOR_LOCK_STATE:
                 return self._door(signal)
             case EventType.SRP_ACTION_REQUESTED:
@@ -369,6 +395,25 @@ class IncidentBook:
             return self._signal(signal, incident_type, True)
         # Low-confidence or non-threat analytics only join an incident already under way.
         return self._join_only(signal)
+
+    def incident_of_report(self, report_id: str) -> Incident | None:
+        """The incident a threat report was folded into (opened or joined), if any."""
+        incident_id = self._reports.get(report_id) or report_incident_id(report_id)
+        return self.incidents.get(incident_id)
+
+    def _threat(self, signal: Event) -> list[Event]:
+        """A reported threat: like a panic (same place, window and drill rules), dispatched.
+
+        The same report under another event id (a producer that retried with a new id) is
+        already in an incident, active or over: nothing new is opened or changed.
+        """
+        report_id = str(signal["report_id"])
+        if not report_id:
+            raise Rejected("ThreatReported needs a report_id")
+        if self.incident_of_report(report_id) is not None:
+            return []
+        self._report_of[signal["envelope"]["event_id"]] = report_id
+        return self._signal(signal, THREAT_REPORT_TYPE, True)
 
     def _door(self, signal: Event) -> list[Event]:
         if signal["state"] not in ("FORCED_OPEN", "HELD_OPEN"):
@@ -606,7 +651,11 @@ class IncidentBook:
         envelope = signal["envelope"]
         is_panic = envelope["event_type"] == EventType.PANIC_ALERT
         incident = Incident(
-            incident_id=incident_id_for(envelope["event_id"]),
+            incident_id=(
+                report_incident_id(str(signal["report_id"]))
+                if envelope["event_type"] == EventType.THREAT_REPORTED
+                else incident_id_for(envelope["event_id"])
+            ),
             tenant=dict(envelope["tenant"]),
             building=envelope.get("building"),
             room=envelope.get("room"),
@@ -770,4 +819,30 @@ def _describe(signal: Event) -> str:
             return f"door {signal['door_id']} {signal['state'].lower().replace('_', ' ')}"
         case EventType.SRP_ACTION_REQUESTED:
             return f"SRP {signal['action']}"
+        case EventType.THREAT_REPORTED:
+            return describe_threat_report(signal)
     return kind
+
+
+#: How a threat report's source is named in the incident's summary.
+REPORT_SOURCES = {"TIP": "a tip", "MONITORING": "a social-media monitoring alert"}
+#: Longest part of the reporting service's summary kept in the incident's summary.
+MAX_REPORT_SUMMARY = 300
+
+
+def describe_threat_report(signal: Event) -> str:
+    """A threat report in the incident's words: kind, imminence, source and the reporting
+    service's own summary (written for the call-taker, without the tip's text or names)."""
+    category = str(signal.get("category") or "OTHER").lower().replace("_", " ")
+    imminent = "imminent " if signal.get("imminent") else ""
+    source = REPORT_SOURCES.get(str(signal.get("source")), "a report")
+    text = f"{imminent}threat reported by {source} ({category})"
+    summary = " ".join(str(signal.get("summary") or "").split())
+    if summary:
+        clipped = (
+            summary[: MAX_REPORT_SUMMARY - 1] + "…"
+            if len(summary) > MAX_REPORT_SUMMARY
+            else summary
+        )
+        text += f": {clipped}"
+    return text

@@ -7,7 +7,8 @@ Three loops share one :class:`IncidentBook` under a lock:
   after a restart (or on another worker) is exactly the state before it. On tansu the end of
   the topic is taken from the fetch responses' high watermark, never from ListOffsets.
 * **alerts** (group ``incidents-alerts``): panics, panic cancellations, camera alerts, SRP
-  actions and CAD status updates, with a short fetch wait: this is the 911 path.
+  actions, threats reported by tips (``ThreatReported``) and CAD status updates, with a
+  short fetch wait: this is the 911 path.
 * **doors** (group ``incidents-doors``): the high-volume door feed, only to fold forced or
   held-open doors into an incident under way; its own thread so it never delays a panic.
 

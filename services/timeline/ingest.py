@@ -57,6 +57,9 @@ LANES: dict[str, str] = {
     EventType.PANIC_ALERT: "gateway",
     EventType.PANIC_CANCELLED: "gateway",
     EventType.CAMERA_ALERT: "gateway",
+    # A tip sent down the emergency path is drawn where the incident's other signals enter
+    # (the tip's own lanes are on the tip's subject, which it does not name).
+    EventType.THREAT_REPORTED: "gateway",
     EventType.SRP_ACTION_REQUESTED: "people",  # a person's action (SRP request, ALL CLEAR)
     EventType.INCIDENT_OPENED: "incidents",
     EventType.INCIDENT_CHANGED: "incidents",
@@ -73,14 +76,34 @@ LANES: dict[str, str] = {
     EventType.NOTIFICATION_ACKNOWLEDGED: "people",
     EventType.NOTIFICATION_DECIDED: "people",
     EventType.REUNIFICATION_STATUS: "reunification",
-    EventType.TIP_SUBMITTED: "tips",
-    EventType.TIP_UPDATED: "tips",
+    EventType.TIP_SUBMITTED: "intake",
+    EventType.TIP_UPDATED: "triage",  # and the lanes of TIP_LANES by what happened
     EventType.THREAT_CASE_OPENED: "cases",
     EventType.THREAT_CASE_UPDATED: "cases",
     EventType.REFERRAL: "referrals",
     EventType.RECORD_DISCLOSURE: "disclosures",
     EventType.ROSTER_CHANGE: "roster",
 }
+
+#: A tip's lanes: what a TipUpdated did (its ``activity``) → lane; the rest are triage.
+TIP_LANES: dict[str, str] = {
+    "ESCALATION_CALLED": "escalation",
+    "ESCALATION_ACKNOWLEDGED": "escalation",
+    "ESCALATION_EXHAUSTED": "escalation",
+    "OVERDUE": "escalation",
+    "SENT_TO_PSAP": "escalation",
+    "THREAD_MESSAGE": "thread",
+    "STATUS": "disposition",
+    "DISPOSITION": "disposition",
+}
+
+
+def lane_of(event_type: str, fields: Mapping[str, Any]) -> str:
+    """The lane an event is drawn in (a tip's updates by what they did)."""
+    if event_type == EventType.TIP_UPDATED:
+        return TIP_LANES.get(str(fields.get("activity")), "triage")
+    return LANES.get(event_type, "other")
+
 
 #: Fields naming who acted, in order of preference (ids only, never classified fields).
 ACTOR_FIELDS = (
@@ -107,6 +130,7 @@ SIGNAL_TYPES = frozenset(
         EventType.PANIC_CANCELLED,
         EventType.CAMERA_ALERT,
         EventType.SRP_ACTION_REQUESTED,
+        EventType.THREAT_REPORTED,
     }
 )
 #: Door states the incidents service correlates (routine reports never join an incident).
@@ -156,6 +180,12 @@ def summarize(event_type: str, e: Mapping[str, Any]) -> str:  # noqa: PLR0912, P
             )
         case EventType.SRP_ACTION_REQUESTED:
             text = f"SRP {e.get('action')} requested by {e.get('requested_by')}"
+        case EventType.THREAT_REPORTED:
+            imminent = "Imminent threat" if e.get("imminent") else "Threat"
+            text = (
+                f"{imminent} ({_words(e.get('category'))}) reported by {_words(e.get('source'))}"
+                f" {e.get('report_id')}: {e.get('summary')}"
+            )
         case EventType.INCIDENT_OPENED:
             text = str(e.get("summary") or "Incident opened")
         case EventType.INCIDENT_CHANGED:
@@ -196,7 +226,7 @@ def summarize(event_type: str, e: Mapping[str, Any]) -> str:  # noqa: PLR0912, P
         case EventType.TIP_SUBMITTED:
             text = f"{_words(e.get('category')).capitalize()} tip via {e.get('channel')}"
         case EventType.TIP_UPDATED:
-            text = f"Tip {_words(e.get('status'))}"
+            text = _tip_update(e)
         case EventType.THREAT_CASE_OPENED:
             text = f"Threat assessment case opened ({_words(e.get('concern_level'))})"
         case EventType.THREAT_CASE_UPDATED:
@@ -210,6 +240,33 @@ def summarize(event_type: str, e: Mapping[str, Any]) -> str:  # noqa: PLR0912, P
         case _:
             text = event_type.removeprefix(EVENT_NAMESPACE)
     return text[:500]
+
+
+def _tip_update(e: Mapping[str, Any]) -> str:
+    """A TipUpdated in words: what happened, never the note (it may name students)."""
+    activity = str(e.get("activity"))
+    people = ", ".join(str(p) for p in e.get("notified_person_ids") or [])
+    match activity:
+        case "ESCALATION_CALLED":
+            return f"Escalation call {int(e.get('escalation_level') or 0) + 1} to {people}"
+        case "ESCALATION_ACKNOWLEDGED":
+            return f"Confirmed by {people}"
+        case "ESCALATION_EXHAUSTED":
+            return "Call chain exhausted: calling its last step again until someone answers"
+        case "THREAD_MESSAGE":
+            return f"Thread message from the {_words(e.get('thread_author'))}"
+        case "DISPOSITION":
+            return f"Tip closed: {_words(e.get('disposition'))}"
+        case "FOLDED":
+            into = e.get("merged_into_tip_id")
+            return f"Folded into tip {into}" if into else "Duplicates folded into this tip"
+        case "LIFE_SAFETY_CHANGED":
+            return f"Life-safety flag set to {e.get('life_safety')} by {e.get('updated_by')}"
+        case "OVERDUE":
+            return "Tip overdue: not assigned within its deadline"
+        case "SENT_TO_PSAP":
+            return f"Sent to 911 (ThreatReported) by {e.get('updated_by')}"
+    return f"Tip {_words(e.get('status'))}"
 
 
 def _words(value: Any) -> str:
@@ -292,7 +349,7 @@ def draft_of(event: Event, headers: Sequence[tuple[str, bytes]]) -> Draft:
         exercise=bool(envelope.get("exercise")),
         source=str(envelope.get("source") or ""),
         actor=actor,
-        lane=LANES.get(event_type, "other"),
+        lane=lane_of(event_type, fields),
         summary=summarize(event_type, fields),
         classification=[str(c) for c in envelope.get("classification") or []],
         trace_id=trace_id,

@@ -306,6 +306,9 @@ class Console:
                 f"{_options(['true', 'false'], str(tip.life_safety).lower())}</select> "
                 '<input name="reason" placeholder="reason (required)" size="40"> '
                 "<button>set</button></form></fieldset>"
+                f'<fieldset><legend>Send to 911</legend><form method="post" action="{base}/psap">'
+                '<input name="reason" placeholder="why it is an emergency (required)" size="40"> '
+                "<button>send to 911</button></form></fieldset>"
                 f'<fieldset><legend>Close</legend><form method="post" action="{base}/close">'
                 f'<select name="disposition">{_options([d.value for d in Disposition])}'
                 '</select> <input name="note" placeholder="note" size="40"> '
@@ -351,6 +354,8 @@ class Console:
             )
         elif action == "split":
             await asyncio.to_thread(self.desk.split, analyst, tip_id, value.get("reason"))
+        elif action == "psap":
+            await asyncio.to_thread(self.desk.to_psap, analyst, tip_id, value.get("reason", ""))
         elif action == "close":
             await asyncio.to_thread(
                 self.desk.close,

@@ -19,6 +19,7 @@ from safehub.kernel.directory import DirectorySource
 from safehub.kernel.outbox import OutboxRelay
 from services.tips import events
 from services.tips.analysts import Analyst
+from services.tips.escalation import Escalator
 from services.tips.intake import Intake, IntakeError, Receipt, TipRequest, parse_category
 from services.tips.model import Channel, Status, TransitionError, check_move, closing
 from services.tips.screening import TextRejectedError, clean_text
@@ -38,11 +39,13 @@ class Desk:
         store: TipStore,
         relay: OutboxRelay,
         directory: DirectorySource,
+        escalator: Escalator,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._relay = relay
         self._directory = directory
+        self._escalator = escalator
         self._clock = clock
 
     def tip_for(self, analyst: Analyst, tip_id: str) -> TipRow:
@@ -196,6 +199,27 @@ class Desk:
             life_safety=tip.life_safety,
         )
         self._write(tip, event, status=Status.TRIAGED.value, primary_tip_id=None)
+        return self.tip_for(analyst, tip_id)
+
+    def to_psap(self, analyst: Analyst, tip_id: str, reason: str) -> TipRow:
+        """Send a tip to 911 now (a ThreatReported; once per tip), with the reason recorded
+        in the tip's own record, never in what goes to the PSAP."""
+        tip = self.tip_for(analyst, tip_id)
+        note = self._note(reason, required=True)
+        tenant = self._directory.current().tenant(tip.school_id)
+        out = self._escalator.to_psap(
+            tip,
+            tenant,
+            why="a tip-line analyst judged it an emergency",
+            by=analyst.id,
+            note=note,
+        )
+        with self._store.transaction("cannot record the 911 report") as conn:
+            self._store.update_tip(
+                conn, tip.tip_id, [self._relay.item(e) for e in out], updated_at=self._clock()
+            )
+        self._relay.publish(out)
+        log.warning("tip sent to 911", tip_id=tip.tip_id, by=analyst.id)
         return self.tip_for(analyst, tip_id)
 
     def close(self, analyst: Analyst, tip_id: str, disposition: str, note: str | None) -> TipRow:

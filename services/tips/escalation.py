@@ -144,7 +144,10 @@ class Escalator:
                 conn,
                 EscalationRow(tip.tip_id, [], 0, "", now + NEVER_S, None, None, True),
             )
-            return [self._update(tip, tenant, "ESCALATION_EXHAUSTED", call=0)]
+            out = [self._update(tip, tenant, "ESCALATION_EXHAUSTED", call=0)]
+            if tip.imminent:
+                out += self.to_psap(tip, tenant, why="nobody is on duty on any call tree")
+            return out
         step = step_of_call(chain, 0)
         nid = events.notification_id(tip.tip_id, 0)
         self._store.start_escalation(
@@ -193,7 +196,44 @@ class Escalator:
         ]
         if call == len(chain) - 1 and call > 0:
             out.append(self._update(tip, tenant, "ESCALATION_EXHAUSTED", call=call))
+        if call == len(chain) and tip.imminent:
+            # The whole chain, the state centre too, was called and nobody confirmed: an
+            # imminent threat goes to 911 (the chain keeps being called as well).
+            out += self.to_psap(tip, tenant, why="nobody in the call chain confirmed", call=call)
         return out
+
+    def to_psap(
+        self,
+        tip: TipRow,
+        tenant: Mapping[str, str | None],
+        *,
+        why: str,
+        call: int = 0,
+        by: str = "tips:escalation",
+        note: str | None = None,
+    ) -> list[Event]:
+        """The ThreatReported of a tip (its id is the tip's: sent once, whoever sends it) and
+        the TipUpdated that records it."""
+        what = tip.category.replace("_", " ").lower()
+        report = events.threat_reported(
+            tip_id=tip.tip_id,
+            tenant=tenant,
+            category=tip.category,
+            imminent=tip.imminent,
+            summary=(
+                f"{'Imminent ' if tip.imminent else ''}{what} threat reported by an anonymous "
+                f"{'monitoring alert' if tip.channel == 'MONITORING' else 'tip'}: {why}"
+            ),
+            tip_link=self._link(tip.tip_id),
+            by_monitoring=tip.channel == "MONITORING",
+            reported_at=tip.created_at,
+        )
+        return [
+            report,
+            self._update(
+                tip, tenant, "SENT_TO_PSAP", call=call, by=by, note=note, status=tip.status
+            ),
+        ]
 
     def _update(
         self,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from safehub.contracts.names import EventType
@@ -164,5 +165,37 @@ def call_request(
             "recipients": recipients,
             "require_ack": life_safety,
             "requested_by": f"{SOURCE}:escalation",
+        },
+    )
+
+
+def threat_reported(
+    *,
+    tip_id: str,
+    tenant: Mapping[str, str | None],
+    category: str,
+    imminent: bool,
+    summary: str,
+    tip_link: str | None,
+    by_monitoring: bool,
+    reported_at: float,
+) -> Event:
+    """The ThreatReported that sends an imminent tip to 911 through the incidents service
+    (once per tip: the id is the tip's). ``summary`` is for the call-taker and never carries
+    the tip's words or names. No ``case_id``: the timeline files it under the incident it
+    opens (the tip's own record has the TipUpdated SENT_TO_PSAP)."""
+    return new_event(
+        EventType.THREAT_REPORTED,
+        source=SOURCE,
+        tenant=tenant,
+        event_id=event_id(tip_id, "psap"),
+        payload={
+            "report_id": tip_id,
+            "source": "MONITORING" if by_monitoring else "TIP",
+            "category": category,
+            "imminent": imminent,
+            "summary": summary,
+            "tip_link": tip_link,
+            "reported_at": datetime.fromtimestamp(reported_at, UTC),
         },
     )

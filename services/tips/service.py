@@ -128,7 +128,7 @@ def setup(runtime: Runtime[TipsSettings]) -> None:
         contact_key=section.contact_key.get_secret_value().encode(),
         attachment_url=lambda attachment_id: f"{public_url}/api/attachments/{attachment_id}",
     )
-    desk = Desk(store=store, relay=relay, directory=directory)
+    desk = Desk(store=store, relay=relay, directory=directory, escalator=escalator)
     senders = _senders(runtime, store, seal)
     if senders:
         intake.on_message = Replies(*senders)

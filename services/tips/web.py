@@ -18,8 +18,10 @@ Analysts (``Authorization: Bearer``, :mod:`services.tips.analysts`), JSON:
   ``POST /api/tips/{id}/messages`` ``{"text"}``, ``POST /api/tips/{id}/status``
   ``{"status", "assigned_to"?, "note"?}``, ``POST /api/tips/{id}/life-safety``
   ``{"life_safety", "reason"}``, ``POST /api/tips/{id}/split`` ``{"reason"?}``,
-  ``POST /api/tips/{id}/close`` ``{"disposition", "note"?}``, ``POST /api/tips`` (a phone
-  tip typed by the analyst: ``{"school_id", "category", "text"}``),
+  ``POST /api/tips/{id}/close`` ``{"disposition", "note"?}``, ``POST /api/tips/{id}/psap``
+  ``{"reason"}`` (send it to 911 now: a ThreatReported the incidents service dispatches),
+  ``POST /api/tips`` (a phone tip typed by the analyst: ``{"school_id", "category",
+  "text"}``),
   ``GET /api/attachments/{id}`` (the cleaned image only), ``GET /api/reports``
   (``?period=2026-12&scope=district:…&format=json|csv|html``: the programme's statistics,
   :mod:`services.tips.reports`) and ``GET /api/reports/export`` (averted-violence cases,
@@ -135,6 +137,7 @@ class TipsWeb:
         app.router.add_post("/api/tips/{tip_id}/life-safety", self._api(self._flag))
         app.router.add_post("/api/tips/{tip_id}/split", self._api(self._split))
         app.router.add_post("/api/tips/{tip_id}/close", self._api(self._close))
+        app.router.add_post("/api/tips/{tip_id}/psap", self._api(self._psap))
         app.router.add_get("/api/attachments/{attachment_id}", self._api(self._attachment))
         app.router.add_get("/api/reports", self._api(self._report))
         app.router.add_get("/api/reports/export", self._api(self._export))
@@ -449,6 +452,13 @@ class TipsWeb:
             self.desk.split, analyst, request.match_info["tip_id"], body.get("reason")
         )
         return web.json_response(_tip_json(tip), headers=NO_STORE)
+
+    async def _psap(self, request: web.Request, analyst: Analyst) -> web.Response:
+        body = await self._body(request)
+        tip = await asyncio.to_thread(
+            self.desk.to_psap, analyst, request.match_info["tip_id"], str(body.get("reason", ""))
+        )
+        return web.json_response(_tip_json(tip), status=202, headers=NO_STORE)
 
     async def _close(self, request: web.Request, analyst: Analyst) -> web.Response:
         body = await self._body(request)

@@ -51,6 +51,9 @@ from safehub.kernel.live_directory import change_event
 from safehub.kernel.settings import KafkaSettings, load_settings
 from safehub.kernel.topics import TopicCatalog
 from safehub.standards.eido import EidoInvalidError, EidoValidator
+from services.incidents.model import report_incident_id
+from tests.incidents.threats import SUMMARY as TIP_SUMMARY
+from tests.incidents.threats import threat_reported
 from tests.support.cad import (
     EIDO_RULES,
     INBOUND_TOKEN,
@@ -67,6 +70,7 @@ from tests.support.cad import (
     start_connector_process,
 )
 from tests.support.kafka import read_topic
+from tests.support.processes import Component
 from tests.support.waiting import wait_until
 
 log = logging.getLogger(__name__)
@@ -1255,3 +1259,94 @@ def test_a_psap_whose_cad_is_down_does_not_delay_another_psaps_dispatch(
             for incident_id in north:
                 assert north_cad.wait_incident(incident_id)["deliveries"] == 1
         assert north_cad.stats()["exerciseDeliveries"] == 0
+
+
+# -- ThreatReported: a life-safety tip sent down the emergency path ----------------------------
+
+
+def _threat_facts(category: str, event_id: str = "sig-tip-1") -> SignalFacts:
+    return SignalFacts(
+        event_id,
+        "threat",
+        report_source="TIP",
+        category=category,
+        imminent=True,
+        summary=TIP_SUMMARY,
+        report_url="https://tips.example.org/api/tips/tip-1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("incident_type", "signals", "code"),
+    [
+        ("THREAT", [_threat_facts("WEAPON")], "WEAPON"),
+        ("THREAT", [_threat_facts("SELF_HARM")], "SUICTHRT"),
+        ("THREAT", [_threat_facts("THREAT_OF_VIOLENCE")], "THREATS"),
+        ("THREAT", [_threat_facts("OTHER")], "THREATS"),
+        ("THREAT", [_threat_facts("SELF_HARM"), _threat_facts("WEAPON", "sig-tip-2")], "WEAPON"),
+        ("THREAT", [_threat_facts("WEAPON"), SILENT_PANIC], "ALRPANS"),
+        ("ACTIVE_ASSAILANT", [_threat_facts("WEAPON")], "ACTSHOOT"),
+    ],
+)
+def test_apco_codes_of_reported_threats(
+    incident_type: str, signals: list[SignalFacts], code: str, validator: EidoValidator
+) -> None:
+    assert apco_code(incident_type, signals) == code
+    assert code in validator.rules.registries["EIDO-IncidentType-Common (all values)"]
+
+
+def test_builder_makes_a_valid_eido_for_a_reported_threat(validator: EidoValidator) -> None:
+    snapshot = _snapshot(
+        incident_type="THREAT",
+        building=None,
+        room=None,
+        srp_action=None,
+        correlated_event_ids=("sig-tip-1",),
+        summary="Threat at Lincoln High School; imminent threat reported by a tip (weapon)",
+    )
+    built = EidoBuilder(directory(), "safehub.test").build(snapshot, [_threat_facts("WEAPON")])
+    assert validator.problems(built.document) == []
+    assert built.apco_code == "WEAPON"
+    assert built.document["incidentComponent"]["incidentCommonPriorityNumber"] == 9
+    (alarm,) = built.document["alarmsSensorsComponent"]
+    assert "imminent threat reported by a tip (weapon)" in alarm["csaaAlarmInformation"]
+    assert TIP_SUMMARY in alarm["csaaAlarmInformation"]
+    assert alarm["alarmUrl"] == "https://tips.example.org/api/tips/tip-1"
+
+
+@pytest.mark.kafka
+def test_a_threat_report_reaches_cad_through_the_incidents_service_as_a_valid_eido(
+    hub: Hub, cad: SimulatorHandle, validator: EidoValidator, tmp_path: Path
+) -> None:
+    incidents = Component("services.incidents", hub.kafka, hub.catalog.prefix, tmp_path)
+    try:
+        incidents.start()
+        now = datetime.now(UTC)
+        drill = threat_reported(at=now, exercise=True)
+        report = threat_reported(at=now, category="WEAPON")
+        hub.publish(drill)  # a drill first: it must never reach CAD (the cad fixture checks)
+        hub.publish(report)
+        hub.publish(threat_reported(report["report_id"], at=now, event_id="tip-cad-retry"))
+        incident_id = report_incident_id(report["report_id"])
+        at_cad = cad.wait_incident(incident_id)
+        eido = at_cad["lastEido"]
+        assert validator.problems(eido) == []
+        assert at_cad["apcoCode"] == "WEAPON" and at_cad["versions"] == [1]
+        assert eido["incidentComponent"]["incidentTypeInternalText"] == "THREAT"
+        alarm = eido["alarmsSensorsComponent"][0]
+        assert TIP_SUMMARY in alarm["csaaAlarmInformation"]
+        assert alarm["alarmUrl"] == report["tip_link"]
+        assert report["envelope"]["event_id"] in alarm["csaaAlarmInformation"]
+        notes = eido["notesComponent"][0]["notesActionComments"]
+        assert "imminent threat reported by a tip (weapon)" in notes
+        assert _civic(eido)["NAM"] == "Lincoln High School"
+        drill_id = report_incident_id(drill["report_id"])
+        wait_until(
+            lambda: [d.decision for d in hub.ledger.history(drill_id)] == [Decision.EXERCISE],
+            what="the drill's decision",
+        )
+        assert [i["trackingId"] for i in cad.incidents()] == [incident_id]
+        dispatch = wait_until(lambda: hub.dispatch_events(1, "CadDispatch"), what="CadDispatch")
+        assert dispatch[0]["apco_incident_type"] == "WEAPON"
+    finally:
+        incidents.kill()

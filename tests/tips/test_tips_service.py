@@ -24,7 +24,7 @@ from safehub.gen.safehub.tips.v1 import tips_pb2
 from safehub.kernel.codec import Codec
 from safehub.kernel.envelope import new_event
 from safehub.kernel.settings import KafkaSettings
-from safehub.kernel.topics import NOTIFICATIONS, TIPS, TopicCatalog
+from safehub.kernel.topics import ALERTS, NOTIFICATIONS, TIPS, TopicCatalog
 from services.tips.escalation import frozen_chain
 from tests.support.kafka import read_all
 from tests.support.notify import SmtpSink
@@ -65,6 +65,14 @@ def _requests(kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec, tip_id:
         for e in _events(kafka, catalog, codec, NOTIFICATIONS)
         if e["envelope"]["event_type"].endswith("NotificationRequested")
         and e["envelope"]["case_id"] == tip_id
+    ]
+
+
+def _threats(kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec, tip_id: str) -> list[Any]:
+    return [
+        e
+        for e in _events(kafka, catalog, codec, ALERTS)
+        if e["envelope"]["event_type"].endswith("ThreatReported") and e["report_id"] == tip_id
     ]
 
 
@@ -394,7 +402,7 @@ def test_nobody_answering_reaches_the_district_then_the_state_centre_and_keeps_c
     chain = _chain(tips, LINCOLN)
     answer = _app_tip(
         tips,
-        "there is a bomb threat written in the boys bathroom",
+        "there is a bomb threat written in the boys bathroom, it says it goes off tomorrow",
         category=tips_pb2.TIP_CATEGORY_OTHER,
     )
     assert answer.life_safety  # the words make it so, whatever category was picked
@@ -418,6 +426,11 @@ def test_nobody_answering_reaches_the_district_then_the_state_centre_and_keeps_c
         what="ESCALATION_EXHAUSTED",
     )
     assert len(exhausted) == 1
+    # Imminent, and nobody anywhere in the chain confirmed: it goes to 911, once.
+    reports = wait_until(lambda: _threats(kafka, catalog, codec, tip_id), what="ThreatReported")
+    assert len(reports) == 1 and reports[0]["imminent"] and reports[0]["source"] == "TIP"
+    assert "bomb" not in reports[0]["summary"] and "bathroom" not in reports[0]["summary"]
+    assert reports[0]["envelope"]["tenant"]["school"] == LINCOLN
 
 
 # -- duplicates, photos, privacy ----------------------------------------------------------
@@ -775,3 +788,33 @@ def test_an_email_tipster_gets_the_code_and_the_answers_by_mail(
             what="the answer mail",
         )
         assert answers[0].subject == f"About tip {code}"
+
+
+def test_an_analyst_sends_a_tip_to_911_with_a_reason(
+    tips: TipsHandle, kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec
+) -> None:
+    answer = _app_tip(
+        tips,
+        "my brother says he will shoot people at the pep rally",
+        category=tips_pb2.TIP_CATEGORY_THREAT_OF_VIOLENCE,
+    )
+    tip_id = _tip_id(tips, answer.tip_code)
+    analyst = tips.api()
+    refused = analyst.post(f"/api/tips/{tip_id}/psap", json={})
+    assert refused.status_code == 400 and refused.json()["field"] == "note"
+    assert not _threats(kafka, catalog, codec, tip_id)
+    reason = {"reason": "the rally is in an hour; the brother has access to guns"}
+    assert analyst.post(f"/api/tips/{tip_id}/psap", json=reason).status_code == 202
+    assert analyst.post(f"/api/tips/{tip_id}/psap", json=reason).status_code == 202
+    reports = wait_until(lambda: _threats(kafka, catalog, codec, tip_id), what="ThreatReported")
+    assert {r["envelope"]["event_id"] for r in reports} == {reports[0]["envelope"]["event_id"]}
+    assert "rally" not in reports[0]["summary"]  # the reason stays in the tip's own record
+    sent = wait_until(
+        lambda: [
+            e
+            for e in _tip_events(kafka, catalog, codec, tip_id)
+            if e.get("activity") == "SENT_TO_PSAP"
+        ],
+        what="SENT_TO_PSAP",
+    )
+    assert sent[0]["updated_by"] == "ana-north" and "rally" in sent[0]["note"]
