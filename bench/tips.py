@@ -18,15 +18,21 @@ mTLS from this process. A reader here stamps each escalation call's Notification
 3. Reported: the ratio burst p99 / quiet p99, and the raw confluent-kafka round trip of the
    same broker in the same run (the floor under both).
 
-notify's own request → SMTP time is ``bench/notify.py``'s (not repeated here).
+notify runs too (its own process, e-mail to an SMTP server in this process, no SMS provider):
+the first person's notification is that e-mail, so the run also gives accepted → first
+e-mail at SMTP and notify's own request → SMTP time for the same tips, side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import email
+import email.policy
 import os
 import random
+import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,12 +40,14 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
+from aiosmtpd.controller import Controller
 
 from bench.common import broker, percentiles, raw_round_trip, report
 from safehub.devstack.pki import DevPki
@@ -52,6 +60,7 @@ from safehub.kernel.settings import KafkaSettings, LogSettings
 from safehub.kernel.topics import NOTIFICATIONS, TIPS, TopicCatalog
 
 ROOT = Path(__file__).resolve().parents[1]
+TIP_LINK = re.compile(r"/api/tips/([0-9a-f]{32})")
 SCHOOLS = ("sch-lincoln-hs", "sch-washington-ms")
 APP = "tips-app-north"
 LIFE_SAFETY_SHARE = 0.17
@@ -108,6 +117,37 @@ DETAILS = [
     "people were talking about it in a group chat last night",
     "it was outside the band room during the passing period",
 ]
+
+
+class Mails:
+    """An SMTP server standing in for the staff's mail: stamps the first e-mail per tip."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, float] = {}
+        self._lock = threading.Lock()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, _s: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
+        now = time.perf_counter()
+        raw = envelope.content if isinstance(envelope.content, bytes) else b""
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        part = (
+            parsed.get_body(preferencelist=("plain",)) if isinstance(parsed, EmailMessage) else None
+        )
+        found = TIP_LINK.search(part.get_content() if part is not None else "")
+        if found:
+            with self._lock:
+                self.first.setdefault(found.group(1), now)
+        return "250 OK"
+
+    def start(self) -> None:
+        self._controller.start()
+
+    def stop(self) -> None:
+        self._controller.stop()
 
 
 class Calls:
@@ -234,9 +274,29 @@ def main() -> None:
             [sys.executable, "-m", "services.tips"], cwd=ROOT, env=env, stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
+        # notify delivers the calls: e-mail to this process's SMTP server (no SMS provider,
+        # so the e-mail is the first person's notification).
+        mails = Mails()
+        mails.start()
+        notify_ready = workdir / "notify.ready"
+        notify_env = {
+            **env,
+            "SAFEHUB_READY_FILE": str(notify_ready),
+            "SAFEHUB_NOTIFY__DATABASE_URL": f"sqlite:///{workdir / 'notify.sqlite3'}",
+            "SAFEHUB_NOTIFY__HTTP_PORT": "0",
+            "SAFEHUB_NOTIFY__ACK_SECRET": "bench-ack-secret",
+            "SAFEHUB_NOTIFY__SMTP_PORT": str(mails.port),
+            "SAFEHUB_NOTIFY__SMS_ENABLED": "false",
+        }
+        notify_log = (workdir / "notify.log").open("ab")
+        notify = subprocess.Popen(
+            [sys.executable, "-m", "services.notify"], cwd=ROOT, env=notify_env,
+            stdout=notify_log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
         calls = Calls(kafka, catalog, codec)
         try:
             _wait(ready.exists, 60, "tips ready")
+            _wait(notify_ready.exists, 60, "notify ready")
             channel, stub = _stub(pki, int((workdir / "grpc.port").read_text()))
             # Warm-up, outside the figures: the reader's first fetches, the channel, caches.
             for n in range(3):
@@ -244,6 +304,7 @@ def main() -> None:
                 if not warm.duplicate:
                     warm_id = _tip_ids(workdir)[warm.tip_code]
                     _wait(lambda t=warm_id: t in calls.first_call, 60, "the warm-up call")
+                    _wait(lambda t=warm_id: t in mails.first, 60, "the warm-up e-mail")
             # 1. quiet: one life-safety tip at a time
             quiet: list[tuple[str, float]] = []
             quiet_rpc: list[float] = []
@@ -271,12 +332,16 @@ def main() -> None:
             _wait(lambda: all(t in calls.first_call for t, _ in urgent), 120, "every call 0")
             quiet_ids = [(codes[c], at) for c, at in quiet]
             _wait(lambda: all(t in calls.first_call for t, _ in quiet_ids), 60, "quiet calls")
+            _wait(lambda: all(t in mails.first for t, _ in urgent), 300, "every first e-mail")
             channel.close()
         finally:
             calls.close()
-            process.terminate()
-            process.wait(30)
+            for running in (process, notify):
+                running.terminate()
+                running.wait(30)
             log.close()
+            notify_log.close()
+            mails.stop()
         quiet_ms = [(calls.first_call[t] - at) * 1000 for t, at in quiet_ids]
         burst_ms = [(calls.first_call[t] - at) * 1000 for t, at in urgent]
         sent_at = {codes[a.tip_code]: sent for ls, (a, sent, _) in burst if ls and not a.duplicate}
@@ -287,6 +352,12 @@ def main() -> None:
         result["quiet_rpc_life_safety"] = percentiles(quiet_rpc)
         result["burst_accepted_to_first_call"] = percentiles(burst_ms)
         result["burst_sent_to_first_call"] = percentiles(burst_sent_ms)
+        result["burst_accepted_to_first_email"] = percentiles(
+            [(mails.first[t] - at) * 1000 for t, at in urgent]
+        )
+        result["notify_request_to_smtp"] = percentiles(
+            [(mails.first[t] - calls.first_call[t]) * 1000 for t, _ in urgent]
+        )
         result["burst_rpc_life_safety"] = percentiles(rpc_urgent)
         result["burst_rpc_routine"] = percentiles(rpc_routine)
         result["burst_life_safety_tips"] = len(urgent)
