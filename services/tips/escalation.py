@@ -78,12 +78,14 @@ class Escalator:
         relay: OutboxRelay,
         directory: DirectorySource,
         link: Callable[[str], str],
+        close_within_h: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._relay = relay
         self._directory = directory
         self._link = link
+        self._close_within_s = {c: h * 3600.0 for c, h in (close_within_h or {}).items()}
         self._clock = clock
         self.calls = 0
 
@@ -247,6 +249,7 @@ class Escalator:
         note: str | None = None,
         status: str = Status.ESCALATED.value,
         assigned_to: str | None = None,
+        key: object | None = None,
     ) -> Event:
         return events.updated(
             tip_id=tip.tip_id,
@@ -254,7 +257,7 @@ class Escalator:
             status=status,
             activity=activity,
             updated_by=by,
-            key=call,
+            key=call if key is None else key,
             note=note,
             escalation_level=call,
             notified=people,
@@ -272,7 +275,9 @@ class Escalator:
             if row.chain:
                 made += self._next_call(row, now)
         for tip in self._store.overdue(now):
-            self._overdue(tip)
+            self._overdue(tip, closing=False)
+        for tip in self._store.not_closed_in_time(now, self._close_within_s):
+            self._overdue(tip, closing=True)
         return made
 
     def _next_call(self, row: EscalationRow, now: float) -> int:
@@ -317,7 +322,9 @@ class Escalator:
         )
         return 1
 
-    def _overdue(self, tip: TipRow) -> None:
+    def _overdue(self, tip: TipRow, *, closing: bool) -> None:
+        """Tell the district once that a tip was not assigned (or not closed) in time."""
+        deadline = "closed" if closing else "assigned"
         directory = self._directory.current()
         try:
             tenant = directory.tenant(tip.school_id)
@@ -336,6 +343,7 @@ class Escalator:
                 people=people,
                 by="tips:deadlines",
                 status=tip.status,
+                key=deadline,
             )
         ]
         if people:
@@ -343,20 +351,22 @@ class Escalator:
                 events.call_request(
                     tip_id=tip.tip_id,
                     tenant=tenant,
-                    nid=f"{events.NOTIFICATION_PREFIX}{tip.tip_id}-overdue",
+                    nid=f"{events.NOTIFICATION_PREFIX}{tip.tip_id}-overdue-{deadline}",
                     person_ids=people,
-                    headline=f"Tip not assigned in time - {school_name}",
+                    headline=f"Tip not {deadline} in time - {school_name}",
                     body=f"A {tip.category.replace('_', ' ').lower()} tip for {school_name} "
-                    f"has not been assigned within its deadline. Open it: {self._link(tip.tip_id)}",
+                    f"has not been {deadline} within its deadline. Open it: "
+                    f"{self._link(tip.tip_id)}",
                     priority="URGENT",
                 )
             )
         with self._store.transaction("cannot mark a tip overdue") as conn:
+            flag = "close_overdue_notified" if closing else "overdue_notified"
             self._store.update_tip(
-                conn, tip.tip_id, [self._relay.item(e) for e in out], overdue_notified=True
+                conn, tip.tip_id, [self._relay.item(e) for e in out], **{flag: True}
             )
         self._relay.publish(out)
-        log.warning("tip overdue", tip_id=tip.tip_id, category=tip.category)
+        log.warning("tip overdue", tip_id=tip.tip_id, category=tip.category, not_yet=deadline)
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
         """Tick until ``stop`` (a store that fails is retried next tick)."""

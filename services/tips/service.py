@@ -116,6 +116,7 @@ def setup(runtime: Runtime[TipsSettings]) -> None:
         relay=relay,
         directory=directory,
         link=lambda tip_id: f"{public_url}/api/tips/{tip_id}",
+        close_within_h=section.close_within_h,
     )
     intake = Intake(
         store=store,

@@ -16,6 +16,19 @@ from safehub.kernel.settings import (
 from safehub.kernel.tls import TlsFiles, tls_files
 
 
+def _default_close_within() -> dict[str, float]:
+    """Hours within which a tip of each category must be closed before the district is told."""
+    return {
+        "WEAPON": 72.0,
+        "THREAT_OF_VIOLENCE": 72.0,
+        "SELF_HARM": 72.0,
+        "ABUSE": 7 * 24.0,
+        "BULLYING": 14 * 24.0,
+        "DRUGS": 14 * 24.0,
+        "OTHER": 30 * 24.0,
+    }
+
+
 def _default_assign_within() -> dict[str, float]:
     """Hours within which a tip of each category must be assigned before it escalates."""
     return {
@@ -113,6 +126,11 @@ class TipsSection(TlsFileSettings):
     # -- escalation ----------------------------------------------------------------------
     tick_s: float = Field(default=0.5, gt=0, le=60, description="escalation check interval")
     assign_within_h: dict[str, float] = Field(default_factory=_default_assign_within)
+    close_within_h: dict[str, float] = Field(
+        default_factory=_default_close_within,
+        description="per category, hours within which a tip must be closed; past it the "
+        "district is told once",
+    )
     # -- intake limits -------------------------------------------------------------------
     max_text_chars: int = Field(default=5000, ge=100, le=100_000)
     max_attachments: int = Field(default=5, ge=0, le=20)

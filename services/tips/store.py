@@ -14,7 +14,7 @@ seconds (float) on both backends.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
+    false,
     func,
+    or_,
     select,
 )
 from sqlalchemy.engine import Connection
@@ -143,6 +146,7 @@ class TipStore(Closing):
             Column("closed_at", Double),
             Column("assign_by", Double),
             Column("overdue_notified", Boolean, nullable=False),
+            Column("close_overdue_notified", Boolean, nullable=False, server_default=false()),
         )
         self.messages = Table(
             f"{p}messages",
@@ -331,6 +335,31 @@ class TipStore(Closing):
                 t.overdue_notified.is_(False),
                 t.assigned_to.is_(None),
                 t.closed_at.is_(None),
+            )
+            .limit(limit)
+        )
+        with wrap_errors(StoreError, "cannot list tips"), self._engine.connect() as conn:
+            return [self._tip(r) for r in conn.execute(query)]
+
+    def not_closed_in_time(
+        self, now: float, deadlines_s: Mapping[str, float], limit: int = 100
+    ) -> list[TipRow]:
+        """Open primary tips older than their category's closing deadline, not yet escalated
+        for it."""
+        t = self.tips.c
+        late = or_(
+            *(
+                and_(t.category == category, t.created_at <= now - seconds)
+                for category, seconds in deadlines_s.items()
+            )
+        )
+        query = (
+            select(self.tips)
+            .where(
+                late,
+                t.closed_at.is_(None),
+                t.primary_tip_id.is_(None),
+                t.close_overdue_notified.is_(False),
             )
             .limit(limit)
         )

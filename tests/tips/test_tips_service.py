@@ -818,3 +818,53 @@ def test_an_analyst_sends_a_tip_to_911_with_a_reason(
         what="SENT_TO_PSAP",
     )
     assert sent[0]["updated_by"] == "ana-north" and "rally" in sent[0]["note"]
+
+
+def test_a_tip_not_assigned_or_not_closed_in_time_goes_to_the_district_once(
+    kafka: KafkaSettings, catalog: TopicCatalog, codec: Codec, tmp_path: Path
+) -> None:
+    fast = {"BULLYING": 0.0005}  # under 2 s
+    with running_tips(
+        kafka, catalog.prefix, tmp_path, assign_within_h=fast, close_within_h=fast
+    ) as tips:
+        answer = _app_tip(
+            tips,
+            "older kids keep taking a sixth grader's lunch",
+            category=tips_pb2.TIP_CATEGORY_BULLYING,
+        )
+        tip_id = _tip_id(tips, answer.tip_code)
+        overdue = wait_until(
+            lambda: (
+                len(
+                    r := [
+                        e
+                        for e in _requests(kafka, catalog, codec, tip_id)
+                        if "-overdue-" in e["notification_id"]
+                    ]
+                )
+                >= 2
+                and r
+            ),
+            what="both deadlines passed",
+        )
+        assert sorted(e["notification_id"].rsplit("-", 1)[1] for e in overdue) == [
+            "assigned",
+            "closed",
+        ]
+        assert all(e["priority"] == "URGENT" for e in overdue)
+        assert all("lunch" not in e["body"] for e in overdue)
+        marks = wait_until(
+            lambda: (
+                len(
+                    m := [
+                        e
+                        for e in _tip_events(kafka, catalog, codec, tip_id)
+                        if e.get("activity") == "OVERDUE"
+                    ]
+                )
+                >= 2
+                and m
+            ),
+            what="two OVERDUE marks",
+        )
+        assert len({m["envelope"]["event_id"] for m in marks}) == 2
