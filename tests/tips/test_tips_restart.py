@@ -14,10 +14,10 @@ from safehub.gen.safehub.tips.v1 import tips_pb2
 from safehub.kernel.codec import Codec
 from safehub.kernel.directory import Directory
 from safehub.kernel.settings import KafkaSettings
-from safehub.kernel.topics import NOTIFICATIONS, TopicCatalog
+from safehub.kernel.topics import NOTIFICATIONS, SPANS, TopicCatalog
 from services.tips.escalation import frozen_chain
 from tests.support.kafka import read_all
-from tests.support.tips import TipsHandle, ports, short_call_trees, tips_process
+from tests.support.tips import CONTACTS, TipsHandle, ports, short_call_trees, tips_process
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -48,7 +48,10 @@ def test_kill_9_mid_escalation_neither_stops_nor_repeats_it(
                 school_id="sch-lincoln-hs",
                 category=tips_pb2.TIP_CATEGORY_WEAPON,
                 text="he showed a gun in the parking lot",
-                anonymous=True,
+                anonymous=False,
+                contact=tips_pb2.TipsterContact(
+                    name=CONTACTS["name"], phone=CONTACTS["phone"], email=CONTACTS["email"]
+                ),
             ),
             timeout=20,
         )
@@ -70,3 +73,16 @@ def test_kill_9_mid_escalation_neither_stops_nor_repeats_it(
     assert [int(n.rsplit("-", 1)[1]) for n in ids][:wanted] == list(range(wanted))
     # Each call was requested once: a republished outbox row keeps its event id.
     assert all(len(event_ids) == 1 for event_ids in calls.values()), calls
+    # The process exported its spans and metrics to their topics: the tipster's contact is in
+    # none of them, nor in any other topic, header or the process's log.
+    spans = read_all(kafka, catalog.name(SPANS))
+    assert spans, "the tips process exported its spans"
+    needles = [CONTACTS["name"], CONTACTS["phone"], CONTACTS["email"]]
+    for topic in {catalog.name(base) for base in catalog.specs} | {catalog.dead_letter}:
+        for record in read_all(kafka, topic):
+            blob = (record.value() or b"") + b"".join(
+                k.encode() + (v or b"") for k, v in record.headers() or []
+            )
+            assert not [n for n in needles if n.encode() in blob], topic
+    logged = process.log_file.read_text(errors="replace")
+    assert not [n for n in needles if n in logged]

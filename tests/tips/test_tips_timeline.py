@@ -71,6 +71,12 @@ def test_a_tip_is_a_subject_with_its_own_lanes_and_its_words_are_withheld(
         assert "Marcus" in str(cleared)
         for contact in CONTACTS.values():
             assert contact not in str(cleared)
+        # Nor anywhere in the timeline's store (the file itself, every table).
+        stored = (tmp_path / "tl.db").read_bytes() + (
+            (tmp_path / "tl.db-wal").read_bytes() if (tmp_path / "tl.db-wal").exists() else b""
+        )
+        assert not [c for c in CONTACTS.values() if c.encode() in stored]
+        assert b"Marcus" in stored  # the scan reads what the store holds
         with timeline.client() as state:
             chain = state.get(f"/api/v1/subjects/{tip_id}/verify")
         assert chain.status_code == 200 and chain.json()["ok"] is True
