@@ -144,7 +144,11 @@ class TipsSection(TlsFileSettings):
         "must not slow the one that matters)",
     )
     source_limit: int = Field(
-        default=30, ge=1, le=100_000, description="tips one source may send per source window"
+        default=200,
+        ge=1,
+        le=100_000,
+        description="tips one source may send per source window (a school network is one "
+        "address for hundreds of students: keep it high; a life-safety tip is never refused)",
     )
     source_window_s: float = Field(default=3600.0, gt=0, le=86400)
     flood_sources: int = Field(
