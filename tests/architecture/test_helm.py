@@ -620,9 +620,11 @@ def test_services_and_network_policies_reach_the_listening_ports(
         ("tips", "grpc"),
     }
     assert public <= opened
-    assert opened <= public | {("timeline", "grpc"), ("doorstate", "http")}
+    assert opened <= public | {("timeline", "grpc"), ("doorstate", "http"), ("tips", "smtp")}
     timeline_grpc = any(p["name"] == "grpc" for p in _ports(deployments["hub-safehub-timeline"]))
     assert (("timeline", "grpc") in opened) == timeline_grpc
+    tips_smtp = any(p["name"] == "smtp" for p in _ports(deployments["hub-safehub-tips"]))
+    assert (("tips", "smtp") in opened) == tips_smtp  # only with e-mail tip lines
     for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget"):
         assert len(pods_selected_by(pdb["spec"]["selector"]["matchLabels"])) == 1
 
