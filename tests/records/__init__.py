@@ -1,0 +1,1 @@
+"""Record sharing: the FERPA gate's rules (``safehub.standards.ferpa``)."""
