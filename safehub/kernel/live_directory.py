@@ -16,8 +16,6 @@ answers ``current()`` with itself, so tests and tools may pass a loaded file).
 
 from __future__ import annotations
 
-import contextlib
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from confluent_kafka import Message
 from pydantic import ValidationError
 
 from safehub.contracts.names import EventType
-from safehub.kernel.bus import EventProducer, Record
+from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec, Event
 from safehub.kernel.directory import (
     CallTree,
@@ -41,8 +38,7 @@ from safehub.kernel.directory import (
 )
 from safehub.kernel.envelope import new_event, stable_id
 from safehub.kernel.errors import SafeHubError
-from safehub.kernel.live import InvalidRecordError, LiveView
-from safehub.kernel.reader import TopicReader
+from safehub.kernel.live import InvalidRecordError, LiveView, publish_missing
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import DIRECTORY, TopicCatalog
 
@@ -385,24 +381,21 @@ def publish_directory_seed(
     """Publish the seed file's entries not on the directory topic yet (any version):
     re-seeding publishes nothing and never brings back an entry an operator removed."""
     events = directory_seed_events(path)
-    present: set[tuple[str, str]] = set()
-
-    def seen(message: Message) -> None:
-        with contextlib.suppress(SafeHubError):  # not ours to judge here; LiveDirectory logs it
-            event = codec.decode(Record.of(message).value or b"")
-            present.add((str(event.get("entry_kind")), str(event.get("entry_id"))))
-
-    started = time.monotonic()
-    with TopicReader(kafka, catalog, [DIRECTORY], name="directory-seed") as reader:
-        reader.catch_up(seen, timeout)
-    missing = [e for e in events if (e["entry_kind"], e["entry_id"]) not in present]
-    pending = [producer.publish_nowait(e) for e in missing]
-    for future in pending:
-        future.result(timeout=max(1.0, timeout - (time.monotonic() - started)))
+    published = publish_missing(
+        producer,
+        events,
+        key=lambda e: (str(e.get("entry_kind")), str(e.get("entry_id"))),
+        topic=DIRECTORY,
+        kafka=kafka,
+        catalog=catalog,
+        codec=codec,
+        name="directory-seed",
+        timeout=timeout,
+    )
     log.info(
         "directory seeded",
         entries=len(events),
-        published=len(missing),
-        already=len(events) - len(missing),
+        published=published,
+        already=len(events) - published,
     )
-    return DirectorySeedReport(len(events), len(missing), len(events) - len(missing))
+    return DirectorySeedReport(len(events), published, len(events) - published)

@@ -18,20 +18,16 @@ their students): ``current().may_release_to(guardian_id, student_id)`` answers f
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
-from confluent_kafka import Message
 
-from safehub.kernel.bus import EventProducer, Record
+from safehub.kernel.bus import EventProducer
 from safehub.kernel.codec import Codec
-from safehub.kernel.errors import SafeHubError
-from safehub.kernel.live import LiveView
+from safehub.kernel.live import LiveView, publish_missing
 from safehub.kernel.people import People, SchoolPeople
 from safehub.kernel.person_events import (
     KIND_OF_LIST,
@@ -41,7 +37,6 @@ from safehub.kernel.person_events import (
     person_from_event,
     seed_events,
 )
-from safehub.kernel.reader import TopicReader
 from safehub.kernel.settings import KafkaSettings
 from safehub.kernel.topics import PEOPLE, TopicCatalog
 
@@ -138,23 +133,21 @@ def publish_seed(
     """Publish the seed file's people not on the people topic yet (any version): re-seeding
     publishes nothing, and never brings back someone a roster deleted."""
     events = seed_events(path)
-    present: set[str] = set()
-
-    def seen(message: Message) -> None:
-        with contextlib.suppress(SafeHubError):  # not ours to judge here; LivePeople logs it
-            present.add(str(codec.decode(Record.of(message).value or b"").get("person_id")))
-
-    started = time.monotonic()
-    with TopicReader(kafka, catalog, [PEOPLE], name="people-seed") as reader:
-        reader.catch_up(seen, timeout)
-    missing = [e for e in events if e["person_id"] not in present]
-    pending = [producer.publish_nowait(e) for e in missing]
-    for future in pending:
-        future.result(timeout=max(1.0, timeout - (time.monotonic() - started)))
+    published = publish_missing(
+        producer,
+        events,
+        key=lambda e: str(e.get("person_id")),
+        topic=PEOPLE,
+        kafka=kafka,
+        catalog=catalog,
+        codec=codec,
+        name="people-seed",
+        timeout=timeout,
+    )
     log.info(
         "people seeded",
         people=len(events),
-        published=len(missing),
-        already=len(events) - len(missing),
+        published=published,
+        already=len(events) - published,
     )
-    return SeedReport(len(events), len(missing), len(events) - len(missing))
+    return SeedReport(len(events), published, len(events) - published)
