@@ -207,7 +207,12 @@ class TipsDemo:
         self._reply_one(second)
         detail = self._wait(
             "the acknowledgement",
-            lambda: (t := self._tip(tip_id))["escalation"]["acknowledged_by"] and t,
+            # The API reads the tip and its escalation one after the other: wait for both.
+            lambda: (
+                (t := self._tip(tip_id))["escalation"]["acknowledged_by"]
+                and t["first_human_at"] is not None
+                and t
+            ),
             30,
         )
         to_human = detail["first_human_at"] - detail["created_at"]

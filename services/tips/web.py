@@ -386,9 +386,11 @@ class TipsWeb:
         return web.json_response({"tips": shown}, headers=NO_STORE)
 
     async def _get(self, request: web.Request, analyst: Analyst) -> web.Response:
+        # The escalation first: a change to both commits together, so the tip read after it
+        # is at least as new (an acknowledgement never shows without its assignment).
+        escalation = await asyncio.to_thread(self.store.escalation, request.match_info["tip_id"])
         tip = await asyncio.to_thread(self.desk.tip_for, analyst, request.match_info["tip_id"])
         thread = await asyncio.to_thread(self.store.thread, tip.tip_id)
-        escalation = await asyncio.to_thread(self.store.escalation, tip.tip_id)
         attachments = await asyncio.to_thread(self.store.attachment_ids, tip.tip_id)
         body = {
             **_tip_json(tip),
