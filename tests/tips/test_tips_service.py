@@ -868,3 +868,33 @@ def test_a_tip_not_assigned_or_not_closed_in_time_goes_to_the_district_once(
             what="two OVERDUE marks",
         )
         assert len({m["envelope"]["event_id"] for m in marks}) == 2
+
+
+def test_malformed_api_bodies_and_webhooks_are_refused_naming_what_is_wrong(
+    tips: TipsHandle,
+) -> None:
+    analyst = tips.api()
+    answer = _app_tip(tips, "someone keeps writing insults on the lockers")
+    tip_id = _tip_id(tips, answer.tip_code)
+    not_json = analyst.post(
+        f"/api/tips/{tip_id}/messages",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
+    assert not_json.status_code == 400 and not_json.json()["field"] == "body"
+    a_list = analyst.post(f"/api/tips/{tip_id}/status", json=["ASSIGNED"])
+    assert a_list.status_code == 400 and a_list.json()["field"] == "body"
+    flag = analyst.post(f"/api/tips/{tip_id}/life-safety", json={"life_safety": "yes"})
+    assert flag.status_code == 400 and flag.json()["field"] == "life_safety"
+    unknown = analyst.post("/api/tips/no-such-tip/messages", json={"text": "hello there"})
+    assert unknown.status_code == 404
+    status = analyst.get("/api/tips", params={"status": "BURNING"})
+    assert status.status_code == 400 and status.json()["field"] == "status"
+    # Twilio's webhook: not form data, or form data without From, is a 400 with the rule.
+    webhook = tips.http.post(
+        "/sms/inbound", content=b"\xff\xfe", headers={"Content-Type": "application/json"}
+    )
+    assert webhook.status_code == 400 and "form" in webhook.text
+    # The tip and its thread are as they were: nothing half-applied.
+    detail = analyst.get(f"/api/tips/{tip_id}").json()
+    assert detail["thread"] == [] and detail["status"] == "TRIAGED"
